@@ -1,0 +1,17 @@
+//! ksql-lake keeps ksqlDB `EMIT CHANGES` push queries open, decodes every row straight into
+//! Arrow record batches, buffers them per hourly or daily partition and writes them as Parquet
+//! files to local disk or any object store.
+//!
+//! ```text
+//! ksqlDB /query-stream ──► ksqldb::frame ──► schema::rows ──► lake buffers ──► Parquet ──► object_store
+//!                         (events)           (Arrow)          (partitions)                  │
+//!   committed position (ROWPARTITION/ROWOFFSET) ◄── commit: data file, then _metadata.json ◄┘
+//! ```
+//!
+//! - [`schema`]: ksqlDB type strings ↔ Arrow types, and rows → RecordBatches.
+//! - [`ksqldb`]: the HTTP query protocol: response decoder, client, errors.
+//! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
+
+pub mod ksqldb;
+pub mod schema;
+pub mod simulator;
