@@ -12,6 +12,7 @@
 //! - [`ksqldb`]: the HTTP query protocol: response decoder, client, errors.
 //! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
 
+pub mod config;
 pub mod ksqldb;
 pub mod schema;
 pub mod simulator;

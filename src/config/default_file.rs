@@ -1,0 +1,79 @@
+//! The complete, commented config printed by `ksql-lake config default`. A test checks that it
+//! parses and equals the built-in defaults, so it cannot drift from the code.
+
+pub const DEFAULT_CONFIG: &str = r#"# ksql-lake configuration.
+# Every key can also be set from the environment: KSQL_LAKE_<SECTION>__<KEY>, for example
+# KSQL_LAKE_KSQLDB__PASSWORD or KSQL_LAKE_FEEDS__TRANSACTION_STREAM__PARTITIONING.
+# The environment wins over this file. Sizes: B, KiB, MiB, GiB (or KB, MB, GB). Durations: 30s, 5m, 1h.
+
+[ksqldb]
+# The ksqlDB server (http:// or https://).
+url = "http://127.0.0.1:8088"
+# Basic auth (Confluent Cloud: API key and secret). Prefer KSQL_LAKE_KSQLDB__PASSWORD for the password.
+# username = "ksql"
+# password = "secret"
+# A PEM bundle of CAs to trust for https, and an optional client certificate and key (PEM).
+# ca_file = "/etc/ksql-lake/ca.pem"
+# client_cert = "/etc/ksql-lake/client.pem"
+# client_key = "/etc/ksql-lake/client.key"
+# auto: HTTP/2 with prior knowledge, falling back to HTTP/1.1; always; never.
+http2 = "auto"
+connect_timeout = "10s"
+# A push query that sends no byte for this long is considered stalled and reopened.
+idle_timeout = "15m"
+
+[lake]
+# Where the lake lives: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
+url = "file:///var/lib/ksql-lake"
+# For S3-compatible stores (MinIO, Ceph...). Credentials also come from the AWS_* variables.
+# endpoint = "http://minio:9000"
+# region = "us-east-1"
+# allow_http = false
+# virtual_hosted_style = false
+# access_key_id = "..."
+# secret_access_key = "..."
+# session_token = "..."
+
+[http]
+# /metrics (Prometheus), /healthz and /readyz.
+listen = "0.0.0.0:9464"
+
+[memory]
+# One budget for everything buffered, across all feeds and partitions. Above it the largest
+# buffers are flushed first; if writes cannot keep up, reading from ksqlDB pauses.
+budget = "512MiB"
+
+[shutdown]
+# SIGTERM flushes every buffer and commits within this time (below Kubernetes' 30 s default).
+grace_period = "25s"
+
+# Settings for every feed; each [[feeds]] entry may override any of them.
+[defaults]
+# daily: year=/month=/day=; hourly: year=/month=/day=/hour=
+partitioning = "daily"
+# ROWTIME, a TIMESTAMP or epoch-milliseconds BIGINT column, or "processing-time".
+timestamp_column = "ROWTIME"
+# The time zone partitions are cut in (IANA name).
+timezone = "UTC"
+# zstd (compression_level 1-22), snappy, lz4, gzip (compression_level 0-9), none.
+compression = "zstd"
+compression_level = 3
+row_group_rows = 1048576
+# Rows decoded into one Arrow batch before routing to partitions.
+batch_rows = 8192
+# A partition's buffer is written as one Parquet file when any of these is reached:
+flush_max_rows = 5000000
+flush_max_bytes = "128MiB"
+flush_max_age = "5m"
+# An hour or day is closed (and flushed) this long after it ends.
+allowed_lateness = "10m"
+# exactly-once (needs ksqlDB 0.23.1+), at-least-once, latest, continuation-token.
+delivery = "exactly-once"
+
+# One entry per ksqlDB stream or table to ingest.
+# [[feeds]]
+# name = "transaction_stream"
+# kind = "stream"
+# source = "TRANSACTION_STREAM"
+# partitioning = "daily"
+"#;

@@ -1,0 +1,269 @@
+//! Configuration: a TOML file, overridable key by key from the environment, validated into the
+//! typed [`Config`] the service runs on.
+//!
+//! Every key can come from an environment variable named `KSQL_LAKE_` + the key's path in upper
+//! case with `__` between the parts: `KSQL_LAKE_KSQLDB__URL`, `KSQL_LAKE_KSQLDB__PASSWORD`,
+//! `KSQL_LAKE_DEFAULTS__FLUSH_MAX_AGE`, `KSQL_LAKE_FEEDS__TRANSACTION_STREAM__PARTITIONING`
+//! (a feed is named by its `name`). The environment wins over the file.
+
+mod default_file;
+mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use default_file::DEFAULT_CONFIG;
+pub use raw::RawConfig;
+pub use validate::validate;
+
+/// The environment prefix of config overrides.
+pub const ENV_PREFIX: &str = "KSQL_LAKE_";
+
+/// A config that could not be loaded. The message names the key and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub ksqldb: KsqldbConfig,
+    pub lake: LakeConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_listen: SocketAddr,
+    /// One budget for the buffered rows of every feed and partition.
+    pub memory_budget_bytes: u64,
+    /// How long a SIGTERM may take: below Kubernetes' default 30 s grace period.
+    pub shutdown_grace: Duration,
+    pub feeds: Vec<FeedConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2Mode {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KsqldbConfig {
+    pub url: url::Url,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub http2: Http2Mode,
+    pub connect_timeout: Duration,
+    /// A push query that sends no byte for this long is treated as stalled and reopened.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LakeConfig {
+    /// Local path, file://, s3://bucket/prefix, gs://, az://.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: bool,
+    pub virtual_hosted_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    Stream,
+    Table,
+}
+
+impl FeedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Stream => "stream",
+            FeedKind::Table => "table",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    Daily,
+    Hourly,
+}
+
+/// Where a row's event time comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTime {
+    /// ksqlDB's ROWTIME (selected explicitly: `SELECT *` leaves it out).
+    Rowtime,
+    /// A TIMESTAMP or epoch-milliseconds BIGINT column of the source.
+    Column(String),
+    /// The time ksql-lake received the row.
+    ProcessingTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd(i32),
+    Snappy,
+    Lz4,
+    Gzip(u32),
+    None,
+}
+
+/// What survives a disconnect, a crash or a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    ExactlyOnce,
+    AtLeastOnce,
+    Latest,
+    ContinuationToken,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::ExactlyOnce => "exactly-once",
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::Latest => "latest",
+            Delivery::ContinuationToken => "continuation-token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedConfig {
+    pub name: String,
+    pub kind: FeedKind,
+    /// The ksqlDB stream or table.
+    pub source: String,
+    pub enabled: bool,
+    pub query: Option<String>,
+    pub settings: FeedSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedSettings {
+    pub partitioning: Partitioning,
+    pub event_time: EventTime,
+    pub timezone: chrono_tz::Tz,
+    pub compression: Compression,
+    pub row_group_rows: usize,
+    /// Rows decoded into one Arrow batch before it is routed to partitions.
+    pub batch_rows: usize,
+    pub flush_max_rows: u64,
+    /// Target Parquet file size, in encoded bytes.
+    pub flush_max_bytes: u64,
+    pub flush_max_age: Duration,
+    pub allowed_lateness: Duration,
+    pub delivery: Delivery,
+}
+
+impl Config {
+    /// Loads a config file, applies the environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses TOML text, overlays the given environment, and validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut document: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+            ConfigError::Parse { origin: origin.to_string(), message: error.to_string() }
+        })?;
+        apply_env(&mut document, env)?;
+        let raw: RawConfig = toml::Value::Table(document).try_into().map_err(|error: toml::de::Error| {
+            ConfigError::Parse { origin: origin.to_string(), message: error.message().to_string() }
+        })?;
+        validate(raw)
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
+        self.feeds.iter().find(|feed| feed.name == name)
+    }
+}
+
+/// Overlays `KSQL_LAKE_SECTION__KEY[__KEY]` variables onto the parsed file. Variables without a
+/// `__` (such as `KSQL_LAKE_CAPTURES`) are not config keys and are left alone.
+fn apply_env(
+    document: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let overrides: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+        .collect();
+    for (name, value) in overrides {
+        let path: Vec<String> =
+            name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
+        let value = env_value(&value);
+        match path.as_slice() {
+            [section, key] if section != "feeds" => {
+                let table = document
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(table) = table else {
+                    return Err(ConfigError::invalid(section.clone(), "must be a table"));
+                };
+                table.insert(key.clone(), value);
+            }
+            [section, feed_name, key] if section == "feeds" => {
+                let Some(toml::Value::Array(feeds)) = document.get_mut("feeds") else {
+                    return Err(ConfigError::invalid(name.clone(), "no [[feeds]] are configured"));
+                };
+                let feed = feeds.iter_mut().find(|feed| {
+                    feed.get("name").and_then(toml::Value::as_str).map(str::to_ascii_lowercase).as_deref()
+                        == Some(feed_name.as_str())
+                });
+                let Some(toml::Value::Table(feed)) = feed else {
+                    return Err(ConfigError::invalid(name.clone(), format!("no feed named `{feed_name}`")));
+                };
+                feed.insert(key.clone(), value);
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    name.clone(),
+                    "environment overrides are KSQL_LAKE_<SECTION>__<KEY> or KSQL_LAKE_FEEDS__<FEED>__<KEY>",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An environment value: a TOML boolean or integer when it reads as one, else a string.
+fn env_value(text: &str) -> toml::Value {
+    if let Ok(boolean) = text.parse::<bool>() {
+        return toml::Value::Boolean(boolean);
+    }
+    if let Ok(integer) = text.parse::<i64>() {
+        return toml::Value::Integer(integer);
+    }
+    toml::Value::String(text.to_string())
+}
+
+#[cfg(test)]
+mod tests;

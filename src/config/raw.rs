@@ -1,0 +1,100 @@
+//! The config file as written: TOML, every table `deny_unknown_fields`, every optional key an
+//! `Option` so that a feed can inherit from `[defaults]`. [`super::validate`] turns it into the
+//! typed [`super::Config`] the service runs on.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub ksqldb: RawKsqldb,
+    pub lake: RawLake,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub defaults: RawFeedSettings,
+    #[serde(default)]
+    pub memory: RawMemory,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub feeds: Vec<RawFeed>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKsqldb {
+    pub url: String,
+    pub username: Option<String>,
+    /// Better set through `KSQL_LAKE_KSQLDB__PASSWORD` than written in the file.
+    pub password: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub http2: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_push_queries: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLake {
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub virtual_hosted_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    pub budget: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub grace_period: Option<String>,
+}
+
+/// Settings a feed may set for itself and `[defaults]` may set for every feed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedSettings {
+    pub partitioning: Option<String>,
+    pub timestamp_column: Option<String>,
+    pub timezone: Option<String>,
+    pub compression: Option<String>,
+    pub compression_level: Option<i64>,
+    pub row_group_rows: Option<u64>,
+    pub batch_rows: Option<u64>,
+    pub flush_max_rows: Option<u64>,
+    pub flush_max_bytes: Option<String>,
+    pub flush_max_age: Option<String>,
+    pub allowed_lateness: Option<String>,
+    pub delivery: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    pub name: String,
+    pub kind: String,
+    pub source: String,
+    pub enabled: Option<bool>,
+    /// A full `SELECT` to run instead of `SELECT * FROM <source>`; advanced.
+    pub query: Option<String>,
+    #[serde(flatten)]
+    pub settings: RawFeedSettings,
+}

@@ -1,0 +1,138 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[ksqldb]
+url = "http://127.0.0.1:8088"
+[lake]
+url = "file:///var/lib/ksql-lake"
+[[feeds]]
+name = "transaction_stream"
+kind = "stream"
+source = "TRANSACTION_STREAM"
+partitioning = "daily"          # or "hourly"
+"#;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+#[test]
+fn minimal_file_gets_every_default() {
+    let config = Config::from_toml(MINIMAL, "test.toml", no_env()).unwrap();
+    assert_eq!(config.ksqldb.url.as_str(), "http://127.0.0.1:8088/");
+    assert_eq!(config.ksqldb.http2, Http2Mode::Auto);
+    assert_eq!(config.memory_budget_bytes, 512 << 20);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(25));
+    assert_eq!(config.http_listen.to_string(), "0.0.0.0:9464");
+    let feed = &config.feeds[0];
+    assert_eq!(feed.kind, FeedKind::Stream);
+    assert!(feed.enabled);
+    let s = &feed.settings;
+    assert_eq!(s.partitioning, Partitioning::Daily);
+    assert_eq!(s.event_time, EventTime::Rowtime);
+    assert_eq!(s.timezone, chrono_tz::UTC);
+    assert_eq!(s.compression, Compression::Zstd(3));
+    assert_eq!(s.flush_max_bytes, 128 << 20);
+    assert_eq!(s.flush_max_age, Duration::from_secs(300));
+    assert_eq!(s.allowed_lateness, Duration::from_secs(600));
+    assert_eq!(s.delivery, Delivery::ExactlyOnce);
+}
+
+#[test]
+fn printed_default_config_parses_to_the_built_in_defaults() {
+    let printed = Config::from_toml(DEFAULT_CONFIG, "default", no_env()).unwrap();
+    let minimal = Config::from_toml(
+        "[ksqldb]\nurl = \"http://127.0.0.1:8088\"\n[lake]\nurl = \"file:///var/lib/ksql-lake\"\n",
+        "minimal",
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(printed, minimal);
+    // And every feed setting in [defaults] is spelled out in the printed file.
+    let with_feed = format!("{DEFAULT_CONFIG}\n[[feeds]]\nname = \"a\"\nkind = \"stream\"\nsource = \"A\"\n");
+    let feed_from_printed = Config::from_toml(&with_feed, "default", no_env()).unwrap().feeds[0].settings.clone();
+    let feed_from_minimal = Config::from_toml(MINIMAL, "minimal", no_env()).unwrap().feeds[0].settings.clone();
+    assert_eq!(feed_from_printed, feed_from_minimal);
+}
+
+#[test]
+fn feed_settings_override_defaults_which_override_built_ins() {
+    let text = format!(
+        "{MINIMAL}\n[defaults]\npartitioning = \"hourly\"\ncompression = \"snappy\"\n\
+         [[feeds]]\nname = \"b\"\nkind = \"table\"\nsource = \"B\"\ncompression = \"gzip\"\ncompression_level = 9\n\
+         timestamp_column = \"EVENT_TS\"\ntimezone = \"Europe/Paris\"\nflush_max_bytes = \"1MiB\"\nenabled = false\n"
+    );
+    // MINIMAL's feed sets daily explicitly; [defaults] must not override it.
+    let config = load(&text, &[]).unwrap();
+    assert_eq!(config.feeds[0].settings.partitioning, Partitioning::Daily);
+    assert_eq!(config.feeds[0].settings.compression, Compression::Snappy);
+    let b = config.feed("b").unwrap();
+    assert_eq!(b.kind, FeedKind::Table);
+    assert!(!b.enabled);
+    assert_eq!(b.settings.partitioning, Partitioning::Hourly);
+    assert_eq!(b.settings.compression, Compression::Gzip(9));
+    assert_eq!(b.settings.event_time, EventTime::Column("EVENT_TS".into()));
+    assert_eq!(b.settings.timezone, chrono_tz::Europe::Paris);
+    assert_eq!(b.settings.flush_max_bytes, 1 << 20);
+}
+
+#[test]
+fn environment_overrides_any_key() {
+    let config = load(
+        MINIMAL,
+        &[
+            ("KSQL_LAKE_KSQLDB__URL", "https://ksql.example:8443"),
+            ("KSQL_LAKE_KSQLDB__USERNAME", "key"),
+            ("KSQL_LAKE_KSQLDB__PASSWORD", "secret"),
+            ("KSQL_LAKE_MEMORY__BUDGET", "64MiB"),
+            ("KSQL_LAKE_FEEDS__TRANSACTION_STREAM__PARTITIONING", "hourly"),
+            ("KSQL_LAKE_DEFAULTS__FLUSH_MAX_ROWS", "1000"),
+            ("KSQL_LAKE_CAPTURES", "/not/a/config/key"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.ksqldb.url.as_str(), "https://ksql.example:8443/");
+    assert_eq!(config.ksqldb.password.as_deref(), Some("secret"));
+    assert_eq!(config.memory_budget_bytes, 64 << 20);
+    assert_eq!(config.feeds[0].settings.partitioning, Partitioning::Hourly);
+    assert_eq!(config.feeds[0].settings.flush_max_rows, 1000);
+    let error = load(MINIMAL, &[("KSQL_LAKE_FEEDS__NOPE__PARTITIONING", "hourly")]).unwrap_err();
+    assert!(error.to_string().contains("no feed named `nope`"), "{error}");
+}
+
+#[test]
+fn invalid_values_name_the_key_and_what_is_allowed() {
+    let cases = [
+        ("partitioning = \"weekly\"", "feeds[0].partitioning", "allowed: daily, hourly"),
+        ("compression = \"brotli\"", "feeds[0].compression", "allowed: zstd"),
+        ("compression_level = 40", "feeds[0].compression_level", "zstd levels are 1 to 22"),
+        ("flush_max_bytes = \"12XB\"", "feeds[0].flush_max_bytes", "unknown unit"),
+        ("flush_max_age = \"soon\"", "feeds[0].flush_max_age", "invalid duration"),
+        ("flush_max_rows = 0", "feeds[0].flush_max_rows", "greater than zero"),
+        ("timezone = \"Mars/Olympus\"", "feeds[0].timezone", "IANA time zone"),
+        ("delivery = \"maybe-once\"", "feeds[0].delivery", "allowed: exactly-once"),
+    ];
+    let base = MINIMAL.replace("partitioning = \"daily\"          # or \"hourly\"\n", "");
+    for (line, key, allowed) in cases {
+        let text = format!("{base}{line}\n");
+        let message = load(&text, &[]).unwrap_err().to_string();
+        assert!(message.contains(key) && message.contains(allowed), "{line}: {message}");
+    }
+    let unknown = load(&format!("{MINIMAL}flush_max_rowz = 5\n"), &[]).unwrap_err().to_string();
+    assert!(unknown.contains("unknown field `flush_max_rowz`"), "{unknown}");
+    let unknown_section = load(&format!("[ksqldb]\nurl = \"http://a\"\nuser = \"x\"\n[lake]\nurl = \"/tmp\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(unknown_section.contains("unknown field `user`"), "{unknown_section}");
+    let twice = format!("{MINIMAL}[[feeds]]\nname = \"transaction_stream\"\nkind = \"stream\"\nsource = \"X\"\n");
+    assert!(load(&twice, &[]).unwrap_err().to_string().contains("defined twice"));
+    let bad_scheme = MINIMAL.replace("file:///var/lib/ksql-lake", "ftp://x/y");
+    assert!(load(&bad_scheme, &[]).unwrap_err().to_string().contains("lake.url"));
+    let bad_listen = format!("{MINIMAL}[http]\nlisten = \"everywhere\"\n");
+    assert!(load(&bad_listen, &[]).unwrap_err().to_string().contains("http.listen"));
+    assert!(load("[ksqldb]\nurl = \"http://a\"\n", &[]).unwrap_err().to_string().contains("lake"));
+}

@@ -1,0 +1,270 @@
+//! [`RawConfig`] → [`Config`]: fills defaults, parses units, and rejects invalid values with the
+//! key's name and what is allowed.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawFeedSettings};
+use super::units::{parse_byte_size, parse_duration};
+use super::*;
+
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
+pub const DEFAULT_MEMORY_BUDGET: &str = "512MiB";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "25s";
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "15m";
+pub const DEFAULT_PARTITIONING: &str = "daily";
+pub const DEFAULT_TIMESTAMP_COLUMN: &str = "ROWTIME";
+/// The `timestamp_column` value that partitions by the time ksql-lake received a row.
+pub const PROCESSING_TIME: &str = "processing-time";
+pub const DEFAULT_TIMEZONE: &str = "UTC";
+pub const DEFAULT_COMPRESSION: &str = "zstd";
+pub const DEFAULT_ZSTD_LEVEL: i64 = 3;
+pub const DEFAULT_GZIP_LEVEL: i64 = 6;
+pub const DEFAULT_ROW_GROUP_ROWS: u64 = 1_048_576;
+pub const DEFAULT_BATCH_ROWS: u64 = 8192;
+pub const DEFAULT_FLUSH_MAX_ROWS: u64 = 5_000_000;
+pub const DEFAULT_FLUSH_MAX_BYTES: &str = "128MiB";
+pub const DEFAULT_FLUSH_MAX_AGE: &str = "5m";
+pub const DEFAULT_ALLOWED_LATENESS: &str = "10m";
+pub const DEFAULT_DELIVERY: &str = "exactly-once";
+
+/// Validates a raw config into the typed one.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let ksqldb = validate_ksqldb(&raw.ksqldb)?;
+    let lake = validate_lake(&raw.lake)?;
+    let listen = raw.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+    let http_listen = listen.parse().map_err(|_| {
+        ConfigError::invalid("http.listen", format!("`{listen}` is not an address such as 0.0.0.0:9464"))
+    })?;
+    let memory_budget_bytes = size("memory.budget", raw.memory.budget.as_deref(), DEFAULT_MEMORY_BUDGET)?;
+    if memory_budget_bytes < 1 << 20 {
+        return Err(ConfigError::invalid("memory.budget", "must be at least 1MiB"));
+    }
+    let shutdown_grace =
+        duration("shutdown.grace_period", raw.shutdown.grace_period.as_deref(), DEFAULT_SHUTDOWN_GRACE)?;
+
+    let mut names = HashSet::new();
+    let mut feeds = Vec::with_capacity(raw.feeds.len());
+    for (index, feed) in raw.feeds.iter().enumerate() {
+        let key = |field: &str| format!("feeds[{index}].{field}");
+        if feed.name.is_empty()
+            || !feed.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("`{}` must be letters, digits, `_` or `-` (it names a folder)", feed.name),
+            ));
+        }
+        if !names.insert(feed.name.to_ascii_lowercase()) {
+            return Err(ConfigError::invalid(key("name"), format!("feed `{}` is defined twice", feed.name)));
+        }
+        let kind = match feed.kind.as_str() {
+            "stream" => FeedKind::Stream,
+            "table" => FeedKind::Table,
+            other => return Err(ConfigError::invalid(key("kind"), format!("`{other}`: allowed: stream, table"))),
+        };
+        if feed.source.trim().is_empty() {
+            return Err(ConfigError::invalid(key("source"), "must name a ksqlDB stream or table"));
+        }
+        let settings = validate_settings(&format!("feeds[{index}]"), &feed.settings, &raw.defaults)?;
+        feeds.push(FeedConfig {
+            name: feed.name.clone(),
+            kind,
+            source: feed.source.trim().to_string(),
+            enabled: feed.enabled.unwrap_or(true),
+            query: feed.query.clone(),
+            settings,
+        });
+    }
+    // Defaults are validated even without feeds, so a typo there is caught early.
+    validate_settings("defaults", &RawFeedSettings::default(), &raw.defaults)?;
+
+    Ok(Config { ksqldb, lake, http_listen, memory_budget_bytes, shutdown_grace, feeds })
+}
+
+fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigError> {
+    let url = url::Url::parse(&raw.url)
+        .map_err(|error| ConfigError::invalid("ksqldb.url", format!("`{}`: {error}", raw.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::invalid("ksqldb.url", "must be an http:// or https:// URL"));
+    }
+    let http2 = match raw.http2.as_deref().unwrap_or("auto") {
+        "auto" => Http2Mode::Auto,
+        "always" => Http2Mode::Always,
+        "never" => Http2Mode::Never,
+        other => {
+            return Err(ConfigError::invalid("ksqldb.http2", format!("`{other}`: allowed: auto, always, never")))
+        }
+    };
+    if raw.password.is_some() && raw.username.is_none() {
+        return Err(ConfigError::invalid("ksqldb.password", "is set but `ksqldb.username` is not"));
+    }
+    if raw.client_cert.is_some() != raw.client_key.is_some() {
+        return Err(ConfigError::invalid("ksqldb.client_cert", "`client_cert` and `client_key` go together"));
+    }
+    let connect_timeout =
+        duration("ksqldb.connect_timeout", raw.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT)?;
+    let idle_timeout = duration("ksqldb.idle_timeout", raw.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT)?;
+    Ok(KsqldbConfig {
+        url,
+        username: raw.username.clone(),
+        password: raw.password.clone(),
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        client_cert: raw.client_cert.as_ref().map(PathBuf::from),
+        client_key: raw.client_key.as_ref().map(PathBuf::from),
+        http2,
+        connect_timeout,
+        idle_timeout,
+    })
+}
+
+fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
+    let url = raw.url.trim();
+    if url.is_empty() {
+        return Err(ConfigError::invalid("lake.url", "must be a path, file://, s3://, gs:// or az:// URL"));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if !matches!(scheme, "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "memory") {
+            return Err(ConfigError::invalid(
+                "lake.url",
+                format!("scheme `{scheme}`: allowed: file, s3, gs, az, abfs, abfss, memory, or a plain path"),
+            ));
+        }
+    }
+    Ok(LakeConfig {
+        url: url.to_string(),
+        endpoint: raw.endpoint.clone(),
+        region: raw.region.clone(),
+        allow_http: raw.allow_http.unwrap_or(false),
+        virtual_hosted_style: raw.virtual_hosted_style.unwrap_or(false),
+        access_key_id: raw.access_key_id.clone(),
+        secret_access_key: raw.secret_access_key.clone(),
+        session_token: raw.session_token.clone(),
+    })
+}
+
+/// A feed's settings: its own value, else `[defaults]`, else the built-in default.
+fn validate_settings(
+    prefix: &str,
+    own: &RawFeedSettings,
+    defaults: &RawFeedSettings,
+) -> Result<FeedSettings, ConfigError> {
+    macro_rules! pick {
+        ($field:ident) => {
+            (
+                own.$field.clone().or_else(|| defaults.$field.clone()),
+                if own.$field.is_some() { format!("{prefix}.{}", stringify!($field)) } else { format!("defaults.{}", stringify!($field)) },
+            )
+        };
+    }
+    let (partitioning, key) = pick!(partitioning);
+    let partitioning = match partitioning.as_deref().unwrap_or(DEFAULT_PARTITIONING) {
+        "daily" => Partitioning::Daily,
+        "hourly" => Partitioning::Hourly,
+        other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: daily, hourly"))),
+    };
+    let (timestamp_column, key) = pick!(timestamp_column);
+    let timestamp_column = timestamp_column.unwrap_or_else(|| DEFAULT_TIMESTAMP_COLUMN.to_string());
+    let event_time = if timestamp_column.eq_ignore_ascii_case("ROWTIME") {
+        EventTime::Rowtime
+    } else if timestamp_column == PROCESSING_TIME {
+        EventTime::ProcessingTime
+    } else if timestamp_column.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "allowed: ROWTIME, a column name, or `processing-time`"));
+    } else {
+        EventTime::Column(timestamp_column)
+    };
+    let (timezone, key) = pick!(timezone);
+    let timezone_name = timezone.unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
+    let timezone: chrono_tz::Tz = timezone_name.parse().map_err(|_| {
+        ConfigError::invalid(key, format!("`{timezone_name}` is not an IANA time zone such as UTC or Europe/Paris"))
+    })?;
+    let (compression, key) = pick!(compression);
+    let (level, level_key) = pick!(compression_level);
+    let compression = match compression.as_deref().unwrap_or(DEFAULT_COMPRESSION) {
+        "zstd" => {
+            let level = level.unwrap_or(DEFAULT_ZSTD_LEVEL);
+            if !(1..=22).contains(&level) {
+                return Err(ConfigError::invalid(level_key, format!("{level}: zstd levels are 1 to 22")));
+            }
+            Compression::Zstd(level as i32)
+        }
+        "gzip" => {
+            let level = level.unwrap_or(DEFAULT_GZIP_LEVEL);
+            if !(0..=9).contains(&level) {
+                return Err(ConfigError::invalid(level_key, format!("{level}: gzip levels are 0 to 9")));
+            }
+            Compression::Gzip(level as u32)
+        }
+        "snappy" | "lz4" | "none" if level.is_some() => {
+            return Err(ConfigError::invalid(level_key, "only zstd and gzip take a level"))
+        }
+        "snappy" => Compression::Snappy,
+        "lz4" => Compression::Lz4,
+        "none" => Compression::None,
+        other => {
+            return Err(ConfigError::invalid(key, format!("`{other}`: allowed: zstd, snappy, lz4, gzip, none")))
+        }
+    };
+    let (row_group_rows, key) = pick!(row_group_rows);
+    let row_group_rows = positive(&key, row_group_rows.unwrap_or(DEFAULT_ROW_GROUP_ROWS))?;
+    let (batch_rows, key) = pick!(batch_rows);
+    let batch_rows = positive(&key, batch_rows.unwrap_or(DEFAULT_BATCH_ROWS))?;
+    let (flush_max_rows, key) = pick!(flush_max_rows);
+    let flush_max_rows = positive(&key, flush_max_rows.unwrap_or(DEFAULT_FLUSH_MAX_ROWS))?;
+    let (flush_max_bytes, key) = pick!(flush_max_bytes);
+    let flush_max_bytes = size(&key, flush_max_bytes.as_deref(), DEFAULT_FLUSH_MAX_BYTES)?;
+    if flush_max_bytes < 1024 {
+        return Err(ConfigError::invalid(key, "must be at least 1KiB"));
+    }
+    let (flush_max_age, key) = pick!(flush_max_age);
+    let flush_max_age = duration(&key, flush_max_age.as_deref(), DEFAULT_FLUSH_MAX_AGE)?;
+    if flush_max_age.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    let (allowed_lateness, key) = pick!(allowed_lateness);
+    let allowed_lateness = duration(&key, allowed_lateness.as_deref(), DEFAULT_ALLOWED_LATENESS)?;
+    let (delivery, key) = pick!(delivery);
+    let delivery = match delivery.as_deref().unwrap_or(DEFAULT_DELIVERY) {
+        "exactly-once" => Delivery::ExactlyOnce,
+        "at-least-once" => Delivery::AtLeastOnce,
+        "latest" => Delivery::Latest,
+        "continuation-token" => Delivery::ContinuationToken,
+        other => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("`{other}`: allowed: exactly-once, at-least-once, latest, continuation-token"),
+            ))
+        }
+    };
+    Ok(FeedSettings {
+        partitioning,
+        event_time,
+        timezone,
+        compression,
+        row_group_rows: row_group_rows as usize,
+        batch_rows: batch_rows as usize,
+        flush_max_rows,
+        flush_max_bytes,
+        flush_max_age,
+        allowed_lateness,
+        delivery,
+    })
+}
+
+fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn size(key: &str, value: Option<&str>, default: &str) -> Result<u64, ConfigError> {
+    parse_byte_size(value.unwrap_or(default)).map_err(|message| ConfigError::invalid(key, message))
+}
+
+fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value.unwrap_or(default)).map_err(|message| ConfigError::invalid(key, message))
+}
