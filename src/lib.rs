@@ -13,6 +13,8 @@
 //! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
 
 pub mod config;
+pub mod http;
 pub mod ksqldb;
+pub mod metrics;
 pub mod schema;
 pub mod simulator;

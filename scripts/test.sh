@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need (a Python venv with the moto S3 server,
+# DuckDB, pyarrow and pandas), then builds and runs every test.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh <filter>   # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+venv="${KSQL_LAKE_VENV:-$root/.venv}"
+stamp="$venv/.requirements.sha"
+want=$(sha256sum scripts/requirements-test.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing test tools into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+  echo "$want" > "$stamp"
+fi
+export KSQL_LAKE_VENV="$venv"
+
+if [ -z "${KSQL_LAKE_CAPTURES:-}" ] && [ -d "$root/../shared/ksqldb-captures" ]; then
+  export KSQL_LAKE_CAPTURES="$root/../shared/ksqldb-captures"
+fi
+
+echo "== building"
+cargo build --all-targets --quiet
+echo "== testing"
+cargo test --no-fail-fast "$@" 2>&1 | tee "${TMPDIR:-/tmp}/ksql-lake-test.log"
+status=${PIPESTATUS[0]}
+# One closing line that counts every test binary's results together.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "${TMPDIR:-/tmp}/ksql-lake-test.log"
+exit "$status"

@@ -1,0 +1,240 @@
+//! The Prometheus metric catalogue (docs/METRICS.md lists it) and the health state behind
+//! `/readyz`.
+//!
+//! Metrics live on an injected [`prometheus::Registry`] (no global), so a test builds its own
+//! and reads values back. Names follow `ksql_lake_<name>_<unit>[_total]`; label values come from
+//! bounded sets: feed names from the config, reasons from enums, never raw error text.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric ksql-lake exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Rows decoded from ksqlDB, per feed.
+    pub rows_received: IntCounterVec,
+    /// Rows committed to the lake (data file and metadata written).
+    pub rows_written: IntCounterVec,
+    /// Encoded Parquet bytes committed to the lake.
+    pub bytes_written: IntCounterVec,
+    /// Files committed, by flush reason (rows, bytes, age, partition_close, memory, shutdown, schema_change).
+    pub files_written: IntCounterVec,
+    /// Rows that could not be decoded and were set aside.
+    pub rows_rejected: IntCounterVec,
+    /// Rows whose partition was already closed when they arrived.
+    pub late_rows: IntCounterVec,
+    /// Time to encode and commit one file.
+    pub flush_duration: HistogramVec,
+    /// Size of committed files, in encoded bytes.
+    pub file_size: HistogramVec,
+    pub buffered_rows: IntGaugeVec,
+    pub buffered_bytes: IntGaugeVec,
+    pub open_partitions: IntGaugeVec,
+    /// The configured memory budget, and what is held against it.
+    pub memory_budget_bytes: Gauge,
+    pub memory_used_bytes: Gauge,
+    /// Errors by stage (connect, decode, encode, write, metadata) and a bounded error type.
+    pub errors: IntCounterVec,
+    /// Write attempts that failed and were retried.
+    pub write_retries: IntCounterVec,
+    /// 1 while the feed's push query is open and streaming.
+    pub push_query_up: IntGaugeVec,
+    /// Reopened push queries, by reason (disconnect, server_error, terminated, stall, in_band_error).
+    pub push_query_reconnects: IntCounterVec,
+    /// Unix time of the last committed file: alert on `time() - x`.
+    pub last_commit_timestamp: GaugeVec,
+    /// Highest event time committed, in Unix seconds.
+    pub event_time_watermark: GaugeVec,
+    /// Seconds a feed waited because buffers or writes were full.
+    pub backpressure_seconds: prometheus::CounterVec,
+    /// 1 while the last write to the lake succeeded.
+    pub store_up: Gauge,
+}
+
+const SIZE_BUCKETS: [f64; 10] = [
+    65_536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0, 33_554_432.0, 67_108_864.0,
+    134_217_728.0, 268_435_456.0, 536_870_912.0,
+];
+
+impl Metrics {
+    pub fn new(registry: Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("metric registered once");
+            metric
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("metric registered once");
+            metric
+        };
+        let float_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("metric registered once");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = Gauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("metric registered once");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["feed"])
+                .expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("metric registered once");
+            metric
+        };
+        let backpressure_seconds = prometheus::CounterVec::new(
+            Opts::new("ksql_lake_backpressure_seconds_total", "Seconds a feed waited for room in buffers or writes"),
+            &["feed"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(backpressure_seconds.clone())).expect("metric registered once");
+        Metrics {
+            rows_received: counter("ksql_lake_rows_received_total", "Rows decoded from ksqlDB", &["feed"]),
+            rows_written: counter("ksql_lake_rows_written_total", "Rows committed to the lake", &["feed"]),
+            bytes_written: counter("ksql_lake_bytes_written_total", "Encoded Parquet bytes committed", &["feed"]),
+            files_written: counter("ksql_lake_files_written_total", "Parquet files committed", &["feed", "reason"]),
+            rows_rejected: counter("ksql_lake_rows_rejected_total", "Rows that could not be decoded", &["feed"]),
+            late_rows: counter("ksql_lake_late_rows_total", "Rows for an already closed partition", &["feed"]),
+            flush_duration: histogram(
+                "ksql_lake_flush_duration_seconds",
+                "Time to encode and commit one file",
+                prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets"),
+            ),
+            file_size: histogram("ksql_lake_file_size_bytes", "Size of committed files", SIZE_BUCKETS.to_vec()),
+            buffered_rows: gauge_vec("ksql_lake_buffered_rows", "Rows buffered, not yet committed", &["feed"]),
+            buffered_bytes: gauge_vec("ksql_lake_buffered_bytes", "Memory held by buffered rows", &["feed"]),
+            open_partitions: gauge_vec("ksql_lake_open_partitions", "Partitions with buffered rows", &["feed"]),
+            memory_budget_bytes: gauge("ksql_lake_memory_budget_bytes", "The configured memory budget"),
+            memory_used_bytes: gauge("ksql_lake_memory_used_bytes", "Memory held against the budget"),
+            errors: counter("ksql_lake_errors_total", "Errors by stage and type", &["feed", "stage", "error_type"]),
+            write_retries: counter("ksql_lake_write_retries_total", "Failed writes that were retried", &["feed"]),
+            push_query_up: gauge_vec("ksql_lake_push_query_up", "1 while the push query streams", &["feed"]),
+            push_query_reconnects: counter(
+                "ksql_lake_push_query_reconnects_total",
+                "Push queries reopened",
+                &["feed", "reason"],
+            ),
+            last_commit_timestamp: float_gauge_vec(
+                "ksql_lake_last_commit_timestamp_seconds",
+                "Unix time of the last committed file",
+                &["feed"],
+            ),
+            event_time_watermark: float_gauge_vec(
+                "ksql_lake_event_time_watermark_seconds",
+                "Highest committed event time",
+                &["feed"],
+            ),
+            backpressure_seconds,
+            store_up: gauge("ksql_lake_store_up", "1 while the last write to the lake succeeded"),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+/// What a feed is doing, for `/readyz` and the logs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FeedState {
+    Starting,
+    Streaming,
+    Reconnecting { reason: String },
+    /// A permanent error (unknown source, bad statement, 401/403): the feed stopped.
+    Failed { error: String },
+    Stopped,
+}
+
+/// The health of the process: each feed's state and whether the lake accepts writes.
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Mutex<HealthInner>>,
+}
+
+#[derive(Default)]
+struct HealthInner {
+    feeds: BTreeMap<String, FeedState>,
+    store_error: Option<String>,
+    shutting_down: bool,
+}
+
+impl Health {
+    pub fn set_feed(&self, feed: &str, state: FeedState) {
+        self.lock().feeds.insert(feed.to_string(), state);
+    }
+
+    pub fn set_store_error(&self, error: Option<String>) {
+        self.lock().store_error = error;
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.lock().shutting_down = true;
+    }
+
+    /// Ready when every feed streams and the lake accepts writes.
+    pub fn report(&self) -> (bool, serde_json::Value) {
+        let inner = self.lock();
+        let feeds_ok = inner.feeds.values().all(|state| matches!(state, FeedState::Streaming));
+        let ready = feeds_ok && inner.store_error.is_none() && !inner.shutting_down;
+        let body = serde_json::json!({
+            "ready": ready,
+            "shutting_down": inner.shutting_down,
+            "store": match &inner.store_error {
+                None => serde_json::json!({"state": "ok"}),
+                Some(error) => serde_json::json!({"state": "failing", "error": error}),
+            },
+            "feeds": inner.feeds,
+        });
+        (ready, body)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthInner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_renders_with_values() {
+        let metrics = Metrics::new(Registry::new());
+        metrics.rows_written.with_label_values(&["orders"]).inc_by(42);
+        metrics.files_written.with_label_values(&["orders", "age"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("ksql_lake_rows_written_total{feed=\"orders\"} 42"), "{text}");
+        assert!(text.contains("ksql_lake_files_written_total{feed=\"orders\",reason=\"age\"} 1"));
+    }
+
+    #[test]
+    fn ready_only_when_every_feed_streams_and_the_store_works() {
+        let health = Health::default();
+        health.set_feed("a", FeedState::Streaming);
+        assert!(health.report().0);
+        health.set_feed("b", FeedState::Reconnecting { reason: "disconnect".into() });
+        assert!(!health.report().0);
+        health.set_feed("b", FeedState::Streaming);
+        health.set_store_error(Some("connection refused".into()));
+        let (ready, body) = health.report();
+        assert!(!ready);
+        assert_eq!(body["store"]["state"], "failing");
+        health.set_store_error(None);
+        assert!(health.report().0);
+        health.set_shutting_down();
+        assert!(!health.report().0);
+    }
+}
