@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Reads a ksql-lake source folder back with DuckDB and pyarrow and prints what each saw, as JSON.
+
+Used by the interop tests (and handy by hand):
+    .venv/bin/python scripts/read_lake.py LAKE_DIR/streams/FEED [--sum COLUMN ...] [--s3 ENDPOINT BUCKET/PREFIX]
+The tests compare both readers' counts and sums with what the simulator produced.
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def duckdb_view(con, source):
+    return f"read_parquet('{source}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+
+
+def read_with_duckdb(path, sums, s3):
+    import duckdb
+
+    con = duckdb.connect()
+    if s3:
+        import duckdb_ext  # noqa: F401  (ships the httpfs extension inside the wheel)
+        ext_dir = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
+        con = duckdb.connect(config={"extension_directory": ext_dir, "autoinstall_known_extensions": False})
+        con.sql("LOAD httpfs")
+        endpoint, _ = s3
+        con.sql(
+            "CREATE SECRET s (TYPE s3, KEY_ID 'testing', SECRET 'testing', REGION 'us-east-1', "
+            f"ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false)"
+        )
+    view = duckdb_view(con, path)
+    result = {"count": con.sql(f"select count(*) from {view}").fetchone()[0]}
+    for column in sums:
+        result[f"sum:{column}"] = str(con.sql(f'select sum("{column}") from {view}').fetchone()[0])
+    partitions = con.sql(
+        f"select * exclude (c) from (select year, month, day, count(*) c from {view} group by all order by all)"
+    ).fetchall()
+    result["partitions"] = [[str(v) for v in row] for row in partitions]
+    return result
+
+
+def read_with_pyarrow(path, sums):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(path, format="parquet", partitioning="hive", exclude_invalid_files=False,
+                         ignore_prefixes=["_", "."])
+    table = dataset.to_table()
+    result = {"count": table.num_rows}
+    for column in sums:
+        result[f"sum:{column}"] = str(pc.sum(table.column(column)).as_py())
+    result["schema"] = {field.name: str(field.type) for field in table.schema}
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("path")
+    parser.add_argument("--sum", action="append", default=[])
+    parser.add_argument("--s3", nargs=2, metavar=("ENDPOINT", "PATH"))
+    args = parser.parse_args()
+    out = {"duckdb": read_with_duckdb(args.path if not args.s3 else f"s3://{args.s3[1]}", args.sum, args.s3)}
+    if not args.s3:
+        out["pyarrow"] = read_with_pyarrow(args.path, args.sum)
+    json.dump(out, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+//! The push query a feed runs, and the resume positions that make it lossless.
+//!
+//! ksqlDB push queries start at `latest` by default: a naive client loses every row produced
+//! while it was away. ksql-lake selects `ROWPARTITION` and `ROWOFFSET` with every row, remembers
+//! the highest offset per partition, and on every (re)connect opens the query at `earliest`
+//! with a WHERE clause that skips what it already has. The same check also runs client-side,
+//! so a server that ignores the filter still cannot produce a duplicate.
+
+use std::collections::BTreeMap;
+
+use crate::config::Delivery;
+
+/// Names of the pseudo columns ksql-lake selects in front of the source's own columns.
+pub const ROWTIME: &str = "ROWTIME";
+pub const ROWPARTITION: &str = "ROWPARTITION";
+pub const ROWOFFSET: &str = "ROWOFFSET";
+
+/// The highest offset received (or committed) per ksqlDB source partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Positions(pub BTreeMap<i32, i64>);
+
+impl Positions {
+    /// True when a row at this position was already seen.
+    pub fn covers(&self, partition: i32, offset: i64) -> bool {
+        self.0.get(&partition).is_some_and(|&seen| offset <= seen)
+    }
+
+    /// Records a row's position; positions only move forward.
+    pub fn advance(&mut self, partition: i32, offset: i64) {
+        let entry = self.0.entry(partition).or_insert(offset);
+        if offset > *entry {
+            *entry = offset;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Positions) {
+        for (&partition, &offset) in &other.0 {
+            self.advance(partition, offset);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Builds the statement and properties of a feed's push query.
+pub fn push_query(
+    source: &str,
+    delivery: Delivery,
+    resume: &Positions,
+) -> (String, serde_json::Map<String, serde_json::Value>) {
+    let mut properties = serde_json::Map::new();
+    let reset = match delivery {
+        Delivery::Latest | Delivery::ContinuationToken => "latest",
+        Delivery::ExactlyOnce | Delivery::AtLeastOnce => "earliest",
+    };
+    properties.insert("auto.offset.reset".into(), reset.into());
+    let filter = match delivery {
+        Delivery::ExactlyOnce | Delivery::AtLeastOnce => resume_filter(resume),
+        _ => None,
+    };
+    let mut sql = format!("SELECT {ROWTIME}, {ROWPARTITION}, {ROWOFFSET}, * FROM {source}");
+    if let Some(filter) = filter {
+        sql.push_str(" WHERE ");
+        sql.push_str(&filter);
+    }
+    sql.push_str(" EMIT CHANGES;");
+    (sql, properties)
+}
+
+/// `(ROWPARTITION = 0 AND ROWOFFSET > 41) OR ... OR (ROWPARTITION <> 0 AND ...)`: rows after the
+/// known positions, and every row of a partition not seen yet.
+fn resume_filter(resume: &Positions) -> Option<String> {
+    if resume.is_empty() {
+        return None;
+    }
+    let mut terms: Vec<String> = resume
+        .0
+        .iter()
+        .map(|(partition, offset)| format!("({ROWPARTITION} = {partition} AND {ROWOFFSET} > {offset})"))
+        .collect();
+    let unseen: Vec<String> =
+        resume.0.keys().map(|partition| format!("{ROWPARTITION} <> {partition}")).collect();
+    terms.push(format!("({})", unseen.join(" AND ")));
+    Some(terms.join(" OR "))
+}
+
+/// Reads the leading `[ROWTIME, ROWPARTITION, ROWOFFSET, ...` of a row's JSON text without
+/// decoding the rest. `None` when the row does not start with three integers.
+pub fn leading_position(row: &[u8]) -> Option<(i64, i32, i64)> {
+    fn take_integer(rest: &mut &[u8]) -> Option<i64> {
+        let start = rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'[' | b','))?;
+        let digits = &rest[start..];
+        let end = digits.iter().position(|b| !(b.is_ascii_digit() || *b == b'-')).unwrap_or(digits.len());
+        let value = std::str::from_utf8(&digits[..end]).ok()?.parse().ok()?;
+        *rest = &digits[end..];
+        Some(value)
+    }
+    let mut rest = row;
+    if !matches!(rest.iter().find(|b| !b.is_ascii_whitespace()), Some(b'[')) {
+        return None;
+    }
+    let rowtime = take_integer(&mut rest)?;
+    let partition = i32::try_from(take_integer(&mut rest)?).ok()?;
+    let offset = take_integer(&mut rest)?;
+    Some((rowtime, partition, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_query_reads_everything_from_earliest() {
+        let (sql, properties) = push_query("ORDERS", Delivery::ExactlyOnce, &Positions::default());
+        assert_eq!(sql, "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM ORDERS EMIT CHANGES;");
+        assert_eq!(properties["auto.offset.reset"], "earliest");
+    }
+
+    #[test]
+    fn resumed_query_skips_known_positions_and_keeps_new_partitions() {
+        let mut resume = Positions::default();
+        resume.advance(1, 7);
+        resume.advance(0, 41);
+        resume.advance(0, 40);
+        let (sql, _) = push_query("ORDERS", Delivery::AtLeastOnce, &resume);
+        assert_eq!(
+            sql,
+            "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM ORDERS WHERE (ROWPARTITION = 0 AND ROWOFFSET > 41) \
+             OR (ROWPARTITION = 1 AND ROWOFFSET > 7) OR (ROWPARTITION <> 0 AND ROWPARTITION <> 1) EMIT CHANGES;"
+        );
+        assert!(resume.covers(0, 41) && !resume.covers(0, 42) && !resume.covers(2, 0));
+    }
+
+    #[test]
+    fn latest_has_no_filter() {
+        let mut resume = Positions::default();
+        resume.advance(0, 5);
+        let (sql, properties) = push_query("S", Delivery::Latest, &resume);
+        assert!(!sql.contains("WHERE"));
+        assert_eq!(properties["auto.offset.reset"], "latest");
+    }
+
+    #[test]
+    fn leading_position_reads_three_integers() {
+        assert_eq!(leading_position(b"[1700000000000,3,12345,\"x\",{\"a\":1}]"), Some((1_700_000_000_000, 3, 12345)));
+        assert_eq!(leading_position(b" [ 1, 0, 9 ]"), Some((1, 0, 9)));
+        assert_eq!(leading_position(b"[\"x\",0,1]"), None);
+        assert_eq!(leading_position(b"[1,2]"), None);
+        assert_eq!(leading_position(b"{}"), None);
+    }
+}

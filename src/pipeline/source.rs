@@ -1,0 +1,322 @@
+//! The source stage of a feed: keeps its push query open, decodes rows straight into Arrow
+//! batches, and reopens the query (with backoff, from the resume positions) when it breaks.
+//!
+//! It sends batches over a bounded channel: when the writer falls behind, `send` waits, this
+//! task stops reading the response body, and HTTP flow control pushes back on ksqlDB.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::query::{leading_position, push_query, Positions};
+use crate::config::Delivery;
+use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
+use crate::ksqldb::Event;
+use crate::metrics::{FeedState, Health, Metrics};
+use crate::schema::{Column, RowDecoder};
+
+/// What the source stage hands to the buffer stage.
+#[derive(Debug)]
+pub enum SourceMessage {
+    /// The columns of the rows that follow. Sent on the first connect and whenever a reconnect
+    /// brings different columns (the buffer then flushes with reason `schema_change`).
+    Schema(Vec<Column>),
+    /// Decoded rows with the highest position per partition among them.
+    Batch { batch: RecordBatch, positions: Positions },
+}
+
+/// How a feed's source behaves.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub feed: String,
+    /// The ksqlDB stream or table, as written in the statement.
+    pub source: String,
+    pub delivery: Delivery,
+    /// Rows per Arrow batch.
+    pub batch_rows: usize,
+    /// A partly filled batch is sent after this long, so a slow feed still moves.
+    pub linger: Duration,
+    /// No byte for this long means the query stalled: it is reopened.
+    pub idle_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+/// Exponential backoff with jitter between reconnect attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(30), multiplier: 2.0 }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (0-based): full jitter over the exponential bound.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let bound = self.initial.as_secs_f64() * self.multiplier.powi(attempt.min(30) as i32);
+        let bound = bound.min(self.max.as_secs_f64());
+        let jittered = bound * (0.5 + rand::random::<f64>() * 0.5);
+        Duration::from_secs_f64(jittered)
+    }
+}
+
+/// Why a push query ended or was reopened; the values of the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Disconnect,
+    ServerError,
+    Terminated,
+    Stall,
+    InBandError,
+    Decode,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Disconnect => "disconnect",
+            EndReason::ServerError => "server_error",
+            EndReason::Terminated => "terminated",
+            EndReason::Stall => "stall",
+            EndReason::InBandError => "in_band_error",
+            EndReason::Decode => "decode",
+        }
+    }
+}
+
+/// A feed that cannot go on (unknown source, bad statement, bad credentials).
+#[derive(Debug, thiserror::Error)]
+#[error("feed {feed} stopped: {source}")]
+pub struct FeedFailed {
+    pub feed: String,
+    #[source]
+    pub source: ClientError,
+}
+
+/// The source stage of one feed.
+pub struct FeedSource {
+    pub settings: SourceSettings,
+    pub client: Arc<KsqlClient>,
+    pub metrics: Metrics,
+    pub health: Health,
+}
+
+/// How one connection ended.
+enum Ended {
+    Shutdown,
+    Reopen(EndReason, String),
+}
+
+impl FeedSource {
+    /// Runs until shutdown (Ok) or a permanent error (Err). `resume` holds the positions
+    /// already in the lake; rows at or below them are never sent again.
+    pub async fn run(
+        self,
+        mut resume: Positions,
+        sender: mpsc::Sender<SourceMessage>,
+        shutdown: CancellationToken,
+    ) -> Result<(), FeedFailed> {
+        let feed = self.settings.feed.clone();
+        let up = self.metrics.push_query_up.with_label_values(&[&feed]);
+        let mut columns: Option<Vec<Column>> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            self.health.set_feed(&feed, if attempt == 0 { FeedState::Starting } else { FeedState::Streaming });
+            let ended = match self.stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt).await {
+                Ok(ended) => ended,
+                Err(error) if !error.is_retryable() => {
+                    up.set(0);
+                    tracing::error!(feed = %feed, %error, "push query failed permanently; feed stopped");
+                    self.health.set_feed(&feed, FeedState::Failed { error: error.to_string() });
+                    return Err(FeedFailed { feed, source: error });
+                }
+                Err(error) => Ended::Reopen(EndReason::ServerError, error.to_string()),
+            };
+            up.set(0);
+            match ended {
+                Ended::Shutdown => {
+                    self.health.set_feed(&feed, FeedState::Stopped);
+                    return Ok(());
+                }
+                Ended::Reopen(reason, detail) => {
+                    let delay = self.settings.backoff.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    self.metrics.push_query_reconnects.with_label_values(&[&feed, reason.as_str()]).inc();
+                    if self.settings.delivery == Delivery::Latest {
+                        tracing::warn!(feed = %feed, reason = reason.as_str(), detail = %detail, attempt,
+                            delay_ms = delay.as_millis() as u64,
+                            "push query ended; reopening at latest: rows produced meanwhile are not ingested");
+                    } else {
+                        tracing::warn!(feed = %feed, reason = reason.as_str(), detail = %detail, attempt,
+                            delay_ms = delay.as_millis() as u64, "push query ended; reopening");
+                    }
+                    self.health.set_feed(&feed, FeedState::Reconnecting { reason: reason.as_str().into() });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the query once and streams it until it ends.
+    async fn stream_once(
+        &self,
+        resume: &mut Positions,
+        columns: &mut Option<Vec<Column>>,
+        sender: &mpsc::Sender<SourceMessage>,
+        shutdown: &CancellationToken,
+        attempt: &mut u32,
+    ) -> Result<Ended, ClientError> {
+        let settings = &self.settings;
+        let (sql, properties) = push_query(&settings.source, settings.delivery, resume);
+        tracing::info!(feed = %settings.feed, sql = %sql, "opening push query");
+        let request = QueryRequest { sql, properties, request_properties: serde_json::Map::new() };
+        let mut stream = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            opened = self.client.stream_query(request) => opened?,
+        };
+        let header_columns = stream.header().columns.clone();
+        if columns.as_ref() != Some(&header_columns) {
+            if columns.is_some() {
+                tracing::info!(feed = %settings.feed, "push query schema changed");
+            }
+            *columns = Some(header_columns.clone());
+            if sender.send(SourceMessage::Schema(header_columns.clone())).await.is_err() {
+                return Ok(Ended::Shutdown);
+            }
+        }
+        self.health.set_feed(&settings.feed, FeedState::Streaming);
+        self.metrics.push_query_up.with_label_values(&[&settings.feed]).set(1);
+        let query_id = stream.query_id().map(str::to_string);
+
+        let mut decoder = RowDecoder::new(&header_columns);
+        let mut batch_positions = Positions::default();
+        let mut linger_deadline: Option<Instant> = None;
+        let received = self.metrics.rows_received.with_label_values(&[&settings.feed]);
+        let rejected = self.metrics.rows_rejected.with_label_values(&[&settings.feed]);
+        let ended = loop {
+            let idle_deadline = Instant::now() + settings.idle_timeout;
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ended::Shutdown,
+                _ = sleep_until_some(linger_deadline) => {
+                    if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
+                        break Ended::Shutdown;
+                    }
+                    linger_deadline = None;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    break Ended::Reopen(EndReason::Stall, format!("no data for {:?}", settings.idle_timeout));
+                }
+                event = stream.next_event() => event,
+            };
+            match event {
+                Ok(Some(Event::Row { values, .. })) => {
+                    if let Some((_, partition, offset)) = leading_position(&values) {
+                        if settings.delivery != Delivery::Latest && resume.covers(partition, offset) {
+                            continue; // already in the lake or in a buffer: never twice
+                        }
+                        resume.advance(partition, offset);
+                        batch_positions.advance(partition, offset);
+                    }
+                    match decoder.append(&values) {
+                        Ok(()) => received.inc(),
+                        Err(error) => {
+                            rejected.inc();
+                            tracing::warn!(feed = %settings.feed, column = %error.column, reason = %error.reason,
+                                raw = %error.raw, "row rejected");
+                        }
+                    }
+                    *attempt = 0;
+                    if decoder.len() >= settings.batch_rows {
+                        if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
+                            break Ended::Shutdown;
+                        }
+                        linger_deadline = None;
+                    } else if linger_deadline.is_none() && !decoder.is_empty() {
+                        linger_deadline = Some(Instant::now() + settings.linger);
+                    }
+                }
+                Ok(Some(Event::Header(_))) => {}
+                Ok(Some(Event::FinalMessage(message))) => {
+                    break Ended::Reopen(EndReason::Terminated, message);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break Ended::Reopen(EndReason::Terminated, "response ended".into()),
+                Err(ClientError::InBand(error)) => {
+                    break Ended::Reopen(EndReason::InBandError, error.to_string());
+                }
+                Err(error) if error.is_retryable() => {
+                    break Ended::Reopen(EndReason::Disconnect, error.to_string());
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        // Whatever was decoded goes on to the buffer; nothing received is dropped.
+        self.send_batch(&mut decoder, &mut batch_positions, sender).await;
+        drop(stream);
+        if let Some(query_id) = query_id {
+            self.client.close_query(&query_id).await;
+        }
+        Ok(ended)
+    }
+
+    /// Sends the decoded rows on; false when the buffer stage is gone.
+    async fn send_batch(
+        &self,
+        decoder: &mut RowDecoder,
+        positions: &mut Positions,
+        sender: &mpsc::Sender<SourceMessage>,
+    ) -> bool {
+        if decoder.is_empty() && positions.is_empty() {
+            return true;
+        }
+        let batch = decoder.finish();
+        let positions = std::mem::take(positions);
+        let waited = Instant::now();
+        let sent = sender.send(SourceMessage::Batch { batch, positions }).await.is_ok();
+        let blocked = waited.elapsed();
+        if blocked > Duration::from_millis(1) {
+            self.metrics.backpressure_seconds.with_label_values(&[&self.settings.feed]).inc_by(blocked.as_secs_f64());
+        }
+        sent
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0 };
+        for attempt in 0..50 {
+            let delay = backoff.delay(attempt);
+            let bound = (0.1 * 2f64.powi(attempt.min(30) as i32)).min(2.0);
+            assert!(delay.as_secs_f64() <= bound + 1e-9, "attempt {attempt}: {delay:?}");
+            assert!(delay.as_secs_f64() >= bound * 0.5 - 1e-9, "attempt {attempt}: {delay:?}");
+        }
+    }
+}
