@@ -952,3 +952,23 @@ async fn value_types_render_in_rows() {
         "[4.2E-4,4.50,\"1970-01-01T00:00:00.001\",\"IQ==\",{\"1\":\"a\"}]"
     );
 }
+
+#[tokio::test]
+async fn shutdown_cuts_open_queries_abruptly() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    let mut response = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
+    let mut text = String::new();
+    read_lines(&mut response, &mut text, 1).await;
+    timeout(WAIT, handle.shutdown()).await.unwrap();
+    // no final message: the body fails instead of ending
+    let rest = timeout(WAIT, response.text()).await.unwrap();
+    assert!(rest.is_err(), "{rest:?}");
+    wait_for(|| sim.running_push_queries() == 0).await;
+}

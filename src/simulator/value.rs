@@ -22,6 +22,9 @@ pub enum Value {
         unscaled: i128,
         scale: u8,
     },
+    /// A DECIMAL too wide for i128 (precision up to 76), as plain text (`-123.4500`); written
+    /// verbatim. Build it with [`Value::decimal`], which validates the text.
+    DecimalText(String),
     String(String),
     Bytes(Vec<u8>),
     /// Milliseconds since the epoch, UTC.
@@ -62,15 +65,24 @@ impl Value {
         }
         let scale = u8::try_from(frac_part.len()).ok()?;
         let joined = format!("{int_part}{frac_part}");
-        let magnitude: i128 = if joined.is_empty() {
-            0
-        } else {
-            joined.parse().ok()?
-        };
-        Some(Value::Decimal {
-            unscaled: if negative { -magnitude } else { magnitude },
-            scale,
-        })
+        if joined.is_empty() {
+            return Some(Value::Decimal { unscaled: 0, scale });
+        }
+        match joined.parse::<i128>() {
+            Ok(magnitude) => Some(Value::Decimal {
+                unscaled: if negative { -magnitude } else { magnitude },
+                scale,
+            }),
+            Err(_) if joined.len() <= 76 => {
+                let int_part = if int_part.is_empty() { "0" } else { int_part };
+                let sign = if negative { "-" } else { "" };
+                let point = if frac_part.is_empty() { "" } else { "." };
+                Some(Value::DecimalText(format!(
+                    "{sign}{int_part}{point}{frac_part}"
+                )))
+            }
+            Err(_) => None,
+        }
     }
 
     /// The JSON text of this value as a top-level column.
@@ -100,6 +112,13 @@ impl Value {
             Value::Decimal { unscaled, scale } => match mode {
                 Mode::TopLevel => write_plain_decimal(out, *unscaled, *scale),
                 Mode::InStruct => write_connect_decimal(out, *unscaled, *scale),
+            },
+            Value::DecimalText(text) => match mode {
+                Mode::TopLevel => out.push_str(text),
+                Mode::InStruct => match text.parse::<f64>() {
+                    Ok(d) if text.contains('.') => write_json_double(out, d),
+                    _ => out.push_str(text),
+                },
             },
             Value::String(s) => write_json_string(out, s),
             Value::Bytes(bytes) => {
@@ -479,6 +498,13 @@ mod tests {
         );
         assert_eq!(json(Value::decimal("-1.2000").unwrap()), "-1.2000");
         assert_eq!(Value::decimal("1.x"), None);
+        let wide = "-1234567890123456789012345678901234567890.0100";
+        assert_eq!(
+            Value::decimal(wide),
+            Some(Value::DecimalText(wide.to_string()))
+        );
+        assert_eq!(json(Value::decimal(wide).unwrap()), wide);
+        assert_eq!(json(Value::decimal(".5").unwrap()), "0.5");
     }
 
     #[test]
