@@ -13,6 +13,7 @@
 //! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
 
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod ksqldb;
 pub mod metrics;
