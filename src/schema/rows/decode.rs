@@ -153,10 +153,9 @@ fn expect_open(cur: &mut Cursor<'_>, byte: u8, what: &str) -> Result<(), Fail> {
 
 /// A struct field by name: exact case first, then ASCII case-insensitive.
 fn find_field(names: &[String], name: &[u8]) -> Option<usize> {
-    names
-        .iter()
-        .position(|candidate| candidate.as_bytes() == name)
-        .or_else(|| names.iter().position(|candidate| candidate.as_bytes().eq_ignore_ascii_case(name)))
+    names.iter().position(|candidate| candidate.as_bytes() == name).or_else(|| {
+        names.iter().position(|candidate| candidate.as_bytes().eq_ignore_ascii_case(name))
+    })
 }
 
 pub(super) fn lossy(bytes: &[u8]) -> String {

@@ -173,9 +173,7 @@ fn decodes_the_eight_column_shape() {
 #[test]
 fn batch_types_match_the_schema_mapping() {
     let mut decoder = decoder(EIGHT);
-    decoder
-        .append(br#"[1,"a",1.0,1.0,"2021-01-01T00:00:00.000",true,1,"b"]"#)
-        .unwrap();
+    decoder.append(br#"[1,"a",1.0,1.0,"2021-01-01T00:00:00.000",true,1,"b"]"#).unwrap();
     let batch = decoder.finish();
     assert_eq!(
         batch.column(4).data_type(),
@@ -221,7 +219,10 @@ fn decimal_is_rescaled_exactly_from_its_text() {
     assert_eq!(one("DECIMAL(3, 3)", "0.999"), dec("999"));
     assert_eq!(one("DECIMAL(38, 0)", &"9".repeat(38)), dec(&"9".repeat(38)));
     let wide = format!("-{}.{}", "1".repeat(40), "2".repeat(20));
-    assert_eq!(one("DECIMAL(60, 20)", &wide), dec(&format!("-{}{}", "1".repeat(40), "2".repeat(20))));
+    assert_eq!(
+        one("DECIMAL(60, 20)", &wide),
+        dec(&format!("-{}{}", "1".repeat(40), "2".repeat(20)))
+    );
     assert_eq!(one("DECIMAL(76, 0)", &"9".repeat(76)), dec(&"9".repeat(76)));
 }
 
@@ -299,7 +300,8 @@ fn decodes_the_nested_types_capture() {
 
 #[test]
 fn struct_values_use_the_nested_forms() {
-    let schema = "`S` STRUCT<`Amount` DECIMAL(10, 4), `At` TIMESTAMP, `Day` DATE, `Tm` TIME, `B` BYTES>";
+    let schema =
+        "`S` STRUCT<`Amount` DECIMAL(10, 4), `At` TIMESTAMP, `Day` DATE, `Tm` TIME, `B` BYTES>";
     let rows = decode(
         schema,
         &[
@@ -335,7 +337,8 @@ fn struct_prefers_the_exact_case_field() {
 
 #[test]
 fn nulls_at_every_level() {
-    let schema = "`A` ARRAY<STRUCT<`X` MAP<STRING, ARRAY<INTEGER>>>>, `M` MAP<STRING, STRUCT<`Y` STRING>>";
+    let schema =
+        "`A` ARRAY<STRUCT<`X` MAP<STRING, ARRAY<INTEGER>>>>, `M` MAP<STRING, STRUCT<`Y` STRING>>";
     let rows = decode(
         schema,
         &[

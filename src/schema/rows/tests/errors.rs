@@ -70,7 +70,8 @@ fn scalar_values_out_of_shape_are_rejected() {
 
 #[test]
 fn nested_failures_name_their_path() {
-    let schema = "`ID` INTEGER, `ARR` ARRAY<STRUCT<`TITLE` STRING, `TAGS` MAP<INTEGER, ARRAY<DATE>>>>";
+    let schema =
+        "`ID` INTEGER, `ARR` ARRAY<STRUCT<`TITLE` STRING, `TAGS` MAP<INTEGER, ARRAY<DATE>>>>";
     let cases = [
         (r#"[1,[{"TITLE":5}]]"#, "ARR[0].TITLE"),
         (r#"[1,[null,null,null,{"TAGS":{"7":["2020-01-01","x"]}}]]"#, "ARR[3].TAGS{7}[1]"),

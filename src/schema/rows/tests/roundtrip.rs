@@ -79,16 +79,21 @@ fn non_null(ty: &KsqlType) -> BoxedStrategy<V> {
         KsqlType::Decimal { precision, .. } => digits(*precision).boxed(),
         KsqlType::String => any::<String>().prop_map(V::Str).boxed(),
         KsqlType::Bytes => prop::collection::vec(any::<u8>(), 0..12).prop_map(V::Bytes).boxed(),
-        KsqlType::Timestamp => (-62_135_596_800_000i64..253_402_300_800_000).prop_map(V::Ts).boxed(),
+        KsqlType::Timestamp => {
+            (-62_135_596_800_000i64..253_402_300_800_000).prop_map(V::Ts).boxed()
+        }
         KsqlType::Date => (-719_162i32..2_932_897).prop_map(V::Date).boxed(),
         KsqlType::Time => (0i32..86_400_000).prop_map(V::Time).boxed(),
         KsqlType::Array(item) => prop::collection::vec(value(item), 0..4).prop_map(V::List).boxed(),
-        KsqlType::Map(key, item) => prop::collection::vec((non_null(key), value(item)), 0..4)
-            .prop_map(V::Map)
-            .boxed(),
-        KsqlType::Struct(fields) => {
-            fields.iter().map(|field| value(&field.ty)).collect::<Vec<_>>().prop_map(V::Struct).boxed()
+        KsqlType::Map(key, item) => {
+            prop::collection::vec((non_null(key), value(item)), 0..4).prop_map(V::Map).boxed()
         }
+        KsqlType::Struct(fields) => fields
+            .iter()
+            .map(|field| value(&field.ty))
+            .collect::<Vec<_>>()
+            .prop_map(V::Struct)
+            .boxed(),
     }
 }
 
@@ -188,7 +193,8 @@ impl Renderer {
                 self.out.push_str(if *x > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" })
             }
             (_, V::Double(x)) => {
-                let text = if self.rng.random_bool(0.5) { format!("{x:?}") } else { format!("{x:E}") };
+                let text =
+                    if self.rng.random_bool(0.5) { format!("{x:?}") } else { format!("{x:E}") };
                 self.out.push_str(&text);
             }
             (KsqlType::Decimal { scale, .. }, V::Dec(unscaled)) => {
@@ -205,7 +211,8 @@ impl Renderer {
             (_, V::Date(days)) => self.string(&date_text(*days)),
             (_, V::Time(ms)) if in_struct => self.out.push_str(&ms.to_string()),
             (_, V::Time(ms)) => {
-                let (h, m, sec, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+                let (h, m, sec, milli) =
+                    (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
                 let text = match (sec, milli) {
                     (0, 0) => format!("{h:02}:{m:02}"),
                     (_, 0) => format!("{h:02}:{m:02}:{sec:02}"),
@@ -234,7 +241,8 @@ impl Renderer {
                         V::Str(text) => text.clone(),
                         V::Date(days) if !in_struct => date_text(*days),
                         other => {
-                            let mut inner = Renderer { rng: StdRng::seed_from_u64(0), out: String::new() };
+                            let mut inner =
+                                Renderer { rng: StdRng::seed_from_u64(0), out: String::new() };
                             inner.value(key_ty, other, true);
                             inner.out.trim().to_string()
                         }
