@@ -13,5 +13,6 @@
 //! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
 
 pub mod ksqldb;
+pub mod lake;
 pub mod schema;
 pub mod simulator;
