@@ -10,7 +10,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use ksql_lake::lake::{open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, S3Options, WriterOptions};
+use ksql_lake::lake::{
+    open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, S3Options, WriterOptions,
+};
 use lake_support::*;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;

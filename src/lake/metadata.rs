@@ -198,16 +198,19 @@ impl FeedMetadata {
             Some(index) => index,
             None => {
                 let at = self.partitions.partition_point(|partition| partition.path.as_str() < partition_path);
-                self.partitions.insert(at, PartitionEntry {
-                    path: partition_path.to_string(),
-                    records: 0,
-                    size_mb: 0.0,
-                    bytes: 0,
-                    min_event_time: None,
-                    max_event_time: None,
-                    files: Vec::new(),
-                    extra: Map::new(),
-                });
+                self.partitions.insert(
+                    at,
+                    PartitionEntry {
+                        path: partition_path.to_string(),
+                        records: 0,
+                        size_mb: 0.0,
+                        bytes: 0,
+                        min_event_time: None,
+                        max_event_time: None,
+                        files: Vec::new(),
+                        extra: Map::new(),
+                    },
+                );
                 at
             }
         };
@@ -270,11 +273,31 @@ mod tests {
     fn recording_files_updates_totals_partitions_positions_and_schema_versions() {
         let now = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
         let mut meta = FeedMetadata::new("orders", FeedKind::Stream);
-        meta.record_file("year=2024/month=01/day=02", file("b", 10, 1_048_576, 5_000, 9_000, Positions::from([(0, 9)])), columns(false), now);
-        meta.record_file("year=2024/month=01/day=01", file("a", 5, 524_288, 1_000, 2_000, Positions::from([(1, 4)])), columns(false), now);
-        meta.record_file("year=2024/month=01/day=02", file("c", 1, 0, 3_000, 4_000, Positions::from([(0, 12)])), columns(true), now);
+        meta.record_file(
+            "year=2024/month=01/day=02",
+            file("b", 10, 1_048_576, 5_000, 9_000, Positions::from([(0, 9)])),
+            columns(false),
+            now,
+        );
+        meta.record_file(
+            "year=2024/month=01/day=01",
+            file("a", 5, 524_288, 1_000, 2_000, Positions::from([(1, 4)])),
+            columns(false),
+            now,
+        );
+        meta.record_file(
+            "year=2024/month=01/day=02",
+            file("c", 1, 0, 3_000, 4_000, Positions::from([(0, 12)])),
+            columns(true),
+            now,
+        );
         // Replaying a committed file counts once.
-        meta.record_file("year=2024/month=01/day=02", file("c", 1, 0, 3_000, 4_000, Positions::new()), columns(true), now);
+        meta.record_file(
+            "year=2024/month=01/day=02",
+            file("c", 1, 0, 3_000, 4_000, Positions::new()),
+            columns(true),
+            now,
+        );
 
         assert_eq!(meta.total_records, 16);
         assert_eq!(meta.total_bytes, 1_572_864);
@@ -302,7 +325,12 @@ mod tests {
         let mut meta = FeedMetadata::from_json(original.as_bytes()).unwrap();
         assert_eq!(meta.format_version, FORMAT_VERSION);
         assert_eq!(meta.kind, FeedKind::Stream);
-        meta.record_file("year=2023/month=01/day=01", file("n", 2, 10, 0, 1, Positions::new()), columns(false), Utc::now());
+        meta.record_file(
+            "year=2023/month=01/day=01",
+            file("n", 2, 10, 0, 1, Positions::new()),
+            columns(false),
+            Utc::now(),
+        );
         let text = String::from_utf8(meta.to_json().unwrap()).unwrap();
         let value: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(value["owner"], "team-a");

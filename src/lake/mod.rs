@@ -40,8 +40,8 @@ pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};
 pub use partition::{
-    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, PositionColumns, RoutedBatch,
-    RowRouter, RowStats,
+    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, PositionColumns, RoutedBatch, RowRouter,
+    RowStats,
 };
 pub use store::{open_lake, Lake, S3Options, StoreError};
 pub use writer::{CommitOutcome, CommittedFile, LakeWriter, RetryPolicy, WriteError, WriterOptions};

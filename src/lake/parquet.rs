@@ -56,12 +56,14 @@ impl Compression {
         use parquet::basic::Compression as Codec;
         Ok(match self {
             Compression::Zstd(level) => Codec::ZSTD(
-                ZstdLevel::try_new(level).map_err(|_| EncodeError::InvalidLevel { codec: "zstd", level: level as i64 })?,
+                ZstdLevel::try_new(level)
+                    .map_err(|_| EncodeError::InvalidLevel { codec: "zstd", level: level as i64 })?,
             ),
             Compression::Snappy => Codec::SNAPPY,
             Compression::Lz4 => Codec::LZ4_RAW,
             Compression::Gzip(level) => Codec::GZIP(
-                GzipLevel::try_new(level).map_err(|_| EncodeError::InvalidLevel { codec: "gzip", level: level as i64 })?,
+                GzipLevel::try_new(level)
+                    .map_err(|_| EncodeError::InvalidLevel { codec: "gzip", level: level as i64 })?,
             ),
             Compression::None => Codec::UNCOMPRESSED,
         })

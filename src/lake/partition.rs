@@ -103,11 +103,8 @@ impl PartitionSpec {
 
     /// The partition holding the instant `event_ms` (epoch milliseconds).
     pub fn key_for(&self, event_ms: i64) -> Result<PartitionKey, PartitionError> {
-        let local = self
-            .timezone
-            .timestamp_millis_opt(event_ms)
-            .single()
-            .ok_or(PartitionError::TimeOutOfRange { event_ms })?;
+        let local =
+            self.timezone.timestamp_millis_opt(event_ms).single().ok_or(PartitionError::TimeOutOfRange { event_ms })?;
         Ok(PartitionKey {
             year: local.year(),
             month: local.month(),
@@ -257,9 +254,8 @@ impl RowRouter {
             }
             EventTime::Column(name) => name,
         };
-        let column = batch
-            .column_by_name(name)
-            .ok_or_else(|| PartitionError::MissingColumn { column: name.clone() })?;
+        let column =
+            batch.column_by_name(name).ok_or_else(|| PartitionError::MissingColumn { column: name.clone() })?;
         let millis: Int64Array = match column.data_type() {
             DataType::Int64 => column.as_primitive::<Int64Type>().clone(),
             DataType::Timestamp(_, tz) => {
@@ -275,20 +271,19 @@ impl RowRouter {
             }
         };
         let nulls: Vec<bool> = (0..millis.len()).map(|row| millis.is_null(row)).collect();
-        let values = (0..millis.len())
-            .map(|row| if nulls[row] { processing_ms } else { millis.value(row) })
-            .collect();
+        let values = (0..millis.len()).map(|row| if nulls[row] { processing_ms } else { millis.value(row) }).collect();
         Ok((values, nulls))
     }
 
     fn position_arrays(&self, batch: &RecordBatch) -> Result<Option<(Int64Array, Int64Array)>, PartitionError> {
         let Some(columns) = &self.positions else { return Ok(None) };
         let read = |name: &str| -> Result<Int64Array, PartitionError> {
-            let column: &ArrayRef = batch
-                .column_by_name(name)
-                .ok_or_else(|| PartitionError::MissingColumn { column: name.to_string() })?;
-            let as_i64 = cast(column, &DataType::Int64)
-                .map_err(|error| PartitionError::BadPositionColumn { column: name.to_string(), reason: error.to_string() })?;
+            let column: &ArrayRef =
+                batch.column_by_name(name).ok_or_else(|| PartitionError::MissingColumn { column: name.to_string() })?;
+            let as_i64 = cast(column, &DataType::Int64).map_err(|error| PartitionError::BadPositionColumn {
+                column: name.to_string(),
+                reason: error.to_string(),
+            })?;
             Ok(as_i64.as_primitive::<Int64Type>().clone())
         };
         Ok(Some((read(&columns.partition)?, read(&columns.offset)?)))
@@ -314,7 +309,8 @@ fn stats_for(rows: &[u32], times: &[i64], nulls: &[bool], positions: Option<&(In
         if partitions.is_null(row) || offsets.is_null(row) {
             continue;
         }
-        let (Ok(partition), Ok(offset)) = (u32::try_from(partitions.value(row)), u64::try_from(offsets.value(row))) else {
+        let (Ok(partition), Ok(offset)) = (u32::try_from(partitions.value(row)), u64::try_from(offsets.value(row)))
+        else {
             continue;
         };
         if stats.first_position.is_none() {

@@ -61,9 +61,17 @@ pub enum StoreError {
     #[error("lake url `{url}` is invalid: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("cannot create lake directory {path}")]
-    CreateDir { path: String, #[source] source: std::io::Error },
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open object store for `{url}`")]
-    Open { url: String, #[source] source: object_store::Error },
+    Open {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
     #[error(transparent)]
     Layout(#[from] LayoutError),
 }
@@ -164,8 +172,8 @@ fn open_s3(url: &Url, options: &S3Options, display: String) -> Result<Lake, Stor
         .ok_or_else(|| StoreError::InvalidUrl { url: display.clone(), reason: "no bucket name".into() })?;
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (key, value) in &options.extra {
-        let key = AmazonS3ConfigKey::from_str(key)
-            .map_err(|source| StoreError::Open { url: display.clone(), source })?;
+        let key =
+            AmazonS3ConfigKey::from_str(key).map_err(|source| StoreError::Open { url: display.clone(), source })?;
         builder = builder.with_config(key, value.clone());
     }
     if let Some(endpoint) = &options.endpoint {

@@ -146,15 +146,33 @@ pub enum WriteError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("encoding {path} failed")]
-    Encode { path: String, #[source] source: EncodeError },
+    Encode {
+        path: String,
+        #[source]
+        source: EncodeError,
+    },
     #[error("encoding task for {path} failed: {reason}")]
     EncodeTask { path: String, reason: String },
     #[error("writing {path} failed after {attempts} attempt(s)")]
-    Put { path: String, attempts: u32, #[source] source: object_store::Error },
+    Put {
+        path: String,
+        attempts: u32,
+        #[source]
+        source: object_store::Error,
+    },
     #[error("updating {path} failed after {attempts} attempt(s)")]
-    Metadata { path: String, attempts: u32, #[source] source: object_store::Error },
+    Metadata {
+        path: String,
+        attempts: u32,
+        #[source]
+        source: object_store::Error,
+    },
     #[error("{path} is not a valid manifest")]
-    MetadataCorrupt { path: String, #[source] source: serde_json::Error },
+    MetadataCorrupt {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{path} conflicts with a committed file: {reason}")]
     Conflict { path: String, reason: String },
 }
@@ -181,6 +199,9 @@ fn is_retryable(error: &object_store::Error) -> bool {
     )
 }
 
+/// A feed as the lock map knows it.
+type FeedId = (FeedKind, String);
+
 /// Writes flush jobs into a lake. Cheap to share (`Arc`); writes of different partitions may
 /// run concurrently, manifest updates of one feed are serialized inside the process.
 #[derive(Debug)]
@@ -188,7 +209,7 @@ pub struct LakeWriter {
     lake: Lake,
     options: WriterOptions,
     /// One lock per feed so concurrent commits do not race on `_metadata.json`.
-    feed_locks: StdMutex<HashMap<(FeedKind, String), Arc<Mutex<()>>>>,
+    feed_locks: StdMutex<HashMap<FeedId, Arc<Mutex<()>>>>,
     /// Cleared once the store answers NotImplemented to a conditional update.
     conditional_update: AtomicBool,
 }
@@ -402,9 +423,8 @@ impl LakeWriter {
                 late: job.late,
             };
             metadata.record_file(&partition_path, entry, columns.clone(), now);
-            let body = metadata
-                .to_json()
-                .map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
+            let body =
+                metadata.to_json().map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
             let conditional = self.conditional_update.load(Ordering::Relaxed);
             let mode = match version {
                 None => PutMode::Create,
@@ -424,9 +444,7 @@ impl LakeWriter {
                     warn!(path = %path, attempt, error = %error, "manifest update failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(source) => {
-                    return Err(WriteError::Metadata { path: path.to_string(), attempts: attempt, source })
-                }
+                Err(source) => return Err(WriteError::Metadata { path: path.to_string(), attempts: attempt, source }),
             }
         }
     }
@@ -443,10 +461,11 @@ impl LakeWriter {
             Err(source) => return Err(WriteError::Metadata { path: path.to_string(), attempts: attempt, source }),
         };
         let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(|source| WriteError::Metadata { path: path.to_string(), attempts: attempt, source })?;
+        let bytes = result.bytes().await.map_err(|source| WriteError::Metadata {
+            path: path.to_string(),
+            attempts: attempt,
+            source,
+        })?;
         let metadata = FeedMetadata::from_json(&bytes)
             .map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
         Ok(Some((metadata, version)))

@@ -51,8 +51,7 @@ struct Fixture {
 fn fixture(policy: FlushPolicy) -> Fixture {
     let budget = MemoryBudget::new(1 << 30);
     let clock = ManualClock::new(ms(10, 30, 0));
-    let buffers =
-        PartitionBuffers::new("orders", FeedKind::Stream, spec(), policy, Arc::clone(&budget), clock.clone());
+    let buffers = PartitionBuffers::new("orders", FeedKind::Stream, spec(), policy, Arc::clone(&budget), clock.clone());
     Fixture { buffers, budget, clock }
 }
 

@@ -20,7 +20,10 @@ fn sample(start: i64, rows: i64) -> RecordBatch {
     RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(TimestampMillisecondArray::from(ids.iter().map(|id| 1_000 * id).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(
+                TimestampMillisecondArray::from(ids.iter().map(|id| 1_000 * id).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
             Arc::new(Int64Array::from(ids.clone())),
             Arc::new(StringArray::from(countries)),
         ],
@@ -80,8 +83,10 @@ fn encoded_files_read_back_with_values_metadata_and_codec() {
     let times: Vec<i64> =
         read.iter().flat_map(|b| b.column(0).as_primitive::<TimestampMillisecondType>().values().to_vec()).collect();
     assert_eq!(times[14], 14_000);
-    let countries: Vec<String> =
-        read.iter().flat_map(|b| b.column(2).as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()).collect();
+    let countries: Vec<String> = read
+        .iter()
+        .flat_map(|b| b.column(2).as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>())
+        .collect();
     assert_eq!(countries[..3], ["DE", "FR", "DE"]);
 
     let (rows, footer_positions) = footer_summary(&encoded.bytes).unwrap();
@@ -116,7 +121,11 @@ fn positions_are_omitted_when_unknown_and_bad_input_is_rejected() {
     assert_eq!(footer_summary(&encoded.bytes).unwrap(), (3, None));
     assert!(matches!(encode(&[], &FileInfo::default(), &ParquetOptions::default()), Err(EncodeError::Empty)));
     let other = RecordBatch::try_new(
-        Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new("X", arrow::datatypes::DataType::Int64, true)])),
+        Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "X",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )])),
         vec![Arc::new(Int64Array::from(vec![1]))],
     )
     .unwrap();

@@ -166,9 +166,8 @@ fn int64_and_second_timestamps_are_accepted_other_types_are_not() {
     )
     .unwrap();
     for column in ["T_MS", "T_S"] {
-        let routed = RowRouter::new(PartitionSpec::default(), EventTime::Column(column.into()), None)
-            .route(&input, 0)
-            .unwrap();
+        let routed =
+            RowRouter::new(PartitionSpec::default(), EventTime::Column(column.into()), None).route(&input, 0).unwrap();
         assert_eq!(routed[0].key.relative_path(), "year=2024/month=02/day=29", "{column}");
         assert_eq!(routed[0].stats.first_position, None);
     }

@@ -76,8 +76,7 @@ fn writer_over(store: Arc<dyn ObjectStore>, max_attempts: u32) -> LakeWriter {
 }
 
 async fn objects(store: &Arc<dyn ObjectStore>) -> Vec<String> {
-    let mut paths: Vec<String> =
-        store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
+    let mut paths: Vec<String> = store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
     paths.sort();
     paths
 }
