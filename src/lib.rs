@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ksqldb;
+pub mod lake;
 pub mod metrics;
 pub mod schema;
 pub mod simulator;

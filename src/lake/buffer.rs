@@ -1,0 +1,389 @@
+//! Per-feed partition buffers and the flush policy.
+//!
+//! Rows are held as the RecordBatches they arrived in, one list per [`PartitionKey`], until a
+//! flush predicate fires. The caller drives it:
+//! - after every [`PartitionBuffers::push`] and on a periodic tick (about once a second) call
+//!   [`PartitionBuffers::drain_ready`], so idle partitions flush by age and close even when no
+//!   row arrives;
+//! - while [`MemoryBudget::over_budget`], call [`PartitionBuffers::drain_largest`] (reason
+//!   `memory`), across feeds largest first;
+//! - at shutdown, [`PartitionBuffers::drain_all`] with [`FlushReason::Shutdown`].
+//!
+//! Ages use `tokio::time::Instant` (tests pause and advance tokio's clock); partition close uses
+//! an injectable [`WallClock`] because it compares event-time partition bounds with real time.
+//!
+//! Late rows: rows for a partition that is already closed (end + allowed lateness has passed)
+//! open a buffer marked `late`. It does not flush on partition close again (that would write a
+//! file per tick) but by rows, bytes or age, so late data lands as one extra file per
+//! `max_age` in the old folder. Late rows are counted in [`PartitionBuffers::late_rows_total`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use tokio::time::Instant;
+
+use super::budget::{MemoryBudget, Reservation};
+use super::layout::{data_file_name, ulid, FeedKind};
+use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
+use super::{merge_positions, Position, Positions};
+
+/// Wall-clock time in epoch milliseconds, injectable for tests.
+pub trait WallClock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> Arc<Self> {
+        Arc::new(ManualClock(AtomicI64::new(now_ms)))
+    }
+
+    pub fn set(&self, now_ms: i64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl WallClock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a file was written; `as_str()` is the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlushReason {
+    Rows,
+    Bytes,
+    Age,
+    PartitionClose,
+    Memory,
+    Shutdown,
+    SchemaChange,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Rows => "rows",
+            FlushReason::Bytes => "bytes",
+            FlushReason::Age => "age",
+            FlushReason::PartitionClose => "partition_close",
+            FlushReason::Memory => "memory",
+            FlushReason::Shutdown => "shutdown",
+            FlushReason::SchemaChange => "schema_change",
+        }
+    }
+}
+
+/// Thresholds of the flush predicates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushPolicy {
+    /// Flush once a partition buffers this many rows.
+    pub max_rows: usize,
+    /// Flush once the *estimated encoded* size reaches this: the file-size target.
+    pub max_bytes: u64,
+    /// Flush once the oldest buffered row waited this long: bounds data freshness.
+    pub max_age: Duration,
+    /// A partition closes (flushes) once its end plus this has passed on the wall clock.
+    pub allowed_lateness: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        FlushPolicy {
+            max_rows: 1_000_000,
+            max_bytes: 128 * 1024 * 1024,
+            max_age: Duration::from_secs(300),
+            allowed_lateness: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Encoded/in-memory ratio assumed before the first flush teaches a better one.
+pub const INITIAL_COMPRESSION_RATIO: f64 = 0.25;
+
+/// The rows of one partition, ready to be written as one file.
+#[derive(Debug)]
+pub struct FlushJob {
+    pub feed: String,
+    pub kind: FeedKind,
+    pub key: PartitionKey,
+    /// Fixed when the job is drained, so every retry writes the same name.
+    pub file_name: String,
+    pub reason: FlushReason,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    pub in_memory_bytes: u64,
+    pub first_event_ms: i64,
+    pub min_event_ms: i64,
+    pub max_event_ms: i64,
+    pub first_position: Option<Position>,
+    /// Highest offset per ksqlDB partition among the rows of this job.
+    pub positions: Positions,
+    pub null_event_time_rows: usize,
+    /// Rows that arrived after their partition closed.
+    pub late: bool,
+    /// Released when the job is dropped, i.e. after the caller is done with it.
+    reservation: Reservation,
+}
+
+impl FlushJob {
+    /// `year=…/…/data_….parquet`, relative to the feed directory.
+    pub fn relative_path(&self) -> String {
+        format!("{}/{}", self.key.relative_path(), self.file_name)
+    }
+
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reservation.bytes()
+    }
+}
+
+#[derive(Debug)]
+struct PartitionBuffer {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    in_memory_bytes: u64,
+    oldest_arrival: Instant,
+    first_event_ms: i64,
+    min_event_ms: i64,
+    max_event_ms: i64,
+    first_position: Option<Position>,
+    positions: Positions,
+    null_event_time_rows: usize,
+    /// Wall-clock ms at which the partition closes (end + allowed lateness).
+    closes_at_ms: i64,
+    late: bool,
+    reservation: Reservation,
+}
+
+/// The buffers of one feed.
+#[derive(Debug)]
+pub struct PartitionBuffers {
+    feed: String,
+    kind: FeedKind,
+    spec: PartitionSpec,
+    policy: FlushPolicy,
+    budget: Arc<MemoryBudget>,
+    clock: Arc<dyn WallClock>,
+    schema: Option<SchemaRef>,
+    buffers: BTreeMap<PartitionKey, PartitionBuffer>,
+    compression_ratio: f64,
+    late_rows_total: u64,
+    null_event_time_rows_total: u64,
+}
+
+impl PartitionBuffers {
+    pub fn new(
+        feed: impl Into<String>,
+        kind: FeedKind,
+        spec: PartitionSpec,
+        policy: FlushPolicy,
+        budget: Arc<MemoryBudget>,
+        clock: Arc<dyn WallClock>,
+    ) -> Self {
+        PartitionBuffers {
+            feed: feed.into(),
+            kind,
+            spec,
+            policy,
+            budget,
+            clock,
+            schema: None,
+            buffers: BTreeMap::new(),
+            compression_ratio: INITIAL_COMPRESSION_RATIO,
+            late_rows_total: 0,
+            null_event_time_rows_total: 0,
+        }
+    }
+
+    /// Buffers routed rows. If their schema differs from the buffered one, every partition is
+    /// drained first (reason `schema_change`) and returned: one file never mixes schemas.
+    pub fn push(&mut self, routed: RoutedBatch) -> Vec<FlushJob> {
+        let mut jobs = Vec::new();
+        let schema = routed.batch.schema();
+        if let Some(current) = &self.schema {
+            if current.fields() != schema.fields() {
+                jobs = self.drain_all(FlushReason::SchemaChange);
+            }
+        }
+        self.schema = Some(schema);
+        let stats = routed.stats;
+        if stats.rows == 0 {
+            return jobs;
+        }
+        let bytes = routed.batch.get_array_memory_size() as u64;
+        self.null_event_time_rows_total += stats.null_event_time_rows as u64;
+        let now_wall = self.clock.now_ms();
+        let buffer = match self.buffers.get_mut(&routed.key) {
+            Some(buffer) => buffer,
+            None => {
+                let end_ms = self.spec.end_ms(&routed.key).unwrap_or(i64::MAX);
+                let closes_at_ms = end_ms.saturating_add(self.policy.allowed_lateness.as_millis() as i64);
+                let buffer = PartitionBuffer {
+                    batches: Vec::new(),
+                    rows: 0,
+                    in_memory_bytes: 0,
+                    oldest_arrival: Instant::now(),
+                    first_event_ms: stats.first_event_ms,
+                    min_event_ms: stats.min_event_ms,
+                    max_event_ms: stats.max_event_ms,
+                    first_position: stats.first_position,
+                    positions: Positions::new(),
+                    null_event_time_rows: 0,
+                    closes_at_ms,
+                    late: closes_at_ms <= now_wall,
+                    reservation: self.budget.reserve(0),
+                };
+                self.buffers.entry(routed.key).or_insert(buffer)
+            }
+        };
+        if buffer.late {
+            self.late_rows_total += stats.rows as u64;
+        }
+        buffer.batches.push(routed.batch);
+        buffer.rows += stats.rows;
+        buffer.in_memory_bytes += bytes;
+        buffer.reservation.grow(bytes);
+        buffer.min_event_ms = buffer.min_event_ms.min(stats.min_event_ms);
+        buffer.max_event_ms = buffer.max_event_ms.max(stats.max_event_ms);
+        if buffer.first_position.is_none() {
+            buffer.first_position = stats.first_position;
+        }
+        merge_positions(&mut buffer.positions, &stats.max_positions);
+        buffer.null_event_time_rows += stats.null_event_time_rows;
+        jobs
+    }
+
+    /// Drains every partition whose flush predicate holds at `now` (and the wall clock).
+    pub fn drain_ready(&mut self, now: Instant) -> Vec<FlushJob> {
+        let now_wall = self.clock.now_ms();
+        let ready: Vec<(PartitionKey, FlushReason)> = self
+            .buffers
+            .iter()
+            .filter_map(|(key, buffer)| self.flush_reason(buffer, now, now_wall).map(|reason| (*key, reason)))
+            .collect();
+        ready.into_iter().filter_map(|(key, reason)| self.take(key, reason)).collect()
+    }
+
+    /// Drains every partition.
+    pub fn drain_all(&mut self, reason: FlushReason) -> Vec<FlushJob> {
+        let keys: Vec<PartitionKey> = self.buffers.keys().copied().collect();
+        keys.into_iter().filter_map(|key| self.take(key, reason)).collect()
+    }
+
+    /// Drains the partition holding the most memory (reason `memory`).
+    pub fn drain_largest(&mut self) -> Option<FlushJob> {
+        let key = self.buffers.iter().max_by_key(|(_, buffer)| buffer.in_memory_bytes).map(|(key, _)| *key)?;
+        self.take(key, FlushReason::Memory)
+    }
+
+    /// Teaches the encoded-size estimate from a finished file (moving average).
+    pub fn learn_compression(&mut self, in_memory_bytes: u64, encoded_bytes: u64) {
+        if in_memory_bytes == 0 {
+            return;
+        }
+        let observed = (encoded_bytes as f64 / in_memory_bytes as f64).clamp(0.001, 4.0);
+        self.compression_ratio = 0.5 * self.compression_ratio + 0.5 * observed;
+    }
+
+    pub fn compression_ratio(&self) -> f64 {
+        self.compression_ratio
+    }
+
+    pub fn feed(&self) -> &str {
+        &self.feed
+    }
+
+    pub fn buffered_rows(&self) -> usize {
+        self.buffers.values().map(|buffer| buffer.rows).sum()
+    }
+
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffers.values().map(|buffer| buffer.in_memory_bytes).sum()
+    }
+
+    /// The largest single partition buffer, for choosing which feed to drain under pressure.
+    pub fn largest_buffer_bytes(&self) -> u64 {
+        self.buffers.values().map(|buffer| buffer.in_memory_bytes).max().unwrap_or(0)
+    }
+
+    pub fn open_partitions(&self) -> usize {
+        self.buffers.len()
+    }
+
+    pub fn late_rows_total(&self) -> u64 {
+        self.late_rows_total
+    }
+
+    pub fn null_event_time_rows_total(&self) -> u64 {
+        self.null_event_time_rows_total
+    }
+
+    /// The predicates, checked in this order: rows, bytes, partition close, age.
+    fn flush_reason(&self, buffer: &PartitionBuffer, now: Instant, now_wall_ms: i64) -> Option<FlushReason> {
+        let estimated_encoded = (buffer.in_memory_bytes as f64 * self.compression_ratio) as u64;
+        if buffer.rows >= self.policy.max_rows {
+            Some(FlushReason::Rows)
+        } else if estimated_encoded >= self.policy.max_bytes {
+            Some(FlushReason::Bytes)
+        } else if !buffer.late && buffer.closes_at_ms <= now_wall_ms {
+            Some(FlushReason::PartitionClose)
+        } else if now.saturating_duration_since(buffer.oldest_arrival) >= self.policy.max_age {
+            Some(FlushReason::Age)
+        } else {
+            None
+        }
+    }
+
+    fn take(&mut self, key: PartitionKey, reason: FlushReason) -> Option<FlushJob> {
+        let buffer = self.buffers.remove(&key)?;
+        let schema = self.schema.clone()?;
+        let now_wall = self.clock.now_ms();
+        let file_name = data_file_name(buffer.first_event_ms, self.spec.timezone, buffer.first_position, now_wall)
+            .unwrap_or_else(|_| format!("data_00000000_000000_{}.parquet", ulid(now_wall)));
+        Some(FlushJob {
+            feed: self.feed.clone(),
+            kind: self.kind,
+            key,
+            file_name,
+            reason,
+            schema,
+            batches: buffer.batches,
+            rows: buffer.rows,
+            in_memory_bytes: buffer.in_memory_bytes,
+            first_event_ms: buffer.first_event_ms,
+            min_event_ms: buffer.min_event_ms,
+            max_event_ms: buffer.max_event_ms,
+            first_position: buffer.first_position,
+            positions: buffer.positions,
+            null_event_time_rows: buffer.null_event_time_rows,
+            late: buffer.late,
+            reservation: buffer.reservation,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

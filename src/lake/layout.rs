@@ -1,0 +1,159 @@
+//! Names and paths inside the lake: feed kinds, feed-name validation and data file names.
+//!
+//! A data file is named `data_YYYYMMDD_HHMMSS_<unique>.parquet`:
+//! - `YYYYMMDD_HHMMSS` is the event time of the **first row in the file** (the first row the
+//!   buffer received, not the smallest), formatted in the feed's timezone;
+//! - `<unique>` is `p<ROWPARTITION, 10 digits>o<ROWOFFSET, 19 digits>` of that first row when the
+//!   push query carries positions. It is deterministic: a replay of the same rows after a crash
+//!   produces the same name, so the create-only put detects the earlier attempt instead of
+//!   writing a duplicate. Zero-padding keeps names of one partition lexically sorted by offset.
+//! - Without positions, `<unique>` is a 26-character ULID (48-bit milliseconds + 80 random bits,
+//!   Crockford base32): unique and sortable by creation time, but a replay writes a new file.
+
+use std::fmt::Write as _;
+
+use chrono::TimeZone;
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::Position;
+
+/// Name of the per-feed manifest, next to the partition folders.
+pub const METADATA_FILE: &str = "_metadata.json";
+
+/// Whether a feed comes from a ksqlDB STREAM or TABLE; it picks the top-level folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    #[default]
+    Stream,
+    Table,
+}
+
+impl FeedKind {
+    /// The folder under the lake root: `streams` or `tables`.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FeedKind::Stream => "streams",
+            FeedKind::Table => "tables",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Stream => "stream",
+            FeedKind::Table => "table",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("feed name `{name}` is invalid: {reason}")]
+    InvalidFeedName { name: String, reason: &'static str },
+    #[error("event time {event_ms} ms is outside the supported date range")]
+    TimeOutOfRange { event_ms: i64 },
+}
+
+/// Feed names become one path segment, so they are restricted to `[A-Za-z0-9_.-]`, must not
+/// start with `.` or `_` (hidden/metadata names for most readers) and are at most 200 bytes.
+pub fn validate_feed_name(name: &str) -> Result<(), LayoutError> {
+    let invalid = |reason| Err(LayoutError::InvalidFeedName { name: name.to_string(), reason });
+    if name.is_empty() {
+        return invalid("it is empty");
+    }
+    if name.len() > 200 {
+        return invalid("it is longer than 200 bytes");
+    }
+    if name.starts_with('.') || name.starts_with('_') {
+        return invalid("it starts with `.` or `_`");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        return invalid("only letters, digits, `_`, `-` and `.` are allowed");
+    }
+    Ok(())
+}
+
+/// The data file name for a file whose first row has `first_event_ms` and, if known,
+/// `first_position`. `creation_ms` feeds the ULID when there is no position.
+pub fn data_file_name(
+    first_event_ms: i64,
+    timezone: Tz,
+    first_position: Option<Position>,
+    creation_ms: i64,
+) -> Result<String, LayoutError> {
+    let local = timezone
+        .timestamp_millis_opt(first_event_ms)
+        .single()
+        .ok_or(LayoutError::TimeOutOfRange { event_ms: first_event_ms })?;
+    let unique = match first_position {
+        Some(position) => position_id(position),
+        None => ulid(creation_ms),
+    };
+    Ok(format!("data_{}_{unique}.parquet", local.format("%Y%m%d_%H%M%S")))
+}
+
+/// `p<partition>o<offset>`, zero-padded to the widest u32 / non-negative i64 so names sort.
+pub fn position_id(position: Position) -> String {
+    format!("p{:010}o{:019}", position.partition, position.offset)
+}
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A ULID: 10 base32 characters of milliseconds, then 16 of randomness.
+pub fn ulid(now_ms: i64) -> String {
+    let time = (now_ms.max(0) as u128) & ((1u128 << 48) - 1);
+    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+    let value = (time << 80) | random;
+    let mut out = String::with_capacity(26);
+    for index in (0..26).rev() {
+        let digit = ((value >> (index * 5)) & 0x1f) as usize;
+        let _ = out.write_char(CROCKFORD[digit] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_names_are_single_safe_segments() {
+        assert!(validate_feed_name("orders_v2.eu-1").is_ok());
+        for bad in ["", "_x", ".x", "a/b", "a b", "é"] {
+            assert!(validate_feed_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn deterministic_name_uses_local_first_event_time_and_position() {
+        // 2024-03-10T01:02:03.456Z is 2024-03-09 20:02:03 in New York (UTC-5).
+        let ms = 1_710_032_523_456;
+        let position = Some(Position { partition: 3, offset: 12_345 });
+        let utc = data_file_name(ms, chrono_tz::UTC, position, 0).unwrap();
+        assert_eq!(utc, "data_20240310_010203_p0000000003o0000000000000012345.parquet");
+        let ny = data_file_name(ms, chrono_tz::America::New_York, position, 0).unwrap();
+        assert_eq!(ny, "data_20240309_200203_p0000000003o0000000000000012345.parquet");
+        // Same inputs, same name: the property replays rely on.
+        assert_eq!(utc, data_file_name(ms, chrono_tz::UTC, position, 99).unwrap());
+    }
+
+    #[test]
+    fn position_ids_sort_like_offsets() {
+        let small = position_id(Position { partition: 0, offset: 9 });
+        let large = position_id(Position { partition: 0, offset: 10 });
+        assert!(small < large);
+    }
+
+    #[test]
+    fn ulids_are_unique_and_sort_by_time() {
+        let first = ulid(1_000);
+        let second = ulid(1_000);
+        let later = ulid(2_000);
+        assert_eq!(first.len(), 26);
+        assert_ne!(first, second);
+        assert!(first < later && second < later);
+        let name = data_file_name(0, chrono_tz::UTC, None, 5).unwrap();
+        assert!(name.starts_with("data_19700101_000000_") && name.ends_with(".parquet"));
+    }
+}

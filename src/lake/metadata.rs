@@ -1,0 +1,344 @@
+//! The per-feed manifest `_metadata.json`: what was committed, where, and up to which ksqlDB
+//! positions. It is rewritten after every data file (read-modify-write, atomically replaced),
+//! which makes it the commit point. Every field is documented in `docs/METADATA.md`.
+//!
+//! The original fields (`source`, `last_export`, `total_records`, `total_size_mb`,
+//! `partitions[].{path, records, size_mb}`) keep their names and meaning so existing readers
+//! continue to work. Fields this version does not know are kept on rewrite (`extra`).
+
+use arrow::datatypes::Schema;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::layout::FeedKind;
+use super::{merge_positions, Positions};
+use crate::schema::types::KSQL_TYPE_METADATA_KEY;
+
+/// Version of this manifest format.
+pub const FORMAT_VERSION: u32 = 1;
+
+const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedMetadata {
+    #[serde(default = "default_format_version")]
+    pub format_version: u32,
+    /// The feed name (the ksqlDB source it exports).
+    pub source: String,
+    #[serde(default)]
+    pub kind: FeedKind,
+    /// When the last file was committed (RFC 3339, UTC).
+    #[serde(default)]
+    pub last_export: Option<String>,
+    pub total_records: u64,
+    /// `total_bytes` in MiB, rounded to 3 decimals (kept for older readers).
+    pub total_size_mb: f64,
+    #[serde(default)]
+    pub total_bytes: u64,
+    #[serde(default)]
+    pub partitions: Vec<PartitionEntry>,
+    /// The schema of the most recent file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaInfo>,
+    #[serde(default)]
+    pub schema_history: Vec<SchemaVersion>,
+    /// Highest committed ROWOFFSET per ROWPARTITION: where a restart resumes.
+    #[serde(default)]
+    pub committed_positions: Positions,
+    /// Fields written by other tools or newer versions, preserved on rewrite.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    /// Relative to the feed directory: `year=2024/month=01/day=02[/hour=03]`.
+    pub path: String,
+    pub records: u64,
+    pub size_mb: f64,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_event_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_time: Option<String>,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name inside the partition folder.
+    pub name: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub min_event_time: String,
+    pub max_event_time: String,
+    #[serde(default, skip_serializing_if = "Positions::is_empty")]
+    pub positions: Positions,
+    pub written_at: String,
+    /// The flush reason (`rows`, `bytes`, `age`, `partition_close`, `memory`, `shutdown`, `schema_change`).
+    pub reason: String,
+    /// Rows that arrived after the partition closed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// ksqlDB type string, when the column carries one.
+    pub ksql_type: Option<String>,
+    /// The Arrow type as Arrow prints it.
+    pub arrow_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaInfo {
+    pub version: u32,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    pub version: u32,
+    pub columns: Vec<ColumnInfo>,
+    /// When a file with this schema was first committed.
+    pub first_seen: String,
+}
+
+fn default_format_version() -> u32 {
+    FORMAT_VERSION
+}
+
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds (`2024-01-02T03:04:05.678Z`), which
+/// also sorts correctly as text.
+pub fn format_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|time| time.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The manifest columns of an Arrow schema (ksqlDB type from the `ksql.type` field metadata).
+pub fn columns_of(schema: &Schema) -> Vec<ColumnInfo> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| ColumnInfo {
+            name: field.name().clone(),
+            ksql_type: field.metadata().get(KSQL_TYPE_METADATA_KEY).cloned(),
+            arrow_type: field.data_type().to_string(),
+        })
+        .collect()
+}
+
+fn size_mb(bytes: u64) -> f64 {
+    (bytes as f64 / BYTES_PER_MB * 1000.0).round() / 1000.0
+}
+
+impl FeedMetadata {
+    pub fn new(feed: impl Into<String>, kind: FeedKind) -> Self {
+        FeedMetadata {
+            format_version: FORMAT_VERSION,
+            source: feed.into(),
+            kind,
+            last_export: None,
+            total_records: 0,
+            total_size_mb: 0.0,
+            total_bytes: 0,
+            partitions: Vec::new(),
+            schema: None,
+            schema_history: Vec::new(),
+            committed_positions: Positions::new(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec_pretty(self)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    pub fn partition(&self, path: &str) -> Option<&PartitionEntry> {
+        self.partitions.iter().find(|partition| partition.path == path)
+    }
+
+    /// Whether `name` is already committed in partition `path`.
+    pub fn contains_file(&self, path: &str, name: &str) -> bool {
+        self.partition(path).is_some_and(|partition| partition.files.iter().any(|file| file.name == name))
+    }
+
+    /// Records a committed file: totals, partition entry, schema version and positions.
+    /// Recording a file that is already listed changes nothing (replays count once).
+    pub fn record_file(&mut self, partition_path: &str, file: FileEntry, columns: Vec<ColumnInfo>, now: DateTime<Utc>) {
+        if self.contains_file(partition_path, &file.name) {
+            return;
+        }
+        let now_text = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        // Manifests from before `total_bytes` existed only have MiB; start from those.
+        if self.total_bytes == 0 && self.total_size_mb > 0.0 {
+            self.total_bytes = (self.total_size_mb * BYTES_PER_MB) as u64;
+        }
+        self.total_records += file.records;
+        self.total_bytes += file.bytes;
+        self.total_size_mb = size_mb(self.total_bytes);
+        self.last_export = Some(now_text.clone());
+        merge_positions(&mut self.committed_positions, &file.positions);
+        self.record_schema(columns, &now_text);
+
+        let index = match self.partitions.iter().position(|partition| partition.path == partition_path) {
+            Some(index) => index,
+            None => {
+                let at = self.partitions.partition_point(|partition| partition.path.as_str() < partition_path);
+                self.partitions.insert(
+                    at,
+                    PartitionEntry {
+                        path: partition_path.to_string(),
+                        records: 0,
+                        size_mb: 0.0,
+                        bytes: 0,
+                        min_event_time: None,
+                        max_event_time: None,
+                        files: Vec::new(),
+                        extra: Map::new(),
+                    },
+                );
+                at
+            }
+        };
+        let partition = &mut self.partitions[index];
+        if partition.bytes == 0 && partition.size_mb > 0.0 {
+            partition.bytes = (partition.size_mb * BYTES_PER_MB) as u64;
+        }
+        partition.records += file.records;
+        partition.bytes += file.bytes;
+        partition.size_mb = size_mb(partition.bytes);
+        if partition.min_event_time.as_ref().is_none_or(|min| file.min_event_time < *min) {
+            partition.min_event_time = Some(file.min_event_time.clone());
+        }
+        if partition.max_event_time.as_ref().is_none_or(|max| file.max_event_time > *max) {
+            partition.max_event_time = Some(file.max_event_time.clone());
+        }
+        partition.files.push(file);
+    }
+
+    fn record_schema(&mut self, columns: Vec<ColumnInfo>, now: &str) {
+        if self.schema.as_ref().is_some_and(|schema| schema.columns == columns) {
+            return;
+        }
+        let version = self.schema_history.iter().map(|entry| entry.version).max().unwrap_or(0) + 1;
+        self.schema_history.push(SchemaVersion { version, columns: columns.clone(), first_seen: now.to_string() });
+        self.schema = Some(SchemaInfo { version, columns });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field};
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn file(name: &str, records: u64, bytes: u64, min: i64, max: i64, positions: Positions) -> FileEntry {
+        FileEntry {
+            name: name.into(),
+            records,
+            bytes,
+            min_event_time: format_ms(min),
+            max_event_time: format_ms(max),
+            positions,
+            written_at: format_ms(max),
+            reason: "rows".into(),
+            late: false,
+        }
+    }
+
+    fn columns(extra: bool) -> Vec<ColumnInfo> {
+        let mut fields = vec![Field::new("ID", DataType::Int64, true)];
+        if extra {
+            fields.push(Field::new("NEW", DataType::Utf8, true));
+        }
+        columns_of(&Schema::new(fields))
+    }
+
+    #[test]
+    fn recording_files_updates_totals_partitions_positions_and_schema_versions() {
+        let now = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+        let mut meta = FeedMetadata::new("orders", FeedKind::Stream);
+        meta.record_file(
+            "year=2024/month=01/day=02",
+            file("b", 10, 1_048_576, 5_000, 9_000, Positions::from([(0, 9)])),
+            columns(false),
+            now,
+        );
+        meta.record_file(
+            "year=2024/month=01/day=01",
+            file("a", 5, 524_288, 1_000, 2_000, Positions::from([(1, 4)])),
+            columns(false),
+            now,
+        );
+        meta.record_file(
+            "year=2024/month=01/day=02",
+            file("c", 1, 0, 3_000, 4_000, Positions::from([(0, 12)])),
+            columns(true),
+            now,
+        );
+        // Replaying a committed file counts once.
+        meta.record_file(
+            "year=2024/month=01/day=02",
+            file("c", 1, 0, 3_000, 4_000, Positions::new()),
+            columns(true),
+            now,
+        );
+
+        assert_eq!(meta.total_records, 16);
+        assert_eq!(meta.total_bytes, 1_572_864);
+        assert_eq!(meta.total_size_mb, 1.5);
+        assert_eq!(meta.committed_positions, Positions::from([(0, 12), (1, 4)]));
+        let paths: Vec<&str> = meta.partitions.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["year=2024/month=01/day=01", "year=2024/month=01/day=02"]);
+        let day2 = &meta.partitions[1];
+        assert_eq!((day2.records, day2.files.len()), (11, 2));
+        assert_eq!(day2.min_event_time.as_deref(), Some("1970-01-01T00:00:03.000Z"));
+        assert_eq!(day2.max_event_time.as_deref(), Some("1970-01-01T00:00:09.000Z"));
+        assert_eq!(meta.schema.as_ref().unwrap().version, 2);
+        assert_eq!(meta.schema_history.len(), 2);
+        assert_eq!(meta.last_export.as_deref(), Some("2024-01-02T03:04:05.000Z"));
+        assert_eq!(meta.schema_history[1].columns[1].arrow_type, "Utf8");
+    }
+
+    #[test]
+    fn json_round_trips_and_keeps_unknown_fields() {
+        let original = r#"{
+            "source": "legacy", "last_export": "2023-01-01T00:00:00Z", "total_records": 3,
+            "total_size_mb": 0.1, "owner": "team-a",
+            "partitions": [{"path": "year=2023/month=01/day=01", "records": 3, "size_mb": 0.1, "note": "x"}]
+        }"#;
+        let mut meta = FeedMetadata::from_json(original.as_bytes()).unwrap();
+        assert_eq!(meta.format_version, FORMAT_VERSION);
+        assert_eq!(meta.kind, FeedKind::Stream);
+        meta.record_file(
+            "year=2023/month=01/day=01",
+            file("n", 2, 10, 0, 1, Positions::new()),
+            columns(false),
+            Utc::now(),
+        );
+        let text = String::from_utf8(meta.to_json().unwrap()).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["owner"], "team-a");
+        assert_eq!(value["partitions"][0]["note"], "x");
+        assert_eq!(value["partitions"][0]["records"], 5);
+        assert_eq!(value["total_records"], 5);
+        // The legacy 0.1 MiB is carried into the exact byte count.
+        assert_eq!(value["partitions"][0]["bytes"], 104_867);
+        assert_eq!(FeedMetadata::from_json(text.as_bytes()).unwrap(), meta);
+    }
+}

@@ -1,0 +1,69 @@
+//! The lake side of ksql-lake: everything after rows have become Arrow record batches.
+//!
+//! ```text
+//!  RecordBatch ──► RowRouter::route ──► PartitionBuffers::push ──► drain_ready / drain_largest / drain_all
+//!  (one feed)      (per-row partition     (per PartitionKey,          │ FlushJob (rows + MemoryBudget
+//!                   by event time)          MemoryBudget reserved)      ▼  reservation, file name fixed)
+//!                                                              LakeWriter::write(&job)
+//!                         encode (spawn_blocking) ─► put data file CREATE-ONLY ─► update _metadata.json
+//! ```
+//!
+//! Layout under the lake root (`<lake>` is a local path, `file://`, `s3://`, `gs://` or `az://`):
+//!
+//! ```text
+//! <lake>/streams/<feed>/year=YYYY/month=MM/day=DD/data_YYYYMMDD_HHMMSS_<unique>.parquet          (daily)
+//! <lake>/streams/<feed>/year=YYYY/month=MM/day=DD/hour=HH/data_YYYYMMDD_HHMMSS_<unique>.parquet  (hourly)
+//! <lake>/streams/<feed>/_metadata.json
+//! <lake>/tables/<feed>/...                                                                       (kind = table)
+//! ```
+//!
+//! The commit protocol: a data file is visible only once complete (single atomic put, or a
+//! multipart upload completed at the very end), and `_metadata.json` is rewritten **after** it,
+//! so the manifest is the commit point. Positions (ROWPARTITION/ROWOFFSET) recorded there are
+//! what a restart resumes from. See [`writer`] and `docs/METADATA.md`.
+
+pub mod budget;
+pub mod buffer;
+pub mod layout;
+pub mod metadata;
+pub mod parquet;
+pub mod partition;
+pub mod store;
+pub mod testing;
+pub mod writer;
+
+use std::collections::BTreeMap;
+
+pub use budget::{MemoryBudget, Reservation};
+pub use buffer::{FlushJob, FlushPolicy, FlushReason, ManualClock, PartitionBuffers, SystemClock, WallClock};
+pub use layout::{FeedKind, LayoutError};
+pub use metadata::FeedMetadata;
+pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};
+pub use partition::{
+    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, PositionColumns, RoutedBatch, RowRouter,
+    RowStats,
+};
+pub use store::{open_lake, Lake, S3Options, StoreError};
+pub use writer::{CommitOutcome, CommittedFile, LakeWriter, RetryPolicy, WriteError, WriterOptions};
+
+/// Highest offset seen per ksqlDB partition (`ROWPARTITION` → `ROWOFFSET`). A BTreeMap so JSON
+/// output and comparisons are deterministic.
+pub type Positions = BTreeMap<u32, u64>;
+
+/// Where one row sits in ksqlDB's source topic; known only when the push query selects
+/// `ROWPARTITION` and `ROWOFFSET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Raises each partition's offset in `into` to the one in `from` when higher.
+pub fn merge_positions(into: &mut Positions, from: &Positions) {
+    for (partition, offset) in from {
+        let entry = into.entry(*partition).or_insert(*offset);
+        if *offset > *entry {
+            *entry = *offset;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The lake against a real S3 API: a moto server on 127.0.0.1. The server comes from the
+//! project's Python venv (`$KSQL_LAKE_VENV`, default `<crate>/.venv`), which `scripts/test.sh`
+//! creates. A missing venv fails the test: the S3 path is never silently skipped.
+
+mod lake_support;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use ksql_lake::lake::{
+    open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, S3Options, WriterOptions,
+};
+use lake_support::*;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use tokio::process::{Child, Command};
+
+const BUCKET: &str = "lake-test";
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+fn moto_binary() -> PathBuf {
+    let venv = std::env::var_os("KSQL_LAKE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let binary = venv.join("bin/moto_server");
+    assert!(
+        binary.is_file(),
+        "moto_server not found at {}: run `scripts/test.sh` (it creates the venv with `moto[server]`), \
+         or set KSQL_LAKE_VENV to a venv that has it",
+        binary.display()
+    );
+    binary
+}
+
+/// Starts moto on a free port and waits (at most 30 s) until it answers.
+async fn start_moto() -> Moto {
+    let binary = moto_binary();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("moto_server starts");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(response) = client.get(format!("{endpoint}/moto-api/")).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "moto_server did not answer on {endpoint} within 30 s");
+    let created = client.put(format!("{endpoint}/{BUCKET}")).send().await.unwrap();
+    assert!(created.status().is_success(), "create bucket: {}", created.status());
+    Moto { child, endpoint }
+}
+
+fn options(endpoint: &str) -> S3Options {
+    S3Options {
+        endpoint: Some(endpoint.to_string()),
+        region: Some("us-east-1".into()),
+        allow_http: true,
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        ..S3Options::default()
+    }
+}
+
+#[tokio::test]
+async fn files_and_manifest_round_trip_through_s3() {
+    let mut moto = start_moto().await;
+    let lake = open_lake(&format!("s3://{BUCKET}/warehouse"), &options(&moto.endpoint)).unwrap();
+    let store = lake.store().clone();
+    let writer = LakeWriter::new(lake, WriterOptions::default());
+    let spec = PartitionSpec::new(Partitioning::Hourly, chrono_tz::UTC);
+    let times = [DAY_MS + 60_000, DAY_MS + 120_000, DAY_MS + HOUR_MS + 60_000];
+    let jobs = jobs_for(&orders(&times, 10), spec);
+    assert_eq!(jobs.len(), 2);
+    let mut committed = Vec::new();
+    for job in &jobs {
+        // The first write creates the manifest (If-None-Match), the second replaces it with
+        // If-Match on its ETag.
+        committed.push(writer.write(job).await.unwrap());
+    }
+
+    let mut listed: Vec<String> = store
+        .list(Some(&Path::from("warehouse/streams/orders")))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "warehouse/streams/orders/_metadata.json",
+            "warehouse/streams/orders/year=2024/month=05/day=01/hour=00/data_20240501_000100_p0000000000o0000000000000000010.parquet",
+            "warehouse/streams/orders/year=2024/month=05/day=01/hour=01/data_20240501_010100_p0000000000o0000000000000000012.parquet",
+        ]
+    );
+    let first = store.get(&committed[0].path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(order_ids(first), ["order-10", "order-11"]);
+    let second = store.get(&committed[1].path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(order_ids(second), ["order-12"]);
+
+    let metadata = writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
+    assert_eq!(metadata.total_records, 3);
+    assert_eq!(metadata.total_bytes, committed[0].bytes + committed[1].bytes);
+    assert_eq!(metadata.committed_positions.get(&0), Some(&12));
+
+    // A replay of the same rows is recognised: no second copy, counted once.
+    let replay = writer.write(&jobs_for(&orders(&times[..2], 10), spec)[0]).await.unwrap();
+    assert_eq!(replay.outcome, CommitOutcome::AlreadyCommitted);
+    assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 3);
+
+    moto.child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn create_only_puts_are_enforced_by_s3() {
+    let mut moto = start_moto().await;
+    let lake = open_lake(&format!("s3://{BUCKET}"), &options(&moto.endpoint)).unwrap();
+    let store = lake.store().clone();
+    let writer = LakeWriter::new(lake, WriterOptions::default());
+    let spec = PartitionSpec::default();
+    let job = jobs_for(&orders(&[DAY_MS], 0), spec).pop().unwrap();
+    let committed = writer.write(&job).await.unwrap();
+    assert_eq!(committed.path.as_ref(), format!("streams/orders/year=2024/month=05/day=01/{}", job.file_name));
+    let before = store.head(&committed.path).await.unwrap();
+    let again = store
+        .put_opts(
+            &committed.path,
+            bytes::Bytes::from_static(b"x").into(),
+            object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() },
+        )
+        .await;
+    assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
+    assert_eq!(store.head(&committed.path).await.unwrap().size, before.size);
+    moto.child.kill().await.unwrap();
+}
