@@ -45,7 +45,10 @@ pub enum Event {
     Header(Header),
     /// One row: `values` is the JSON array text of the row's values (`[1,"a"]`), a slice of the
     /// response bytes; `tombstone` is set for table deletes (StreamedRow only).
-    Row { values: Bytes, tombstone: bool },
+    Row {
+        values: Bytes,
+        tombstone: bool,
+    },
     /// A row in protobuf form (`{"row":{"protobufBytes":"..."}}`, base64).
     ProtobufRow(String),
     /// An error written after the 200; the response ends after it.
@@ -68,7 +71,6 @@ pub struct FrameError {
     /// The offending text, lossily decoded, cut to at most 512 bytes.
     pub snippet: String,
 }
-
 
 /// A single message larger than this is rejected instead of buffered without bound.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;

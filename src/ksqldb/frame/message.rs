@@ -156,11 +156,13 @@ pub(super) fn streamed_row_message(text: &Bytes) -> Result<Event, MessageError> 
     if scan::skip_whitespace(bytes, members.end()) != bytes.len() {
         return Err(MessageError::new("unexpected text after the object"));
     }
-    event.ok_or_else(|| MessageError::new("unknown message: no row, header, error or final message"))
+    event
+        .ok_or_else(|| MessageError::new("unknown message: no row, header, error or final message"))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(value: &'a [u8], what: &str) -> Result<T, MessageError> {
-    serde_json::from_slice(value).map_err(|error| MessageError::new(format!("invalid {what}: {error}")))
+    serde_json::from_slice(value)
+        .map_err(|error| MessageError::new(format!("invalid {what}: {error}")))
 }
 
 fn header(value: &[u8]) -> Result<Event, MessageError> {
@@ -187,7 +189,9 @@ fn row(message: &Bytes, range: std::ops::Range<usize>) -> Result<Event, MessageE
                 columns = Some(value);
             }
             b"tombstone" => tombstone = &bytes[value] == b"true",
-            b"protobufBytes" => protobuf = Some(parse_json::<String>(&bytes[value], "protobufBytes")?),
+            b"protobufBytes" => {
+                protobuf = Some(parse_json::<String>(&bytes[value], "protobufBytes")?)
+            }
             _ => {}
         }
     }

@@ -157,7 +157,8 @@ pub(super) fn value_end(text: &[u8], start: usize) -> Result<usize, ScanError> {
         }
         Some(_) => {
             let mut end = start;
-            while end < text.len() && !matches!(text[end], b',' | b'}' | b']' | b':' | b'"')
+            while end < text.len()
+                && !matches!(text[end], b',' | b'}' | b']' | b':' | b'"')
                 && !is_json_whitespace(text[end])
             {
                 end += 1;
@@ -169,6 +170,9 @@ pub(super) fn value_end(text: &[u8], start: usize) -> Result<usize, ScanError> {
         }
     }
 }
+
+/// One object member: the raw key bytes and the value's range.
+pub(super) type Member<'a> = (&'a [u8], Range<usize>);
 
 /// Iterates over the members of the object starting at `start`: yields the raw key bytes
 /// (between the quotes, escapes left as they are) and the value's range.
@@ -192,7 +196,7 @@ impl<'a> ObjectMembers<'a> {
         self.position
     }
 
-    pub(super) fn next_member(&mut self) -> Result<Option<(&'a [u8], Range<usize>)>, ScanError> {
+    pub(super) fn next_member(&mut self) -> Result<Option<Member<'a>>, ScanError> {
         if self.done {
             return Ok(None);
         }

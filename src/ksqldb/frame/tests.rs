@@ -115,7 +115,8 @@ fn delimited_header_rows_and_tokens() {
 
 #[test]
 fn delimited_null_query_id_crlf_and_missing_final_newline() {
-    let body = "{\"queryId\":null,\"columnNames\":[\"C\"],\"columnTypes\":[\"BIGINT\"]}\r\n[0]\r\n\r\n[1]";
+    let body =
+        "{\"queryId\":null,\"columnNames\":[\"C\"],\"columnTypes\":[\"BIGINT\"]}\r\n[0]\r\n\r\n[1]";
     let outcomes = split_every_way(Framing::Delimited, body.as_bytes());
     let decoded: Vec<Event> = outcomes.into_iter().map(Result::unwrap).collect();
     assert_eq!(decoded, vec![header(None, &[("C", KsqlType::Bigint)]), row("[0]"), row("[1]")]);
@@ -203,8 +204,10 @@ fn streamed_row_old_writer_heartbeats_and_unclosed_error() {
         "\n",
         "\n{\"errorMessage\":{\"@type\":\"generic_error\",\"error_code\":50000,\"message\":\"boom\"}},\n",
     );
-    let decoded: Vec<Event> =
-        split_every_way(Framing::StreamedRow, body.as_bytes()).into_iter().map(Result::unwrap).collect();
+    let decoded: Vec<Event> = split_every_way(Framing::StreamedRow, body.as_bytes())
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(decoded.len(), 3);
     let Event::Header(header) = &decoded[0] else { panic!("expected a header") };
     assert_eq!(header.columns[0].role, ColumnRole::Key);
@@ -389,7 +392,8 @@ fn response() -> impl Strategy<Value = Response> {
         })
 }
 
-const METADATA: &str = r#"{"queryId":"transient_T_1","columnNames":["A"],"columnTypes":["STRING"]}"#;
+const METADATA: &str =
+    r#"{"queryId":"transient_T_1","columnNames":["A"],"columnTypes":["STRING"]}"#;
 
 /// Line framings can't carry pretty-printed rows: Jackson never writes raw newlines there.
 fn compact(text: &str) -> String {
@@ -419,7 +423,9 @@ fn render(framing: Framing, response: &Response) -> (String, Vec<Event>) {
             }
         }
         Framing::StreamedRow => {
-            body.push_str("[{\"header\":{\"queryId\":\"transient_T_1\",\"schema\":\"`A` STRING\"}},");
+            body.push_str(
+                "[{\"header\":{\"queryId\":\"transient_T_1\",\"schema\":\"`A` STRING\"}},",
+            );
             body.push_str(newline);
             for (index, (values, tombstone)) in response.rows.iter().enumerate() {
                 if heartbeat(index) {
