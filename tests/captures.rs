@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ksql_lake::ksqldb::{Event, FrameDecoder, FrameError, Framing, Header, ServerError};
+use ksql_lake::ksqldb::{
+    Event, FrameDecoder, FrameError, Framing, Header, ServerError, ServerInfo,
+};
 use ksql_lake::schema::RowDecoder;
 
 fn captures_dir() -> PathBuf {
@@ -316,22 +318,6 @@ fn check_standalone_objects(checker: &mut Checker, name: &str, text: &str) {
     }
 }
 
-/// The /info body shape.
-#[derive(serde::Deserialize)]
-struct InfoBody {
-    #[serde(rename = "KsqlServerInfo")]
-    info: InfoFields,
-}
-
-#[derive(serde::Deserialize)]
-struct InfoFields {
-    version: String,
-    #[serde(rename = "kafkaClusterId")]
-    kafka_cluster_id: String,
-    #[serde(rename = "ksqlServiceId")]
-    service_id: String,
-}
-
 /// VCR cassettes: the recorded `response.body` is an error (status ≥ 400) or the /info body.
 fn check_cassette(checker: &mut Checker, name: &str, text: &str) {
     let cassette: serde_json::Value = serde_json::from_str(text).unwrap();
@@ -343,8 +329,8 @@ fn check_cassette(checker: &mut Checker, name: &str, text: &str) {
             other => checker.fail(name, format!("status {status}: {other:?}")),
         }
     } else {
-        match serde_json::from_str::<InfoBody>(body) {
-            Ok(InfoBody { info })
+        match ServerInfo::from_body(body.as_bytes()) {
+            Ok(info)
                 if !info.version.is_empty()
                     && !info.kafka_cluster_id.is_empty()
                     && !info.service_id.is_empty() => {}
