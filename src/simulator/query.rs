@@ -1,0 +1,220 @@
+//! Running one push (or stream pull) query: read batches from the source log, filter,
+//! project, frame, and hand bounded chunks to the HTTP body. The body channel holds a few
+//! chunks only, so a slow client stalls this task rather than growing a buffer.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::fault::{Fault, QueryControl};
+use super::format::{End, Writer};
+use super::plan::Plan;
+
+/// One body chunk, or the error that aborts the connection (a cut).
+pub type Chunk = Result<Bytes, io::Error>;
+
+/// Rows read from the log per batch (and so at most per body chunk).
+const BATCH_ROWS: usize = 1024;
+
+/// Chunks buffered between the query task and the connection.
+pub const BODY_CHANNEL_CHUNKS: usize = 4;
+
+/// A query ready to run.
+pub struct RunningQuery {
+    pub plan: Plan,
+    pub writer: Writer,
+    pub query_id: String,
+    /// The sequence number to read from next.
+    pub cursor: u64,
+    /// Stream pull queries end here; push queries never end on their own.
+    pub stop_at: Option<u64>,
+    pub control: Arc<QueryControl>,
+    pub heartbeat: bool,
+    /// Released (freeing the push-query slot) when the task ends.
+    pub slot: Option<Box<dyn Send + Sync>>,
+}
+
+struct Out {
+    tx: mpsc::Sender<Chunk>,
+    bytes_sent: u64,
+    rows_sent: u64,
+    cut_bytes: Option<u64>,
+    cut_rows: Option<u64>,
+}
+
+/// Whether to go on after a send.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+impl Out {
+    async fn send(&mut self, buf: Vec<u8>) -> Flow {
+        if buf.is_empty() {
+            return Flow::Go;
+        }
+        let len = buf.len() as u64;
+        if let Some(limit) = self.cut_bytes {
+            if self.bytes_sent + len >= limit {
+                let keep = (limit.saturating_sub(self.bytes_sent)) as usize;
+                let mut buf = buf;
+                buf.truncate(keep);
+                if !buf.is_empty() && self.tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                    return Flow::Stop;
+                }
+                self.bytes_sent += keep as u64;
+                self.abort().await;
+                return Flow::Stop;
+            }
+        }
+        if self.tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            return Flow::Stop;
+        }
+        self.bytes_sent += len;
+        Flow::Go
+    }
+
+    /// Drops the connection abruptly, after letting the connection write what was sent.
+    async fn abort(&self) {
+        let drained = async {
+            while self.tx.capacity() < self.tx.max_capacity() && !self.tx.is_closed() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _ = self.tx.send(Err(io::Error::other("simulator fault: connection cut"))).await;
+    }
+}
+
+impl RunningQuery {
+    /// Runs until LIMIT, close, fault, stop point or client disconnect. `header` was already
+    /// written into `first` so the client sees the metadata before any row.
+    pub async fn run(mut self, tx: mpsc::Sender<Chunk>) {
+        let mut out = Out { tx, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None };
+        let mut head = Vec::new();
+        self.writer.header(&mut head, &self.query_id, &self.plan);
+        // faults armed before the start count from the first body byte
+        let mut pending = self.control.take();
+        let mut stall = None;
+        let mut ending = None;
+        self.absorb(&mut out, &mut pending, &mut stall, &mut ending);
+        if out.send(head).await == Flow::Stop {
+            return;
+        }
+        if self.plan.limit == Some(0) {
+            ending = Some(End::LimitReached);
+        }
+        let source = Arc::clone(&self.plan.source);
+        loop {
+            let mut faults = self.control.take();
+            self.absorb(&mut out, &mut faults, &mut stall, &mut ending);
+            if out.cut_rows.is_some_and(|cut| out.rows_sent >= cut) {
+                out.abort().await;
+                return;
+            }
+            if self.control.close.is_cancelled() && ending.is_none() {
+                ending = Some(End::Completed);
+            }
+            if let Some(end) = ending.take() {
+                let mut buf = Vec::new();
+                self.writer.end(&mut buf, &end);
+                let _ = out.send(buf).await;
+                tracing::debug!(query_id = %self.query_id, ?end, "query ended");
+                return;
+            }
+            if let Some(duration) = stall.take() {
+                tokio::select! {
+                    _ = tokio::time::sleep(duration) => {}
+                    _ = out.tx.closed() => return,
+                    _ = self.control.close.cancelled() => {}
+                }
+                continue;
+            }
+            let notified = source.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let batch = source.read(self.cursor, BATCH_ROWS);
+            if batch.rows.is_empty() {
+                if self.stop_at.is_some_and(|stop| self.cursor >= stop) {
+                    ending = Some(End::Completed);
+                    continue;
+                }
+                let heartbeat = self.heartbeat;
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = out.tx.closed() => return,
+                    _ = self.control.close.cancelled() => {}
+                    _ = self.control.wake.notified() => {}
+                    _ = async {
+                        if heartbeat {
+                            tokio::time::sleep(Duration::from_secs(1)).await
+                        } else {
+                            std::future::pending().await
+                        }
+                    } => {
+                        if out.send(b"\n".to_vec()).await == Flow::Stop {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+            let start = batch.next - batch.rows.len() as u64;
+            let mut buf = Vec::with_capacity(batch.rows.len() * (batch.rows[0].text.len() + 24));
+            for (seq, row) in (start..).zip(&batch.rows) {
+                if self.stop_at.is_some_and(|stop| seq >= stop) {
+                    ending = Some(End::Completed);
+                    break;
+                }
+                self.cursor = seq + 1;
+                if !self.plan.matches(row) {
+                    continue;
+                }
+                self.writer.row(&mut buf, &self.plan, row);
+                out.rows_sent += 1;
+                if out.cut_rows.is_some_and(|cut| out.rows_sent >= cut) {
+                    if out.send(buf).await == Flow::Go {
+                        out.abort().await;
+                    }
+                    return;
+                }
+                if self.plan.limit.is_some_and(|limit| out.rows_sent >= limit) {
+                    ending = Some(End::LimitReached);
+                    break;
+                }
+            }
+            if out.send(buf).await == Flow::Stop {
+                return;
+            }
+        }
+    }
+
+    /// Turns faults into thresholds relative to what was sent so far.
+    fn absorb(
+        &self,
+        out: &mut Out,
+        faults: &mut Vec<Fault>,
+        stall: &mut Option<Duration>,
+        ending: &mut Option<End>,
+    ) {
+        for fault in faults.drain(..) {
+            tracing::debug!(query_id = %self.query_id, ?fault, "fault applied");
+            match fault {
+                Fault::CutAfterRows(n) => out.cut_rows = Some(out.rows_sent + n),
+                Fault::CutAfterBytes(n) => out.cut_bytes = Some(out.bytes_sent + n),
+                Fault::Stall(duration) => *stall = Some(duration),
+                Fault::Error(message) => *ending = Some(End::Error(message)),
+                Fault::Terminate => {
+                    if ending.is_none() {
+                        *ending = Some(End::Completed);
+                    }
+                }
+            }
+        }
+    }
+}

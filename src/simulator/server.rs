@@ -1,0 +1,458 @@
+//! The HTTP side: one listener serving HTTP/1.1 and h2c (prior knowledge) through
+//! hyper-util's auto builder, routing, content negotiation and the pre-stream errors of
+//! section 5 of the protocol brief.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::fault::QueryControl;
+use super::format::{generic_error, statement_error, End, Framing, Writer};
+use super::plan::{Plan, QueryKind};
+use super::query::{Chunk, RunningQuery, BODY_CHANNEL_CHUNKS};
+use super::sql::{self, SqlError};
+use super::{Simulator, SimulatorConfig, SimulatorError};
+
+type Body = BoxBody<Bytes, io::Error>;
+
+/// Largest request body accepted.
+const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// A running server; dropping it (or [`SimulatorHandle::shutdown`]) stops it and cuts every
+/// open connection, like a ksqlDB server going away.
+pub struct SimulatorHandle {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimulatorHandle {
+    /// The bound address (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting and drops every connection abruptly.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimulatorHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub(crate) async fn serve(sim: Simulator, addr: SocketAddr) -> Result<SimulatorHandle, SimulatorError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| SimulatorError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| SimulatorError::Bind { addr, source })?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(accept_loop(sim, listener, stop.clone()));
+    tracing::info!(%addr, "ksqlDB simulator listening");
+    Ok(SimulatorHandle { addr, stop, task: Some(task) })
+}
+
+/// Runs a simulator until `shutdown` resolves (for a `ksql-lake simulator` subcommand).
+pub async fn run_standalone(
+    listen: SocketAddr,
+    simulator: Simulator,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SimulatorError> {
+    let handle = simulator.serve(listen).await?;
+    shutdown.await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn accept_loop(sim: Simulator, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let sim = sim.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(sim.clone(), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = conn => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// A body fed by the query task through a bounded channel.
+struct ChannelBody {
+    rx: mpsc::Receiver<Chunk>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.rx.poll_recv(cx).map(|chunk| chunk.map(|result| result.map(Frame::data)))
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
+}
+
+fn respond(status: StatusCode, content_type: Option<&str>, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    if let Some(content_type) = content_type {
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert(CONTENT_TYPE, value);
+        }
+    }
+    response
+}
+
+/// Which endpoint a query came through; errors on `/query` carry `application/json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    QueryStream,
+    Query,
+}
+
+fn error_response(endpoint: Endpoint, status: StatusCode, body: String) -> Response<Body> {
+    // FailureHandler (/query-stream, /close-query) sets no Content-Type (brief, Unverified 4)
+    let content_type = (endpoint == Endpoint::Query).then_some("application/json");
+    respond(status, content_type, body)
+}
+
+async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let config = &sim.inner.config;
+    if let Some(credentials) = &config.basic_auth {
+        if !authorized(&req, credentials) {
+            let mut response = respond(
+                StatusCode::UNAUTHORIZED,
+                Some("application/json"),
+                generic_error(40100, "Unauthorized"),
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"\""));
+            return Ok(response);
+        }
+    }
+    let path = req.uri().path().to_string();
+    let response = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/info") => info(config),
+        (Method::POST, "/query-stream") => query_endpoint(&sim, req, Endpoint::QueryStream).await,
+        (Method::POST, "/query") => query_endpoint(&sim, req, Endpoint::Query).await,
+        (Method::POST, "/close-query") => close_query(&sim, req).await,
+        (_, "/info" | "/query-stream" | "/query" | "/close-query") => {
+            respond(StatusCode::METHOD_NOT_ALLOWED, None, Bytes::new())
+        }
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            Some("text/html; charset=utf-8"),
+            "<html><body><h1>Resource not found</h1></body></html>",
+        ),
+    };
+    Ok(response)
+}
+
+fn authorized<B>(req: &Request<B>, (user, password): &(String, String)) -> bool {
+    let Some(header) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(encoded) = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic ")) else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    decoded == format!("{user}:{password}").into_bytes()
+}
+
+fn info(config: &SimulatorConfig) -> Response<Body> {
+    let mut version = String::new();
+    super::value::write_json_string(&mut version, &config.version);
+    let body = format!(
+        "{{\"KsqlServerInfo\":{{\"version\":{version},\"kafkaClusterId\":\"sim-kafka-cluster-0\",\
+         \"ksqlServiceId\":\"default_\",\"serverStatus\":\"RUNNING\"}}}}"
+    );
+    respond(StatusCode::OK, Some("application/json"), body)
+}
+
+/// Picks the framing from `Accept` (brief sections 1.2 and 2.3); `None` means 406.
+fn negotiate<B>(req: &Request<B>, endpoint: Endpoint) -> Option<Framing> {
+    let header = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut any = false;
+    for media in header.split(',') {
+        let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let framing = match (media.as_str(), endpoint) {
+            ("", _) => continue,
+            ("application/vnd.ksqlapi.delimited.v1", _) | ("*/*", _) => Framing::Delimited,
+            ("application/vnd.ksql.v1+json", _) => Framing::StreamedRow,
+            ("application/json", Endpoint::QueryStream) => Framing::JsonArray,
+            ("application/json", Endpoint::Query) => Framing::StreamedRow,
+            _ => {
+                any = true;
+                continue;
+            }
+        };
+        return Some(framing);
+    }
+    if any {
+        return None;
+    }
+    Some(match endpoint {
+        Endpoint::QueryStream => Framing::Delimited,
+        Endpoint::Query => Framing::StreamedRow,
+    })
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, String> {
+    let bytes = Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|error| format!("Invalid JSON in request: {error}"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|error| format!("Invalid JSON in request: {error}"))
+}
+
+async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+    let config = &sim.inner.config;
+    if !sim.is_ready() {
+        return error_response(
+            endpoint,
+            StatusCode::SERVICE_UNAVAILABLE,
+            generic_error(50302, "KSQL is not yet ready to serve requests."),
+        );
+    }
+    let http2 = req.version() == Version::HTTP_2;
+    if config.legacy_pre_024 && endpoint == Endpoint::QueryStream && !http2 {
+        return error_response(
+            endpoint,
+            StatusCode::BAD_REQUEST,
+            generic_error(40004, "This endpoint is only available when using HTTP2"),
+        );
+    }
+    if config.legacy_pre_024 && endpoint == Endpoint::Query && http2 {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, None, Bytes::new());
+    }
+    let Some(framing) = negotiate(&req, endpoint) else {
+        return respond(StatusCode::NOT_ACCEPTABLE, None, Bytes::new());
+    };
+    // with Accept: delimited, /query errors come from FailureHandler like /query-stream
+    let error_endpoint = if framing == Framing::Delimited { Endpoint::QueryStream } else { endpoint };
+    let bad = |message: String| {
+        error_response(error_endpoint, StatusCode::BAD_REQUEST, generic_error(40000, &message))
+    };
+    let body = match read_json(req).await {
+        Ok(body) => body,
+        Err(message) => return bad(message),
+    };
+    let (sql_field, props_field) = match endpoint {
+        Endpoint::QueryStream => ("sql", "properties"),
+        Endpoint::Query => ("ksql", "streamsProperties"),
+    };
+    let sql = match body.get(sql_field).and_then(|v| v.as_str()) {
+        Some(sql) if !sql.trim().is_empty() || endpoint == Endpoint::QueryStream => sql.to_string(),
+        _ if endpoint == Endpoint::Query => return bad("\"ksql\" field must be populated".into()),
+        _ => {
+            return bad(
+                "Invalid JSON in request: Missing required creator property 'sql' (index 0)".into(),
+            )
+        }
+    };
+    let earliest = body
+        .get(props_field)
+        .and_then(|props| {
+            props.get("ksql.streams.auto.offset.reset").or_else(|| props.get("auto.offset.reset"))
+        })
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
+    start_query(sim, &sql, earliest, framing, error_endpoint)
+}
+
+fn start_query(
+    sim: &Simulator,
+    sql: &str,
+    earliest: bool,
+    framing: Framing,
+    endpoint: Endpoint,
+) -> Response<Body> {
+    let statement_failure = |message: &str| {
+        error_response(endpoint, StatusCode::BAD_REQUEST, statement_error(message, sql))
+    };
+    let select = match sql::parse(sql) {
+        Ok(select) => select,
+        Err(SqlError::StatementCount(n)) => {
+            return error_response(
+                endpoint,
+                StatusCode::BAD_REQUEST,
+                generic_error(40000, &SqlError::StatementCount(n).to_string()),
+            )
+        }
+        Err(error) => return statement_failure(&error.to_string()),
+    };
+    let source = match sim.source(&select.from) {
+        Ok(source) => source,
+        Err(_) => {
+            return statement_failure(&format!(
+                "Exception while preparing statement: {} does not exist.",
+                select.from
+            ))
+        }
+    };
+    let plan = match Plan::new(&select, Arc::clone(&source)) {
+        Ok(plan) => plan,
+        Err(error) => return statement_failure(&error.0),
+    };
+    let writer = Writer::new(framing, plan.kind);
+    let streaming = |rx: mpsc::Receiver<Chunk>| {
+        let mut response = Response::new(ChannelBody { rx }.boxed());
+        if let Ok(value) = framing.content_type().parse() {
+            response.headers_mut().insert(CONTENT_TYPE, value);
+        }
+        response
+    };
+    let transient_id = || format!("transient_{}_{}", source.name, rand::random::<u64>() >> 1);
+    match plan.kind {
+        QueryKind::PullTable => {
+            let query_id = format!("query_{}", chrono::Utc::now().timestamp_millis());
+            let mut out = Vec::new();
+            writer.header(&mut out, &query_id, &plan);
+            let mut count = 0u64;
+            for row in source.snapshot() {
+                if plan.limit.is_some_and(|limit| count >= limit) {
+                    break;
+                }
+                if plan.matches(&row) {
+                    writer.row(&mut out, &plan, &row);
+                    count += 1;
+                }
+            }
+            writer.end(&mut out, &End::Completed);
+            tracing::debug!(%query_id, rows = count, "pull query served");
+            respond(StatusCode::OK, Some(framing.content_type()), out)
+        }
+        QueryKind::PullStream => {
+            let query_id = transient_id();
+            let control = Arc::new(QueryControl::new(query_id.clone(), Vec::new()));
+            let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+            let stop_at = Some(source.end());
+            let query = RunningQuery {
+                plan,
+                writer,
+                query_id,
+                cursor: 0,
+                stop_at,
+                control,
+                heartbeat: false,
+                slot: None,
+            };
+            tokio::spawn(query.run(tx));
+            streaming(rx)
+        }
+        QueryKind::Push => {
+            let query_id = transient_id();
+            let control = Arc::new(QueryControl::new(query_id.clone(), Vec::new()));
+            let Some(slot) = sim.reserve_slot(Arc::clone(&control)) else {
+                return error_response(
+                    endpoint,
+                    StatusCode::BAD_REQUEST,
+                    generic_error(40003, "Maximum number of push queries exceeded"),
+                );
+            };
+            for fault in sim.take_next_faults() {
+                control.push(fault);
+            }
+            let cursor = if earliest { 0 } else { source.end() };
+            tracing::info!(%query_id, source = %source.name, earliest, ?framing, "push query started");
+            let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+            let query = RunningQuery {
+                plan,
+                writer,
+                query_id,
+                cursor,
+                stop_at: None,
+                control,
+                heartbeat: sim.inner.config.heartbeat,
+                slot: Some(Box::new(slot)),
+            };
+            tokio::spawn(query.run(tx));
+            streaming(rx)
+        }
+    }
+}
+
+async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> {
+    if !sim.is_ready() {
+        return error_response(
+            Endpoint::QueryStream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            generic_error(50302, "KSQL is not yet ready to serve requests."),
+        );
+    }
+    let bad = |message: String| {
+        error_response(Endpoint::QueryStream, StatusCode::BAD_REQUEST, generic_error(40000, &message))
+    };
+    let body = match read_json(req).await {
+        Ok(body) => body,
+        Err(message) => return bad(message),
+    };
+    let Some(query_id) = body.get("queryId").and_then(|v| v.as_str()) else {
+        return bad("Invalid JSON in request: Missing required creator property 'queryId' (index 0)".into());
+    };
+    let control = sim.inner.queries.lock().ok().and_then(|q| q.get(query_id).cloned());
+    match control {
+        Some(control) => {
+            control.close.cancel();
+            tracing::info!(%query_id, "query closed by /close-query");
+            respond(StatusCode::OK, None, Bytes::new())
+        }
+        None => bad(format!("No query with id {query_id}")),
+    }
+}
