@@ -132,21 +132,29 @@ pub(super) fn streamed_row_message(text: &Bytes) -> Result<Event, MessageError> 
     let bytes: &[u8] = text;
     let mut members = ObjectMembers::new(bytes, 0)?;
     let mut event = None;
-    while let Some((key, range)) = members.next_member()? {
-        let value = &bytes[range.clone()];
-        let decoded = match key {
-            b"row" => row(text, range)?,
-            b"header" => header(value)?,
-            b"errorMessage" => Event::Error(server_error(value)?),
-            b"finalMessage" => Event::FinalMessage(parse_json(value, "finalMessage")?),
-            b"continuationToken" => {
-                Event::ContinuationToken(parse_json::<TokenValue>(value, "token")?.into_string())
+    while let Some((key, value_start)) = members.next_key()? {
+        let decoded = if key == b"row" {
+            // The hot path: scan the row object once, slicing its columns out on the way.
+            let (row, end) = row(text, value_start)?;
+            members.value_done(end);
+            row
+        } else {
+            let end = scan::value_end(bytes, value_start)?;
+            members.value_done(end);
+            let value = &bytes[value_start..end];
+            match key {
+                b"header" => header(value)?,
+                b"errorMessage" => Event::Error(server_error(value)?),
+                b"finalMessage" => Event::FinalMessage(parse_json(value, "finalMessage")?),
+                b"continuationToken" => Event::ContinuationToken(
+                    parse_json::<TokenValue>(value, "token")?.into_string(),
+                ),
+                b"consistencyToken" => {
+                    Event::ConsistencyToken(parse_json::<TokenValue>(value, "token")?.into_string())
+                }
+                // `sourceHost` accompanies rows in debug mode; other members are future additions.
+                _ => continue,
             }
-            b"consistencyToken" => {
-                Event::ConsistencyToken(parse_json::<TokenValue>(value, "token")?.into_string())
-            }
-            // `sourceHost` accompanies rows in debug mode; other members are future additions.
-            _ => continue,
         };
         if event.is_some() {
             return Err(MessageError::new("more than one message in one object"));
@@ -172,11 +180,12 @@ fn header(value: &[u8]) -> Result<Event, MessageError> {
     Ok(Event::Header(Header { query_id: header.query_id, columns }))
 }
 
-/// `{"columns":[...],"tombstone":true}` or `{"protobufBytes":"..."}`: the columns array is
-/// sliced out of `message` without copying.
-fn row(message: &Bytes, range: std::ops::Range<usize>) -> Result<Event, MessageError> {
+/// `{"columns":[...],"tombstone":true}` or `{"protobufBytes":"..."}` starting at `start`: the
+/// columns array is sliced out of `message` without copying. Returns the event and the end of
+/// the row object.
+fn row(message: &Bytes, start: usize) -> Result<(Event, usize), MessageError> {
     let bytes: &[u8] = message;
-    let mut members = ObjectMembers::new(bytes, range.start)?;
+    let mut members = ObjectMembers::new(bytes, start)?;
     let mut columns = None;
     let mut tombstone = false;
     let mut protobuf = None;
@@ -195,9 +204,12 @@ fn row(message: &Bytes, range: std::ops::Range<usize>) -> Result<Event, MessageE
             _ => {}
         }
     }
-    match (columns, protobuf) {
-        (Some(columns), _) => Ok(Event::Row { values: message.slice(columns), tombstone }),
-        (None, Some(encoded)) => Ok(Event::ProtobufRow(encoded)),
-        (None, None) => Err(MessageError::new("row has neither `columns` nor `protobufBytes`")),
-    }
+    let event = match (columns, protobuf) {
+        (Some(columns), _) => Event::Row { values: message.slice(columns), tombstone },
+        (None, Some(encoded)) => Event::ProtobufRow(encoded),
+        (None, None) => {
+            return Err(MessageError::new("row has neither `columns` nor `protobufBytes`"))
+        }
+    };
+    Ok((event, members.end()))
 }

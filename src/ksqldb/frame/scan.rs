@@ -197,6 +197,17 @@ impl<'a> ObjectMembers<'a> {
     }
 
     pub(super) fn next_member(&mut self) -> Result<Option<Member<'a>>, ScanError> {
+        let Some((key, value_start)) = self.next_key()? else {
+            return Ok(None);
+        };
+        let end = value_end(self.text, value_start)?;
+        self.value_done(end);
+        Ok(Some((key, value_start..end)))
+    }
+
+    /// The next member's raw key and the start of its value, for a caller that scans the
+    /// value itself (and then reports its end with [`ObjectMembers::value_done`]).
+    pub(super) fn next_key(&mut self) -> Result<Option<(&'a [u8], usize)>, ScanError> {
         if self.done {
             return Ok(None);
         }
@@ -224,9 +235,13 @@ impl<'a> ObjectMembers<'a> {
             return Err(ScanError::at(position, "expected `:`"));
         }
         let value_start = skip_whitespace(text, position + 1);
-        let end = value_end(text, value_start)?;
+        self.position = value_start;
+        Ok(Some((key, value_start)))
+    }
+
+    /// Records where the value returned by [`ObjectMembers::next_key`] ended.
+    pub(super) fn value_done(&mut self, end: usize) {
         self.position = end;
-        Ok(Some((key, value_start..end)))
     }
 }
 
