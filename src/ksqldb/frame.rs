@@ -5,10 +5,20 @@
 //! `next_event` until it returns `Ok(None)` ("need more bytes"); at end of body call `finish`.
 //! The events never depend on where the chunks were split.
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::ServerError;
 use crate::schema::Column;
+
+mod message;
+mod scan;
+#[cfg(test)]
+mod tests;
+
+use message::MessageError;
+use scan::ContainerScanner;
 
 /// Which framing a response uses, chosen from its Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +45,10 @@ pub enum Event {
     Header(Header),
     /// One row: `values` is the JSON array text of the row's values (`[1,"a"]`), a slice of the
     /// response bytes; `tombstone` is set for table deletes (StreamedRow only).
-    Row { values: Bytes, tombstone: bool },
+    Row {
+        values: Bytes,
+        tombstone: bool,
+    },
     /// A row in protobuf form (`{"row":{"protobufBytes":"..."}}`, base64).
     ProtobufRow(String),
     /// An error written after the 200; the response ends after it.
@@ -59,14 +72,100 @@ pub struct FrameError {
     pub snippet: String,
 }
 
+/// A single message larger than this is rejected instead of buffered without bound.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Snippets in [`FrameError`] are cut to this many bytes.
+const SNIPPET_BYTES: usize = 512;
+
+impl Framing {
+    /// The framing of a `/query-stream` response with this Content-Type; parameters such as
+    /// `; charset=utf-8` are ignored. `application/json` on the legacy `/query` endpoint is the
+    /// StreamedRow format instead (pre-0.24 servers label it so): the client decides that.
+    pub fn from_content_type(content_type: &str) -> Option<Framing> {
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        if media_type.eq_ignore_ascii_case("application/vnd.ksqlapi.delimited.v1") {
+            Some(Framing::Delimited)
+        } else if media_type.eq_ignore_ascii_case("application/vnd.ksql.v1+json")
+            || media_type.eq_ignore_ascii_case("application/vnd.ksql.v1+protobuf")
+        {
+            Some(Framing::StreamedRow)
+        } else if media_type.eq_ignore_ascii_case("application/json") {
+            Some(Framing::JsonArray)
+        } else {
+            None
+        }
+    }
+}
+
+impl FrameError {
+    fn new(offset: u64, reason: impl Into<String>, text: &[u8]) -> Self {
+        let cut = &text[..text.len().min(SNIPPET_BYTES)];
+        let mut snippet = String::from_utf8_lossy(cut).into_owned();
+        let mut end = snippet.len().min(SNIPPET_BYTES);
+        while !snippet.is_char_boundary(end) {
+            end -= 1;
+        }
+        snippet.truncate(end);
+        FrameError { offset, reason: reason.into(), snippet }
+    }
+}
+
+/// Where the JSON array scanner is, between and inside the elements of the outer array.
+#[derive(Debug)]
+enum ArrayState {
+    /// Before the outer `[`.
+    Opening,
+    /// After `[` or `,`: an element or (tolerated after a comma) the closing `]`.
+    BeforeElement,
+    /// Inside an element; the scanner keeps string and nesting state across chunks.
+    InElement(ContainerScanner),
+    /// After an element: `,` or `]`.
+    AfterElement,
+    /// After the outer `]`: only whitespace may follow.
+    Closed,
+}
+
 /// The incremental decoder of one response.
+///
+/// Messages that lie inside one pushed chunk are sliced out of it without copying; only a
+/// message split across chunks is gathered into `carry`.
 pub struct FrameDecoder {
     framing: Framing,
+    /// Chunks pushed but not yet reached, oldest first.
+    queue: VecDeque<Bytes>,
+    /// The chunk being scanned; its consumed prefix is already cut off.
+    current: Bytes,
+    /// Offset in the whole response of `current[0]`, for error messages.
+    current_offset: u64,
+    /// The start of a message whose bytes arrived in earlier chunks.
+    carry: BytesMut,
+    /// Offset in the whole response of `carry[0]`.
+    carry_offset: u64,
+    /// `finish` was called: the body has ended, a last line without `\n` is complete.
+    finishing: bool,
+    /// An oversized line was rejected: drop bytes up to the next `\n`.
+    discarding_line: bool,
+    /// JSON array framing only.
+    array: ArrayState,
+    /// JSON array framing only: once the structure is broken there is no way to resync.
+    failure: Option<FrameError>,
 }
 
 impl FrameDecoder {
     pub fn new(framing: Framing) -> Self {
-        FrameDecoder { framing }
+        FrameDecoder {
+            framing,
+            queue: VecDeque::new(),
+            current: Bytes::new(),
+            current_offset: 0,
+            carry: BytesMut::new(),
+            carry_offset: 0,
+            finishing: false,
+            discarding_line: false,
+            array: ArrayState::Opening,
+            failure: None,
+        }
     }
 
     pub fn framing(&self) -> Framing {
@@ -75,18 +174,245 @@ impl FrameDecoder {
 
     /// Adds bytes received from the network.
     pub fn push(&mut self, chunk: Bytes) {
-        let _ = chunk;
-        todo!("frame work item")
+        if !chunk.is_empty() {
+            self.queue.push_back(chunk);
+        }
     }
 
     /// The next complete event, or `Ok(None)` when more bytes are needed.
+    ///
+    /// After an error in a line-based framing the offending line is skipped, so decoding can go
+    /// on; in the JSON array framing a structural error is final and is returned again.
     pub fn next_event(&mut self) -> Result<Option<Event>, FrameError> {
-        todo!("frame work item")
+        match self.framing {
+            Framing::Delimited | Framing::StreamedRow => self.next_line_event(),
+            Framing::JsonArray => self.next_array_event(),
+        }
     }
 
     /// Called at end of body: returns the last event if the body ended without a final newline,
     /// `Ok(None)` when nothing is left, or an error for trailing bytes that are not a message.
+    ///
+    /// It may be called repeatedly (until `Ok(None)`) and also drains complete messages that
+    /// were not yet taken with [`FrameDecoder::next_event`].
     pub fn finish(&mut self) -> Result<Option<Event>, FrameError> {
-        todo!("frame work item")
+        self.finishing = true;
+        self.next_event()
     }
+
+    /// Makes the next queued chunk current; false when none is left.
+    fn next_chunk(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some(chunk) => {
+                self.current = chunk;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn consume(&mut self, length: usize) {
+        self.current.advance(length);
+        self.current_offset += length as u64;
+    }
+
+    /// Moves the rest of `current` into `carry` (the message continues in the next chunk).
+    fn carry_rest(&mut self) -> Result<(), FrameError> {
+        if self.carry.is_empty() {
+            self.carry_offset = self.current_offset;
+        }
+        self.carry.extend_from_slice(&self.current);
+        let length = self.current.len();
+        self.consume(length);
+        if self.carry.len() > MAX_MESSAGE_BYTES {
+            let error = FrameError::new(
+                self.carry_offset,
+                format!("message longer than {MAX_MESSAGE_BYTES} bytes"),
+                &self.carry,
+            );
+            self.carry.clear();
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Takes the message ending at `end` in `current`, with any carried start.
+    fn take_message(&mut self, end: usize) -> (Bytes, u64) {
+        let taken = if self.carry.is_empty() {
+            (self.current.slice(..end), self.current_offset)
+        } else {
+            self.carry.extend_from_slice(&self.current[..end]);
+            (self.carry.split().freeze(), self.carry_offset)
+        };
+        self.consume(end);
+        taken
+    }
+
+    fn next_line_event(&mut self) -> Result<Option<Event>, FrameError> {
+        loop {
+            if self.current.is_empty() && !self.next_chunk() {
+                if self.finishing && !self.carry.is_empty() {
+                    let offset = self.carry_offset;
+                    let line = self.carry.split().freeze();
+                    if let Some(event) = self.line_event(line, offset)? {
+                        return Ok(Some(event));
+                    }
+                }
+                return Ok(None);
+            }
+            match memchr::memchr(b'\n', &self.current) {
+                Some(newline) => {
+                    let (line, offset) = self.take_message(newline);
+                    self.consume(1);
+                    if std::mem::take(&mut self.discarding_line) {
+                        continue;
+                    }
+                    if let Some(event) = self.line_event(line, offset)? {
+                        return Ok(Some(event));
+                    }
+                }
+                None if self.discarding_line => {
+                    let length = self.current.len();
+                    self.consume(length);
+                }
+                None => {
+                    if let Err(error) = self.carry_rest() {
+                        self.discarding_line = true;
+                        return Err(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes one line (without its `\n`); `Ok(None)` for lines that carry no message.
+    fn line_event(&self, line: Bytes, offset: u64) -> Result<Option<Event>, FrameError> {
+        let trimmed = scan::trim(&line, 0..line.len());
+        let range = match self.framing {
+            Framing::StreamedRow => strip_array_punctuation(&line, trimmed),
+            _ => strip_trailing(&line, trimmed, b','),
+        };
+        if range.is_empty() {
+            return Ok(None);
+        }
+        let message_offset = offset + range.start as u64;
+        let text = line.slice(range);
+        let decoded = match self.framing {
+            Framing::StreamedRow => message::streamed_row_message(&text),
+            _ => message::query_stream_message(&text),
+        };
+        decoded
+            .map(Some)
+            .map_err(|error: MessageError| error.into_frame_error(message_offset, &text))
+    }
+
+    fn next_array_event(&mut self) -> Result<Option<Event>, FrameError> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        loop {
+            if self.current.is_empty() && !self.next_chunk() {
+                if self.finishing && matches!(self.array, ArrayState::InElement(_)) {
+                    let error = FrameError::new(
+                        self.carry_offset,
+                        "response ended inside a message",
+                        &self.carry,
+                    );
+                    return Err(self.fail(error));
+                }
+                return Ok(None);
+            }
+            if let ArrayState::InElement(scanner) = &mut self.array {
+                let element_offset =
+                    if self.carry.is_empty() { self.current_offset } else { self.carry_offset };
+                match scanner.feed(&self.current) {
+                    Ok(Some(end)) => {
+                        self.array = ArrayState::AfterElement;
+                        let (text, offset) = self.take_message(end);
+                        return message::query_stream_message(&text)
+                            .map(Some)
+                            .map_err(|error| error.into_frame_error(offset, &text));
+                    }
+                    Ok(None) => {
+                        if let Err(error) = self.carry_rest() {
+                            return Err(self.fail(error));
+                        }
+                    }
+                    Err(error) => {
+                        let mut text = self.carry.to_vec();
+                        text.extend_from_slice(&self.current);
+                        // Cut after the offending byte, so the snippet is the same however
+                        // the response was split.
+                        text.truncate(error.position + 1);
+                        let reason = format!("{} at message byte {}", error.reason, error.position);
+                        return Err(self.fail(FrameError::new(element_offset, reason, &text)));
+                    }
+                }
+                continue;
+            }
+            let whitespace = scan::skip_whitespace(&self.current, 0);
+            self.consume(whitespace);
+            let Some(&byte) = self.current.first() else {
+                continue;
+            };
+            let next_state = match (&self.array, byte) {
+                (ArrayState::Opening, b'[') => Some(ArrayState::BeforeElement),
+                (ArrayState::BeforeElement | ArrayState::AfterElement, b']') => {
+                    Some(ArrayState::Closed)
+                }
+                (ArrayState::AfterElement, b',') => Some(ArrayState::BeforeElement),
+                (ArrayState::BeforeElement, b'{' | b'[') => {
+                    self.array = ArrayState::InElement(ContainerScanner::new());
+                    continue;
+                }
+                _ => None,
+            };
+            match next_state {
+                Some(state) => {
+                    self.array = state;
+                    self.consume(1);
+                }
+                None => {
+                    let reason = match self.array {
+                        ArrayState::Opening => "expected the opening `[`",
+                        ArrayState::BeforeElement => "expected an object or array element",
+                        ArrayState::AfterElement => "expected `,` or `]` after an element",
+                        _ => "unexpected text after the closing `]`",
+                    };
+                    let error = FrameError::new(self.current_offset, reason, &[byte]);
+                    return Err(self.fail(error));
+                }
+            }
+        }
+    }
+
+    /// Records a JSON array structural error: every later call returns it again.
+    fn fail(&mut self, error: FrameError) -> FrameError {
+        self.failure = Some(error.clone());
+        self.carry.clear();
+        self.queue.clear();
+        self.current = Bytes::new();
+        error
+    }
+}
+
+/// `range` without one trailing `byte` (and the whitespace before it).
+fn strip_trailing(text: &[u8], range: std::ops::Range<usize>, byte: u8) -> std::ops::Range<usize> {
+    if range.end > range.start && text[range.end - 1] == byte {
+        scan::trim(text, range.start..range.end - 1)
+    } else {
+        range
+    }
+}
+
+/// The StreamedRow line rule (ksqlDB's `BytesUtils.toJsonMsg`): strip one leading `[`, one
+/// trailing `]` and one trailing `,`, so that `[{header},`, `{row},`, `{final}]`, `,` and `]`
+/// all reduce to the bare object or to nothing.
+fn strip_array_punctuation(text: &[u8], range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let mut range = range;
+    if range.start < range.end && text[range.start] == b'[' {
+        range = scan::trim(text, range.start + 1..range.end);
+    }
+    let range = strip_trailing(text, range, b']');
+    strip_trailing(text, range, b',')
 }

@@ -1,0 +1,121 @@
+//! One open query response: the header read eagerly, then events pulled on demand.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::error::ClientError;
+use crate::ksqldb::frame::{Event, FrameDecoder, Framing, Header};
+
+type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// An open push or pull query. Dropping it closes the connection (HTTP/1.1) or resets the
+/// stream (HTTP/2), which ends the query on the server.
+///
+/// [`QueryStream::next_event`] is cancel-safe: the only await point is the read of the next
+/// body chunk, and state changes only once a chunk has arrived. So a caller can wrap it in
+/// `tokio::time::timeout` as a stall detector and call it again after a timeout.
+pub struct QueryStream {
+    header: Header,
+    framing: Framing,
+    body: BodyStream,
+    decoder: FrameDecoder,
+    /// The body has ended; what is left is in the decoder.
+    body_done: bool,
+    /// No more events: end of body, or an in-band error was returned.
+    ended: bool,
+}
+
+impl QueryStream {
+    /// Reads up to the header of `response`'s body.
+    pub(super) async fn open(
+        response: reqwest::Response,
+        framing: Framing,
+    ) -> Result<QueryStream, ClientError> {
+        let mut stream = QueryStream {
+            header: Header { query_id: None, columns: Vec::new() },
+            framing,
+            body: Box::pin(response.bytes_stream()),
+            decoder: FrameDecoder::new(framing),
+            body_done: false,
+            ended: false,
+        };
+        match stream.next_event().await? {
+            Some(Event::Header(header)) => {
+                stream.header = header;
+                Ok(stream)
+            }
+            Some(other) => Err(ClientError::NoHeader { found: event_name(&other) }),
+            None => Err(ClientError::NoHeader { found: "the end of the body" }),
+        }
+    }
+
+    /// The query's header: its id and columns.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The query id from the header (`None` for pull queries on servers before 0.24).
+    pub fn query_id(&self) -> Option<&str> {
+        self.header.query_id.as_deref()
+    }
+
+    /// The framing the server chose.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The next event; `Ok(None)` once the body has ended. An in-band error object is returned
+    /// as [`ClientError::InBand`] and ends the stream. A [`ClientError::Frame`] error concerns
+    /// one bad message: calling again continues with the next one.
+    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let decoded = if self.body_done {
+                self.decoder.finish().map_err(|error| {
+                    // Whatever was wrong at the end of the body, nothing can follow it.
+                    self.ended = true;
+                    ClientError::Truncated(error)
+                })?
+            } else {
+                self.decoder.next_event()?
+            };
+            match decoded {
+                Some(Event::Error(error)) => {
+                    self.ended = true;
+                    return Err(ClientError::InBand(error));
+                }
+                Some(event) => return Ok(Some(event)),
+                None if self.body_done => {
+                    self.ended = true;
+                    return Ok(None);
+                }
+                None => {}
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.decoder.push(chunk),
+                Some(Err(source)) => {
+                    self.body_done = true;
+                    self.ended = true;
+                    return Err(ClientError::StreamCut { source });
+                }
+                None => self.body_done = true,
+            }
+        }
+    }
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Header(_) => "a header",
+        Event::Row { .. } => "a row",
+        Event::ProtobufRow(_) => "a protobuf row",
+        Event::Error(_) => "an error",
+        Event::FinalMessage(_) => "a final message",
+        Event::ContinuationToken(_) => "a continuation token",
+        Event::ConsistencyToken(_) => "a consistency token",
+    }
+}
