@@ -67,3 +67,29 @@ pub fn merge_positions(into: &mut Positions, from: &Positions) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    /// The pipeline moves buffers and jobs across tasks and shares the writer and budget.
+    #[test]
+    fn pipeline_types_cross_tasks() {
+        assert_send::<PartitionBuffers>();
+        assert_send::<FlushJob>();
+        assert_send_sync::<LakeWriter>();
+        assert_send_sync::<MemoryBudget>();
+        assert_send_sync::<Lake>();
+        assert_send_sync::<RowRouter>();
+    }
+
+    #[test]
+    fn merging_positions_keeps_the_highest_offset() {
+        let mut into = Positions::from([(0, 5), (1, 9)]);
+        merge_positions(&mut into, &Positions::from([(0, 7), (1, 3), (2, 1)]));
+        assert_eq!(into, Positions::from([(0, 7), (1, 9), (2, 1)]));
+    }
+}

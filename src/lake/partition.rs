@@ -6,9 +6,10 @@
 //! - fall back: the repeated local hour is one partition covering both occurrences (two real
 //!   hours), because the folder name cannot tell them apart.
 //!
-//! Rows whose event time is null are routed by the processing time given to
-//! [`RowRouter::route`] and counted in [`RowStats::null_event_time_rows`]: dropping them would
-//! lose data, and failing the batch would stall the feed on one bad row.
+//! Rows whose event time is null, or so far from today that no calendar date represents it
+//! (e.g. nanoseconds stored in a milliseconds column), are routed by the processing time given
+//! to [`RowRouter::route`] and counted in [`RowStats::null_event_time_rows`]: dropping them
+//! would lose data, and failing the batch would stall the feed on one bad row.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,10 @@ use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 
 use super::{Position, Positions};
+
+/// Event times beyond ±8e15 ms (about year 255,000) have no calendar date in chrono and are
+/// treated like nulls.
+const MAX_EVENT_MS_ABS: u64 = 8_000_000_000_000_000;
 
 /// The partition grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -174,7 +179,7 @@ pub struct RowStats {
     /// Position of the first row with one: it makes the file name deterministic.
     pub first_position: Option<Position>,
     pub max_positions: Positions,
-    /// Rows whose event time was null and were routed by processing time.
+    /// Rows whose event time was null (or unrepresentable) and were routed by processing time.
     pub null_event_time_rows: usize,
 }
 
@@ -270,7 +275,9 @@ impl RowRouter {
                 return Err(PartitionError::UnsupportedType { column: name.clone(), data_type: other.clone() });
             }
         };
-        let nulls: Vec<bool> = (0..millis.len()).map(|row| millis.is_null(row)).collect();
+        let nulls: Vec<bool> = (0..millis.len())
+            .map(|row| millis.is_null(row) || millis.value(row).unsigned_abs() > MAX_EVENT_MS_ABS)
+            .collect();
         let values = (0..millis.len()).map(|row| if nulls[row] { processing_ms } else { millis.value(row) }).collect();
         Ok((values, nulls))
     }

@@ -1,7 +1,8 @@
 //! Opening the lake: a URL plus options → an object store and the root path inside it.
 //!
 //! - a plain path or `file://` URL: [`LocalFileSystem`] rooted at that directory (created if
-//!   missing). Its `put` writes a staged file and renames it, so objects appear atomically;
+//!   missing). Its `put` writes a staged file and renames it, so objects appear atomically,
+//!   and fsync is on so committed files survive a power loss;
 //! - `s3://bucket/prefix` (or `s3a://`): [`AmazonS3Builder`] seeded from the `AWS_*`
 //!   environment, then overridden by [`S3Options`] (endpoint, region, plain HTTP, path or
 //!   virtual-hosted style, static keys and session token);
@@ -160,8 +161,10 @@ pub fn open_lake(url: &str, options: &S3Options) -> Result<Lake, StoreError> {
 fn open_local(path: &std::path::Path, display: &str) -> Result<Lake, StoreError> {
     std::fs::create_dir_all(path)
         .map_err(|source| StoreError::CreateDir { path: path.display().to_string(), source })?;
+    // fsync: the manifest is the commit point, so a file it lists must survive a power loss.
     let store = LocalFileSystem::new_with_prefix(path)
-        .map_err(|source| StoreError::Open { url: display.to_string(), source })?;
+        .map_err(|source| StoreError::Open { url: display.to_string(), source })?
+        .with_fsync(true);
     Ok(Lake::new(Arc::new(store), Path::default(), display))
 }
 

@@ -349,8 +349,8 @@ impl LakeWriter {
         let upload = store.put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.options.part_size.max(5 * 1024 * 1024));
         writer.put(bytes.clone());
-        // `finish` completes the upload; until then no object exists. On error it is aborted
-        // by the upload's drop/abort, so no parts linger as a visible object.
+        // `finish` completes the upload; until then no object exists, and on failure it aborts
+        // the upload so no parts linger.
         writer.finish().await?;
         Ok(())
     }

@@ -185,3 +185,67 @@ fn processing_time_routes_everything_to_now() {
     assert_eq!(routed.len(), 1);
     assert_eq!(routed[0].key.relative_path(), "year=2025/month=12/day=31/hour=23");
 }
+
+#[test]
+fn unrepresentable_event_times_are_routed_like_nulls() {
+    let processing = ms(2024, 6, 1, 8, 0);
+    // Nanoseconds written into a milliseconds column.
+    let input = batch(vec![Some(1_714_521_600_000_000_000), Some(ms(2024, 6, 1, 8, 1))], vec![0, 0], vec![1, 2]);
+    let routed = router(PartitionSpec::default()).route(&input, processing).unwrap();
+    assert_eq!(routed.len(), 1);
+    assert_eq!(routed[0].stats.null_event_time_rows, 1);
+    assert_eq!(routed[0].stats.min_event_ms, processing);
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ZONES: [Tz; 5] = [
+        chrono_tz::UTC,
+        chrono_tz::Europe::Berlin,
+        chrono_tz::America::New_York,
+        chrono_tz::Australia::Lord_Howe,
+        chrono_tz::Asia::Kolkata,
+    ];
+
+    /// Every 10 minutes of 2024 (all DST transitions of these zones included), both grains.
+    #[test]
+    fn a_year_of_instants_falls_inside_its_partitions() {
+        let year_start = ms(2024, 1, 1, 0, 0);
+        for zone in ZONES {
+            for grain in [Partitioning::Daily, Partitioning::Hourly] {
+                let spec = PartitionSpec::new(grain, zone);
+                let mut previous: Option<PartitionKey> = None;
+                for step in 0..(366 * 24 * 6) {
+                    let event_ms = year_start + step * 600_000;
+                    let key = spec.key_for(event_ms).unwrap();
+                    let (start, end) = (spec.start_ms(&key).unwrap(), spec.end_ms(&key).unwrap());
+                    assert!(start <= event_ms && event_ms < end, "{zone} {key}: {start} <= {event_ms} < {end}");
+                    assert!(previous.is_none_or(|previous| previous <= key), "{zone}: keys go forward");
+                    previous = Some(key);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Every instant lies inside its partition, and the partition's start maps back to it.
+        #[test]
+        fn instants_fall_inside_their_partition(
+            event_ms in -2_000_000_000_000i64..5_000_000_000_000,
+            zone in 0usize..ZONES.len(),
+            hourly in any::<bool>(),
+        ) {
+            let grain = if hourly { Partitioning::Hourly } else { Partitioning::Daily };
+            let spec = PartitionSpec::new(grain, ZONES[zone]);
+            let key = spec.key_for(event_ms).unwrap();
+            let start = spec.start_ms(&key).unwrap();
+            let end = spec.end_ms(&key).unwrap();
+            prop_assert!(start <= event_ms && event_ms < end, "{key}: {start} <= {event_ms} < {end}");
+            prop_assert_eq!(spec.key_for(start).unwrap(), key);
+            prop_assert!(spec.key_for(end).unwrap() > key);
+        }
+    }
+}
