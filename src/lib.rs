@@ -18,5 +18,6 @@ pub mod http;
 pub mod ksqldb;
 pub mod lake;
 pub mod metrics;
+pub mod pipeline;
 pub mod schema;
 pub mod simulator;

@@ -1,0 +1,334 @@
+//! Wires the service: one source stage and one buffer stage per enabled feed, joined by a
+//! bounded channel, sharing one ksqlDB client, one lake writer and one memory budget.
+//!
+//! ```text
+//! FeedSource (push query → Arrow)  ──mpsc(4)──►  FeedSink (route → buffers → commit)  ──► LakeWriter
+//!      decode on a runtime worker                  encode on the blocking pool
+//! ```
+//!
+//! Shutdown is "end the input": the token stops every source, each source drops its sender,
+//! each sink drains its buffers with reason `shutdown` and returns.
+
+pub mod demo;
+pub mod query;
+pub mod sink;
+pub mod source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, FeedConfig};
+use crate::ksqldb::client::{self as ksql_client, KsqlClient};
+use crate::lake::{self, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
+use crate::metrics::{Health, Metrics};
+use query::Positions;
+use sink::{FeedSink, WatermarkClock};
+use source::{Backoff, FeedSource, SourceSettings};
+
+/// Batches in flight between a feed's source and buffer stages.
+const CHANNEL_BATCHES: usize = 4;
+
+/// What a run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunSummary {
+    pub rows_written: u64,
+    pub files_written: u64,
+}
+
+/// Knobs tests and the demo turn; production uses the defaults.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How often age and partition-close triggers are evaluated.
+    pub tick: Duration,
+    /// A partly filled batch leaves the source after this long.
+    pub linger: Duration,
+    pub reconnect_backoff: Backoff,
+    /// Backoff between commit attempts while the lake fails.
+    pub write_retry: lake::RetryPolicy,
+    /// Serve /metrics, /healthz, /readyz.
+    pub serve_http: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            tick: Duration::from_secs(1),
+            linger: Duration::from_millis(200),
+            reconnect_backoff: Backoff::default(),
+            write_retry: lake::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(250),
+                max_backoff: Duration::from_secs(15),
+                multiplier: 2.0,
+            },
+            serve_http: true,
+        }
+    }
+}
+
+/// Runs every enabled feed until `shutdown` is cancelled, then flushes and commits within the
+/// configured grace period.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+    let metrics = Metrics::new(prometheus::Registry::new());
+    run_with(config, shutdown, metrics, Health::default(), RunOptions::default()).await
+}
+
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+    health: Health,
+    options: RunOptions,
+) -> anyhow::Result<RunSummary> {
+    let http_stop = CancellationToken::new();
+    if options.serve_http {
+        let address = crate::http::serve(config.http_listen, metrics.clone(), health.clone(), http_stop.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {}", config.http_listen))?;
+        tracing::info!(%address, "serving /metrics, /healthz, /readyz");
+    }
+    let _stop_http = http_stop.drop_guard();
+
+    let client = Arc::new(KsqlClient::new(client_config(&config.ksqldb)).context("ksqlDB client")?);
+    match client.info().await {
+        Ok(info) => tracing::info!(version = %info.version, url = %config.ksqldb.url, "connected to ksqlDB"),
+        Err(error) => tracing::warn!(%error, url = %config.ksqldb.url, "ksqlDB /info failed; feeds will retry"),
+    }
+    let lake = lake::open_lake(&config.lake.url, &s3_options(&config.lake)).context("opening the lake")?;
+    let budget = MemoryBudget::new(config.memory_budget_bytes);
+    metrics.memory_budget_bytes.set(config.memory_budget_bytes as f64);
+    metrics.store_up.set(1.0);
+
+    let sources_stop = shutdown.child_token();
+    let mut sinks = tokio::task::JoinSet::new();
+    let mut sources = tokio::task::JoinSet::new();
+    for feed in config.feeds.iter().filter(|feed| feed.enabled) {
+        let kind = lake_kind(feed.kind);
+        let writer = Arc::new(LakeWriter::new(lake.clone(), writer_options(&feed.settings, &options)));
+        let committed = writer
+            .read_metadata(kind, &feed.name)
+            .await
+            .with_context(|| format!("reading the metadata of feed {}", feed.name))?
+            .map(|metadata| positions_from_lake(&metadata.committed_positions))
+            .unwrap_or_default();
+        if !committed.is_empty() {
+            tracing::info!(feed = %feed.name, positions = ?committed.0, "resuming after committed positions");
+        }
+        let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
+        let source = FeedSource {
+            settings: SourceSettings {
+                feed: feed.name.clone(),
+                source: feed.source.clone(),
+                delivery: feed.settings.delivery,
+                batch_rows: feed.settings.batch_rows,
+                linger: options.linger,
+                idle_timeout: config.ksqldb.idle_timeout,
+                backoff: options.reconnect_backoff,
+            },
+            client: client.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        let sink = build_sink(feed, &writer, &budget, &metrics, &health, &options);
+        sources.spawn(source.run(committed, sender, sources_stop.clone()));
+        sinks.spawn(sink.run(receiver));
+    }
+
+    shutdown.cancelled().await;
+    health.set_shutting_down();
+    tracing::info!(grace = ?config.shutdown_grace, "flushing every buffer before exit");
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let mut summary = RunSummary::default();
+        let mut failure: Option<anyhow::Error> = None;
+        while let Some(result) = sources.join_next().await {
+            if let Ok(Err(error)) = result {
+                failure.get_or_insert(error.into());
+            }
+        }
+        while let Some(result) = sinks.join_next().await {
+            match result {
+                Ok(Ok(done)) => {
+                    summary.rows_written += done.rows_written;
+                    summary.files_written += done.files_written;
+                }
+                Ok(Err(error)) => {
+                    failure.get_or_insert(error.into());
+                }
+                Err(error) => {
+                    failure.get_or_insert(anyhow::anyhow!("a feed task panicked: {error}"));
+                }
+            }
+        }
+        (summary, failure)
+    })
+    .await;
+    match drained {
+        Ok((summary, None)) => Ok(summary),
+        Ok((_, Some(error))) => Err(error),
+        Err(_) => anyhow::bail!(
+            "buffers were not committed within the {:?} grace period; uncommitted rows are read again from ksqlDB on restart",
+            config.shutdown_grace
+        ),
+    }
+}
+
+fn build_sink(
+    feed: &FeedConfig,
+    writer: &Arc<LakeWriter>,
+    budget: &Arc<MemoryBudget>,
+    metrics: &Metrics,
+    health: &Health,
+    options: &RunOptions,
+) -> FeedSink {
+    let settings = &feed.settings;
+    let spec = PartitionSpec::new(
+        match settings.partitioning {
+            config::Partitioning::Daily => lake::Partitioning::Daily,
+            config::Partitioning::Hourly => lake::Partitioning::Hourly,
+        },
+        settings.timezone,
+    );
+    let event_time = match &settings.event_time {
+        config::EventTime::Rowtime => lake::EventTime::Column(query::ROWTIME.to_string()),
+        config::EventTime::Column(name) => lake::EventTime::Column(name.clone()),
+        config::EventTime::ProcessingTime => lake::EventTime::ProcessingTime,
+    };
+    let positions = lake::PositionColumns {
+        partition: query::ROWPARTITION.to_string(),
+        offset: query::ROWOFFSET.to_string(),
+    };
+    let router = RowRouter::new(spec.clone(), event_time, Some(positions));
+    let policy = lake::FlushPolicy {
+        max_rows: settings.flush_max_rows as usize,
+        max_bytes: settings.flush_max_bytes,
+        max_age: settings.flush_max_age,
+        allowed_lateness: settings.allowed_lateness,
+    };
+    let watermark = Arc::new(WatermarkClock::default());
+    let buffers =
+        PartitionBuffers::new(feed.name.clone(), lake_kind(feed.kind), spec, policy, budget.clone(), watermark.clone());
+    FeedSink {
+        feed: feed.name.clone(),
+        router,
+        buffers,
+        writer: writer.clone(),
+        budget: budget.clone(),
+        watermark,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        retry: options.write_retry.clone(),
+        tick: options.tick,
+    }
+}
+
+/// Each feed has its own writer: compression and row groups are per-feed settings.
+fn writer_options(settings: &config::FeedSettings, options: &RunOptions) -> WriterOptions {
+    let compression = match settings.compression {
+        config::Compression::Zstd(level) => lake::Compression::Zstd(level),
+        config::Compression::Snappy => lake::Compression::Snappy,
+        config::Compression::Lz4 => lake::Compression::Lz4,
+        config::Compression::Gzip(level) => lake::Compression::Gzip(level),
+        config::Compression::None => lake::Compression::None,
+    };
+    WriterOptions {
+        parquet: lake::ParquetOptions { compression, row_group_rows: settings.row_group_rows, dictionary: true },
+        retry: options.write_retry.clone(),
+        ..WriterOptions::default()
+    }
+}
+
+fn lake_kind(kind: config::FeedKind) -> lake::FeedKind {
+    match kind {
+        config::FeedKind::Stream => lake::FeedKind::Stream,
+        config::FeedKind::Table => lake::FeedKind::Table,
+    }
+}
+
+fn positions_from_lake(positions: &lake::Positions) -> Positions {
+    let mut resume = Positions::default();
+    for (&partition, &offset) in positions {
+        resume.advance(partition as i32, offset as i64);
+    }
+    resume
+}
+
+pub fn client_config(ksqldb: &config::KsqldbConfig) -> ksql_client::ClientConfig {
+    let mut client = ksql_client::ClientConfig::new(ksqldb.url.clone());
+    client.username = ksqldb.username.clone();
+    client.password = ksqldb.password.clone();
+    client.ca_file = ksqldb.ca_file.clone();
+    client.client_cert = ksqldb.client_cert.clone();
+    client.client_key = ksqldb.client_key.clone();
+    client.http2 = match ksqldb.http2 {
+        config::Http2Mode::Auto => ksql_client::Http2Mode::Auto,
+        config::Http2Mode::Always => ksql_client::Http2Mode::Always,
+        config::Http2Mode::Never => ksql_client::Http2Mode::Never,
+    };
+    client.connect_timeout = ksqldb.connect_timeout;
+    client
+}
+
+pub fn s3_options(lake: &config::LakeConfig) -> lake::S3Options {
+    lake::S3Options {
+        endpoint: lake.endpoint.clone(),
+        region: lake.region.clone(),
+        allow_http: lake.allow_http,
+        virtual_hosted_style: lake.virtual_hosted_style,
+        access_key_id: lake.access_key_id.clone(),
+        secret_access_key: lake.secret_access_key.clone(),
+        session_token: lake.session_token.clone(),
+        ..Default::default()
+    }
+}
+
+/// `ksql-lake check`: each line is what was tried and how it went.
+pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
+    let mut report = Vec::new();
+    let client = KsqlClient::new(client_config(&config.ksqldb));
+    match &client {
+        Ok(client) => match client.info().await {
+            Ok(info) => report.push((format!("ksqlDB {}", config.ksqldb.url), Ok(format!("version {}", info.version)))),
+            Err(error) => report.push((format!("ksqlDB {}", config.ksqldb.url), Err(error.to_string()))),
+        },
+        Err(error) => report.push(("ksqlDB client".into(), Err(error.to_string()))),
+    }
+    match lake::open_lake(&config.lake.url, &s3_options(&config.lake)) {
+        Ok(lake) => {
+            match probe(&lake).await {
+                Ok(()) => report.push((format!("lake {}", config.lake.url), Ok("writable and readable".into()))),
+                Err(error) => report.push((format!("lake {}", config.lake.url), Err(error))),
+            }
+            let writer = LakeWriter::new(lake, WriterOptions::default());
+            for feed in &config.feeds {
+                let label = format!("feed {} metadata", feed.name);
+                match writer.read_metadata(lake_kind(feed.kind), &feed.name).await {
+                    Ok(Some(metadata)) => report.push((label, Ok(format!("{} rows committed", metadata.total_records)))),
+                    Ok(None) => report.push((label, Ok("new feed".into()))),
+                    Err(error) => report.push((label, Err(format!("{error:#}")))),
+                }
+            }
+        }
+        Err(error) => report.push((format!("lake {}", config.lake.url), Err(format!("{error:#}")))),
+    }
+    report
+}
+
+/// Writes, reads back and deletes a small object under `_ksql_lake_check/`.
+async fn probe(lake: &lake::Lake) -> Result<(), String> {
+    use object_store::ObjectStoreExt;
+    let name = lake::layout::ulid(chrono::Utc::now().timestamp_millis());
+    let path = object_store::path::Path::from(format!("{}/_ksql_lake_check/{name}", lake.root()));
+    let payload = bytes::Bytes::from_static(b"ksql-lake check");
+    lake.store().put(&path, payload.clone().into()).await.map_err(|error| format!("write failed: {error}"))?;
+    let read = lake.store().get(&path).await.map_err(|error| format!("read failed: {error}"))?;
+    let body = read.bytes().await.map_err(|error| format!("read failed: {error}"))?;
+    lake.store().delete(&path).await.map_err(|error| format!("delete failed: {error}"))?;
+    if body != payload {
+        return Err("read back different bytes".into());
+    }
+    Ok(())
+}
