@@ -179,7 +179,9 @@ impl Builder {
         cap(&self.validity)
             + match &self.values {
                 Values::Boolean(values) => cap(values),
-                Values::Integer(values) | Values::Date(values) | Values::Time(values) => cap(values),
+                Values::Integer(values) | Values::Date(values) | Values::Time(values) => {
+                    cap(values)
+                }
                 Values::Bigint(values) | Values::Timestamp(values) => cap(values),
                 Values::Double(values) => cap(values),
                 Values::Decimal128 { values, .. } => cap(values),
@@ -208,27 +210,22 @@ impl Builder {
             Some(NullBuffer::from(validity))
         };
         match &mut self.values {
-            Values::Boolean(values) => Arc::new(BooleanArray::new(
-                BooleanBuffer::from(std::mem::take(values)),
-                nulls,
-            )),
+            Values::Boolean(values) => {
+                Arc::new(BooleanArray::new(BooleanBuffer::from(std::mem::take(values)), nulls))
+            }
             Values::Integer(values) => Arc::new(Int32Array::new(take(values), nulls)),
             Values::Bigint(values) => Arc::new(Int64Array::new(take(values), nulls)),
             Values::Double(values) => Arc::new(Float64Array::new(take(values), nulls)),
-            Values::Decimal128 { values, precision, scale } => Arc::new(
-                Decimal128Array::new(take(values), nulls)
-                    .with_data_type(arrow::datatypes::DataType::Decimal128(
-                        *precision,
-                        *scale as i8,
-                    )),
-            ),
-            Values::Decimal256 { values, precision, scale } => Arc::new(
-                Decimal256Array::new(take(values), nulls)
-                    .with_data_type(arrow::datatypes::DataType::Decimal256(
-                        *precision,
-                        *scale as i8,
-                    )),
-            ),
+            Values::Decimal128 { values, precision, scale } => {
+                Arc::new(Decimal128Array::new(take(values), nulls).with_data_type(
+                    arrow::datatypes::DataType::Decimal128(*precision, *scale as i8),
+                ))
+            }
+            Values::Decimal256 { values, precision, scale } => {
+                Arc::new(Decimal256Array::new(take(values), nulls).with_data_type(
+                    arrow::datatypes::DataType::Decimal256(*precision, *scale as i8),
+                ))
+            }
             Values::String(bytes) => {
                 let (offsets, data) = take_bytes(bytes);
                 Arc::new(StringArray::new(offsets, data, nulls))

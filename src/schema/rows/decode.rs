@@ -153,10 +153,9 @@ fn expect_open(cur: &mut Cursor<'_>, byte: u8, what: &str) -> Result<(), Fail> {
 
 /// A struct field by name: exact case first, then ASCII case-insensitive.
 fn find_field(names: &[String], name: &[u8]) -> Option<usize> {
-    names
-        .iter()
-        .position(|candidate| candidate.as_bytes() == name)
-        .or_else(|| names.iter().position(|candidate| candidate.as_bytes().eq_ignore_ascii_case(name)))
+    names.iter().position(|candidate| candidate.as_bytes() == name).or_else(|| {
+        names.iter().position(|candidate| candidate.as_bytes().eq_ignore_ascii_case(name))
+    })
 }
 
 pub(super) fn lossy(bytes: &[u8]) -> String {
@@ -166,7 +165,8 @@ pub(super) fn lossy(bytes: &[u8]) -> String {
 /// Converts a map key (always a JSON string) to the key type. Keys of string-shaped types
 /// are the value text itself; other keys hold the JSON text of the value (`"1"`, `"true"`).
 fn decode_key(keys: &mut Builder, text: &[u8]) -> Result<(), Fail> {
-    let looks_integer = !text.is_empty() && text.iter().all(|b| b.is_ascii_digit() || *b == b'-');
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let looks_integer = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
     match &mut keys.values {
         Values::String(bytes) => {
             bytes.data.extend_from_slice(text);

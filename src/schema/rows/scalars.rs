@@ -114,12 +114,7 @@ fn parse_exponent(text: &[u8]) -> Option<i64> {
 /// `scale`, digit by digit; `push` receives each digit of the unscaled magnitude, most
 /// significant first. Fails when non-zero digits would be lost or the result needs more
 /// than `precision` digits. Returns whether the number is negative.
-fn rescale(
-    text: &[u8],
-    precision: u8,
-    scale: u8,
-    mut push: impl FnMut(u8),
-) -> Result<bool, Fail> {
+fn rescale(text: &[u8], precision: u8, scale: u8, mut push: impl FnMut(u8)) -> Result<bool, Fail> {
     let parts = split_decimal(text)?;
     let digit_at = |i: usize| {
         if i < parts.int.len() {
