@@ -14,7 +14,11 @@ const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
 const V1_JSON: &str = "application/vnd.ksql.v1+json";
 
 fn key(name: &str, ty: KsqlType) -> Column {
-    Column { name: name.into(), ty, role: ColumnRole::Key }
+    Column {
+        name: name.into(),
+        ty,
+        role: ColumnRole::Key,
+    }
 }
 
 async fn start(config: SimulatorConfig) -> (Simulator, SimulatorHandle) {
@@ -32,7 +36,10 @@ async fn start(config: SimulatorConfig) -> (Simulator, SimulatorHandle) {
     sim.create_table(
         "users",
         vec![Column::new("ID", KsqlType::String)],
-        vec![Column::new("NAME", KsqlType::String), Column::new("SCORE", KsqlType::Integer)],
+        vec![
+            Column::new("NAME", KsqlType::String),
+            Column::new("SCORE", KsqlType::Integer),
+        ],
         2,
     )
     .unwrap();
@@ -45,7 +52,11 @@ fn view(sim: &Simulator, partition: u32, user: &str, page: &str, time: i64) -> (
         "PAGEVIEWS",
         Some(partition),
         1_000 + time,
-        vec![Value::string(user), Value::string(page), Value::Bigint(time)],
+        vec![
+            Value::string(user),
+            Value::string(page),
+            Value::Bigint(time),
+        ],
     )
     .unwrap()
 }
@@ -55,7 +66,10 @@ fn h1() -> reqwest::Client {
 }
 
 fn h2() -> reqwest::Client {
-    reqwest::Client::builder().http2_prior_knowledge().build().unwrap()
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
 }
 
 async fn post(
@@ -79,7 +93,11 @@ async fn body_text(response: reqwest::Response) -> String {
 /// Reads chunks until `text` holds `lines` newline-terminated lines.
 async fn read_lines(response: &mut reqwest::Response, text: &mut String, lines: usize) {
     while text.matches('\n').count() < lines {
-        let chunk = timeout(WAIT, response.chunk()).await.unwrap().unwrap().unwrap();
+        let chunk = timeout(WAIT, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
 }
@@ -112,8 +130,14 @@ async fn push_query_limit_delimited_exact_framing() {
     view(&sim, 0, "USER_1", "PAGE_1", 1);
     view(&sim, 1, "USER_2", "PAGE_2", 2);
     view(&sim, 0, "USER_3", "PAGE_3", 3);
-    let response = post(&h1(), &handle, "/query-stream", None,
-        earliest_qs("SELECT * FROM pageviews EMIT CHANGES LIMIT 2;")).await;
+    let response = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        None,
+        earliest_qs("SELECT * FROM pageviews EMIT CHANGES LIMIT 2;"),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], DELIMITED);
     let (body, id) = strip_id(&body_text(response).await);
@@ -147,29 +171,49 @@ async fn push_query_limit_streamed_row_and_json_array_framing() {
          {\"row\":{\"columns\":[\"USER_2\",\"PAGE_2\",2]}},\n\
          {\"finalMessage\":\"Limit Reached\"}]"
     );
-    let response = post(&h1(), &handle, "/query-stream", Some("application/json"),
-        earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES LIMIT 2;")).await;
+    let response = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        Some("application/json"),
+        earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES LIMIT 2;"),
+    )
+    .await;
     assert_eq!(response.headers()["content-type"], "application/json");
     let (body, _) = strip_id(&body_text(response).await);
     assert_eq!(body, "[{\"queryId\":\"<ID>\",\"columnNames\":[\"VIEWTIME\"],\"columnTypes\":[\"BIGINT\"]},[1],[2]]");
 }
 
 /// Sends one HTTP/1.1 request by hand and returns the head and the de-chunked body.
-async fn raw_request(handle: &SimulatorHandle, path: &str, accept: Option<&str>, body: &str) -> (String, String) {
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+async fn raw_request(
+    handle: &SimulatorHandle,
+    path: &str,
+    accept: Option<&str>,
+    body: &str,
+) -> (String, String) {
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{accept}Content-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(handle.local_addr()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(handle.local_addr())
+        .await
+        .unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+    timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let (head, chunked) = raw.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
     let mut rest = chunked;
     let mut decoded = String::new();
     loop {
@@ -193,10 +237,14 @@ async fn raw_http1_responses_are_chunked_with_exact_bytes_and_default_framings()
     let (head, decoded) = raw_request(&handle, "/query-stream", None, &body).await;
     assert!(head.contains(&format!("content-type: {DELIMITED}")));
     let (decoded, _) = strip_id(&decoded);
-    assert_eq!(decoded, "{\"queryId\":\"<ID>\",\"columnNames\":[\"VIEWTIME\"],\"columnTypes\":[\"BIGINT\"]}\n[7]\n");
+    assert_eq!(
+        decoded,
+        "{\"queryId\":\"<ID>\",\"columnNames\":[\"VIEWTIME\"],\"columnTypes\":[\"BIGINT\"]}\n[7]\n"
+    );
     // /query without Accept: StreamedRow; with */* (curl): delimited
     let body = json!({"ksql": "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES LIMIT 1;",
-                      "streamsProperties": {"auto.offset.reset": "earliest"}}).to_string();
+                      "streamsProperties": {"auto.offset.reset": "earliest"}})
+    .to_string();
     let (head, decoded) = raw_request(&handle, "/query", None, &body).await;
     assert!(head.contains(&format!("content-type: {V1_JSON}")));
     assert!(decoded.ends_with("\"schema\":\"`VIEWTIME` BIGINT\"}},\n{\"row\":{\"columns\":[7]}},\n{\"finalMessage\":\"Limit Reached\"}]"), "{decoded}");
@@ -209,9 +257,26 @@ async fn raw_http1_responses_are_chunked_with_exact_bytes_and_default_framings()
 async fn pull_queries_on_tables_and_streams() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     let user = |id: &str, name: &str, score: i32| {
-        sim.produce("users", None, 5, vec![Value::string(id), Value::string(name), Value::Integer(score)]).unwrap()
+        sim.produce(
+            "users",
+            None,
+            5,
+            vec![
+                Value::string(id),
+                Value::string(name),
+                Value::Integer(score),
+            ],
+        )
+        .unwrap()
     };
-    let empty = post(&h1(), &handle, "/query", Some(V1_JSON), json!({"ksql": "SELECT * FROM USERS;"})).await;
+    let empty = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM USERS;"}),
+    )
+    .await;
     let (empty, id) = strip_id(&body_text(empty).await);
     assert!(id.starts_with("query_"));
     assert_eq!(empty, "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING KEY, `NAME` STRING, `SCORE` INTEGER\"}}]");
@@ -220,14 +285,28 @@ async fn pull_queries_on_tables_and_streams() {
     user("a", "Ann", 3);
     sim.delete("users", vec![Value::string("b")], 6).unwrap();
     user("c", "Cy", 4);
-    let response = post(&h1(), &handle, "/query", Some("application/json"), json!({"ksql": "SELECT * FROM USERS WHERE SCORE > 1;"})).await;
+    let response = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some("application/json"),
+        json!({"ksql": "SELECT * FROM USERS WHERE SCORE > 1;"}),
+    )
+    .await;
     let (body, _) = strip_id(&body_text(response).await);
     assert_eq!(
         body,
         "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING KEY, `NAME` STRING, `SCORE` INTEGER\"}},\n\
          {\"row\":{\"columns\":[\"a\",\"Ann\",3]}},\n{\"row\":{\"columns\":[\"c\",\"Cy\",4]}}]"
     );
-    let response = post(&h2(), &handle, "/query-stream", None, json!({"sql": "SELECT NAME FROM USERS LIMIT 1;"})).await;
+    let response = post(
+        &h2(),
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": "SELECT NAME FROM USERS LIMIT 1;"}),
+    )
+    .await;
     let (body, _) = strip_id(&body_text(response).await);
     assert_eq!(body, "{\"queryId\":\"<ID>\",\"columnNames\":[\"NAME\"],\"columnTypes\":[\"STRING\"]}\n[\"Ann\"]\n");
     // stream pull query: bounded, ignores auto.offset.reset=latest, ends "Query Completed"
@@ -248,10 +327,22 @@ async fn pull_queries_on_tables_and_streams() {
 async fn live_rows_reach_an_open_query_and_latest_skips_history() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     view(&sim, 0, "OLD", "P", 0);
-    let mut latest = post(&h1(), &handle, "/query-stream", None,
-        json!({"sql": "SELECT USERID FROM PAGEVIEWS EMIT CHANGES;"})).await;
-    let mut earliest = post(&h2(), &handle, "/query-stream", None,
-        earliest_qs("SELECT USERID FROM PAGEVIEWS EMIT CHANGES;")).await;
+    let mut latest = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": "SELECT USERID FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
+    let mut earliest = post(
+        &h2(),
+        &handle,
+        "/query-stream",
+        None,
+        earliest_qs("SELECT USERID FROM PAGEVIEWS EMIT CHANGES;"),
+    )
+    .await;
     assert_eq!(earliest.version(), reqwest::Version::HTTP_2);
     let (mut a, mut b) = (String::new(), String::new());
     read_lines(&mut latest, &mut a, 1).await; // metadata arrives before any row
@@ -262,8 +353,14 @@ async fn live_rows_reach_an_open_query_and_latest_skips_history() {
     view(&sim, 0, "NEW2", "P", 2);
     read_lines(&mut latest, &mut a, 3).await;
     read_lines(&mut earliest, &mut b, 4).await;
-    assert_eq!(a.lines().skip(1).collect::<Vec<_>>(), ["[\"NEW1\"]", "[\"NEW2\"]"]);
-    assert_eq!(b.lines().skip(1).collect::<Vec<_>>(), ["[\"OLD\"]", "[\"NEW1\"]", "[\"NEW2\"]"]);
+    assert_eq!(
+        a.lines().skip(1).collect::<Vec<_>>(),
+        ["[\"NEW1\"]", "[\"NEW2\"]"]
+    );
+    assert_eq!(
+        b.lines().skip(1).collect::<Vec<_>>(),
+        ["[\"OLD\"]", "[\"NEW1\"]", "[\"NEW2\"]"]
+    );
     // dropping the h1 connection and the h2 stream both free the slots
     drop(latest);
     drop(earliest);
@@ -278,7 +375,10 @@ async fn pseudo_columns_and_resume_filter() {
         let (partition, offset) = view(&sim, (i % 2) as u32, "U", "P", i);
         // resume after offset 3 of partition 0 and offset 4 of partition 1
         if (partition == 0 && offset > 3) || (partition == 1 && offset > 4) {
-            expected.push(format!("[{},{partition},{offset},\"U\",\"P\",{i}]", 1000 + i));
+            expected.push(format!(
+                "[{},{partition},{offset},\"U\",\"P\",{i}]",
+                1000 + i
+            ));
         }
     }
     let sql = "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM PAGEVIEWS WHERE \
@@ -288,28 +388,68 @@ async fn pseudo_columns_and_resume_filter() {
     let body = body_text(response).await;
     let mut lines = body.lines();
     let meta: Json = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!(meta["columnNames"], json!(["ROWTIME", "ROWPARTITION", "ROWOFFSET", "USERID", "PAGEID", "VIEWTIME"]));
-    assert_eq!(meta["columnTypes"], json!(["BIGINT", "INTEGER", "BIGINT", "STRING", "STRING", "BIGINT"]));
+    assert_eq!(
+        meta["columnNames"],
+        json!([
+            "ROWTIME",
+            "ROWPARTITION",
+            "ROWOFFSET",
+            "USERID",
+            "PAGEID",
+            "VIEWTIME"
+        ])
+    );
+    assert_eq!(
+        meta["columnTypes"],
+        json!(["BIGINT", "INTEGER", "BIGINT", "STRING", "STRING", "BIGINT"])
+    );
     assert_eq!(lines.collect::<Vec<_>>(), expected);
 }
 
 #[tokio::test]
 async fn table_push_query_shows_tombstones_only_in_streamed_row() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    sim.produce("USERS", None, 1, vec![Value::string("a"), Value::string("Ann"), Value::Integer(1)]).unwrap();
+    sim.produce(
+        "USERS",
+        None,
+        1,
+        vec![Value::string("a"), Value::string("Ann"), Value::Integer(1)],
+    )
+    .unwrap();
     sim.delete("USERS", vec![Value::string("a")], 2).unwrap();
-    sim.produce("USERS", None, 3, vec![Value::string("b"), Value::string("Bob"), Value::Integer(2)]).unwrap();
+    sim.produce(
+        "USERS",
+        None,
+        3,
+        vec![Value::string("b"), Value::string("Bob"), Value::Integer(2)],
+    )
+    .unwrap();
     let query = json!({"ksql": "SELECT * FROM USERS EMIT CHANGES LIMIT 3;", "streamsProperties": {"auto.offset.reset": "earliest"}});
-    let (body, _) = strip_id(&body_text(post(&h1(), &handle, "/query", Some(V1_JSON), query).await).await);
+    let (body, _) =
+        strip_id(&body_text(post(&h1(), &handle, "/query", Some(V1_JSON), query).await).await);
     assert_eq!(
         body,
         "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING, `NAME` STRING, `SCORE` INTEGER\"}},\n\
          {\"row\":{\"columns\":[\"a\",\"Ann\",1]}},\n{\"row\":{\"columns\":[\"a\",null,null],\"tombstone\":true}},\n\
          {\"row\":{\"columns\":[\"b\",\"Bob\",2]}},\n{\"finalMessage\":\"Limit Reached\"}]"
     );
-    let (body, _) = strip_id(&body_text(post(&h1(), &handle, "/query-stream", None,
-        earliest_qs("SELECT NAME FROM USERS EMIT CHANGES LIMIT 3;")).await).await);
-    assert_eq!(body.lines().skip(1).collect::<Vec<_>>(), ["[\"Ann\"]", "[\"Bob\"]"]);
+    let (body, _) = strip_id(
+        &body_text(
+            post(
+                &h1(),
+                &handle,
+                "/query-stream",
+                None,
+                earliest_qs("SELECT NAME FROM USERS EMIT CHANGES LIMIT 3;"),
+            )
+            .await,
+        )
+        .await,
+    );
+    assert_eq!(
+        body.lines().skip(1).collect::<Vec<_>>(),
+        ["[\"Ann\"]", "[\"Bob\"]"]
+    );
 }
 
 async fn expect_error(response: reqwest::Response, status: u16, expected: Json) {
@@ -325,35 +465,123 @@ async fn errors_before_the_stream() {
     let sql = "SELECT * FROM FOO EMIT CHANGES;";
     let unknown = json!({"@type": "statement_error", "error_code": 40001,
         "message": "Exception while preparing statement: FOO does not exist.", "statementText": sql, "entities": []});
-    expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": sql})).await, 400, unknown.clone()).await;
-    let response = post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": sql})).await;
+    expect_error(
+        post(&client, &handle, "/query-stream", None, json!({"sql": sql})).await,
+        400,
+        unknown.clone(),
+    )
+    .await;
+    let response = post(
+        &client,
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": sql}),
+    )
+    .await;
     assert_eq!(response.headers()["content-type"], "application/json");
     expect_error(response, 400, unknown).await;
-    let response = post(&client, &handle, "/query-stream", None, json!({"sql": "SELEC * FROM X;"})).await;
+    let response = post(
+        &client,
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": "SELEC * FROM X;"}),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let body: Json = response.json().await.unwrap();
     assert_eq!(body["@type"], "statement_error");
     assert_eq!(body["error_code"], 40001);
-    assert!(body["message"].as_str().unwrap().starts_with("line 1:1: mismatched input 'SELEC'"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 1:1: mismatched input 'SELEC'"));
     let not_query = json!({"@type": "statement_error", "error_code": 40001,
         "message": "Neither a query nor a print statement", "statementText": "SHOW STREAMS;", "entities": []});
-    expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": "SHOW STREAMS;"})).await, 400, not_query).await;
+    expect_error(
+        post(
+            &client,
+            &handle,
+            "/query-stream",
+            None,
+            json!({"sql": "SHOW STREAMS;"}),
+        )
+        .await,
+        400,
+        not_query,
+    )
+    .await;
     let missing = json!({"@type": "generic_error", "error_code": 40000,
         "message": "Invalid JSON in request: Missing required creator property 'sql' (index 0)"});
-    expect_error(post(&client, &handle, "/query-stream", None, json!({"ksql": sql})).await, 400, missing).await;
+    expect_error(
+        post(
+            &client,
+            &handle,
+            "/query-stream",
+            None,
+            json!({"ksql": sql}),
+        )
+        .await,
+        400,
+        missing,
+    )
+    .await;
     let empty_ksql = json!({"@type": "generic_error", "error_code": 40000, "message": "\"ksql\" field must be populated"});
-    expect_error(post(&client, &handle, "/query", None, json!({"ksql": ""})).await, 400, empty_ksql).await;
-    let malformed = timeout(WAIT, client.post(format!("{}/query-stream", handle.url())).body("{nope").send()).await.unwrap().unwrap();
+    expect_error(
+        post(&client, &handle, "/query", None, json!({"ksql": ""})).await,
+        400,
+        empty_ksql,
+    )
+    .await;
+    let malformed = timeout(
+        WAIT,
+        client
+            .post(format!("{}/query-stream", handle.url()))
+            .body("{nope")
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(malformed.status(), 400);
     assert_eq!(malformed.json::<Json>().await.unwrap()["error_code"], 40000);
     let close = json!({"@type": "generic_error", "error_code": 40000, "message": "No query with id xyzfasgf"});
-    expect_error(post(&client, &handle, "/close-query", None, json!({"queryId": "xyzfasgf"})).await, 400, close).await;
-    let response = post(&client, &handle, "/query", Some("unsupported/type"), json!({"ksql": sql})).await;
+    expect_error(
+        post(
+            &client,
+            &handle,
+            "/close-query",
+            None,
+            json!({"queryId": "xyzfasgf"}),
+        )
+        .await,
+        400,
+        close,
+    )
+    .await;
+    let response = post(
+        &client,
+        &handle,
+        "/query",
+        Some("unsupported/type"),
+        json!({"ksql": sql}),
+    )
+    .await;
     assert_eq!(response.status(), 406);
     assert_eq!(body_text(response).await, "");
-    let response = timeout(WAIT, client.get(format!("{}/nope", handle.url())).send()).await.unwrap().unwrap();
+    let response = timeout(WAIT, client.get(format!("{}/nope", handle.url())).send())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), 404);
-    let info: Json = timeout(WAIT, client.get(format!("{}/info", handle.url())).send()).await.unwrap().unwrap().json().await.unwrap();
+    let info: Json = timeout(WAIT, client.get(format!("{}/info", handle.url())).send())
+        .await
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["KsqlServerInfo"]["version"], "0.29.0");
     assert_eq!(info["KsqlServerInfo"]["serverStatus"], "RUNNING");
     sim.set_ready(false);
@@ -368,37 +596,100 @@ async fn errors_before_the_stream() {
 
 #[tokio::test]
 async fn basic_auth_and_legacy_server() {
-    let config = SimulatorConfig { basic_auth: Some(("u".into(), "p".into())), legacy_pre_024: true, ..Default::default() };
+    let config = SimulatorConfig {
+        basic_auth: Some(("u".into(), "p".into())),
+        legacy_pre_024: true,
+        ..Default::default()
+    };
     let (_sim, handle) = start(config).await;
-    let unauthorized = json!({"@type": "generic_error", "error_code": 40100, "message": "Unauthorized"});
+    let unauthorized =
+        json!({"@type": "generic_error", "error_code": 40100, "message": "Unauthorized"});
     let query = json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES LIMIT 0;"});
-    expect_error(post(&h2(), &handle, "/query-stream", None, query.clone()).await, 401, unauthorized.clone()).await;
-    let wrong = h2().post(format!("{}/query-stream", handle.url())).basic_auth("u", Some("x")).json(&query).send();
-    expect_error(timeout(WAIT, wrong).await.unwrap().unwrap(), 401, unauthorized).await;
-    let right = h2().post(format!("{}/query-stream", handle.url())).basic_auth("u", Some("p")).json(&query).send();
+    expect_error(
+        post(&h2(), &handle, "/query-stream", None, query.clone()).await,
+        401,
+        unauthorized.clone(),
+    )
+    .await;
+    let wrong = h2()
+        .post(format!("{}/query-stream", handle.url()))
+        .basic_auth("u", Some("x"))
+        .json(&query)
+        .send();
+    expect_error(
+        timeout(WAIT, wrong).await.unwrap().unwrap(),
+        401,
+        unauthorized,
+    )
+    .await;
+    let right = h2()
+        .post(format!("{}/query-stream", handle.url()))
+        .basic_auth("u", Some("p"))
+        .json(&query)
+        .send();
     let right = timeout(WAIT, right).await.unwrap().unwrap();
     assert_eq!(right.status(), 200);
     assert_eq!(body_text(right).await.lines().count(), 1);
-    let http1 = h1().post(format!("{}/query-stream", handle.url())).basic_auth("u", Some("p")).json(&query).send();
-    expect_error(timeout(WAIT, http1).await.unwrap().unwrap(), 400, json!({"@type": "generic_error",
-        "error_code": 40004, "message": "This endpoint is only available when using HTTP2"})).await;
+    let http1 = h1()
+        .post(format!("{}/query-stream", handle.url()))
+        .basic_auth("u", Some("p"))
+        .json(&query)
+        .send();
+    expect_error(
+        timeout(WAIT, http1).await.unwrap().unwrap(),
+        400,
+        json!({"@type": "generic_error",
+        "error_code": 40004, "message": "This endpoint is only available when using HTTP2"}),
+    )
+    .await;
+    // the old /query endpoint refuses HTTP/2 with 405 and an empty body
+    let old = h2()
+        .post(format!("{}/query", handle.url()))
+        .basic_auth("u", Some("p"))
+        .json(&json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES LIMIT 0;"}))
+        .send();
+    let old = timeout(WAIT, old).await.unwrap().unwrap();
+    assert_eq!(old.status(), 405);
+    assert_eq!(body_text(old).await, "");
 }
 
 #[tokio::test]
 async fn push_query_limit_and_close_query_frees_slots() {
-    let config = SimulatorConfig { max_push_queries: 2, ..Default::default() };
+    let config = SimulatorConfig {
+        max_push_queries: 2,
+        ..Default::default()
+    };
     let (sim, handle) = start(config).await;
     let client = h1();
     let sql = json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"});
-    let mut first = post(&client, &handle, "/query-stream", Some(V1_JSON), sql.clone()).await;
+    let mut first = post(
+        &client,
+        &handle,
+        "/query-stream",
+        Some(V1_JSON),
+        sql.clone(),
+    )
+    .await;
     let second = post(&client, &handle, "/query-stream", None, sql.clone()).await;
     assert_eq!(sim.running_push_queries(), 2);
     let full = json!({"@type": "generic_error", "error_code": 40003, "message": "Maximum number of push queries exceeded"});
-    expect_error(post(&client, &handle, "/query-stream", None, sql.clone()).await, 400, full).await;
+    expect_error(
+        post(&client, &handle, "/query-stream", None, sql.clone()).await,
+        400,
+        full,
+    )
+    .await;
     let mut text = String::new();
     read_lines(&mut first, &mut text, 1).await;
     let (_, id) = strip_id(&text);
-    let closed = post(&client, &handle, "/close-query", None, json!({"queryId": id})).await;
+    let closed = post(
+        &client,
+        &handle,
+        "/close-query",
+        None,
+        json!({"queryId": id}),
+    )
+    .await;
     assert_eq!(closed.status(), 200);
     assert_eq!(body_text(closed).await, "");
     let rest = timeout(WAIT, first.text()).await.unwrap().unwrap();
@@ -417,8 +708,14 @@ async fn fault_cut_after_rows_drops_the_connection() {
         view(&sim, 0, "U", "P", i);
     }
     sim.inject_next(Fault::CutAfterRows(3));
-    let mut response = post(&h1(), &handle, "/query-stream", None,
-        earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;")).await;
+    let mut response = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        None,
+        earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"),
+    )
+    .await;
     let mut received = Vec::new();
     let error = loop {
         match timeout(WAIT, response.chunk()).await.unwrap() {
@@ -427,9 +724,15 @@ async fn fault_cut_after_rows_drops_the_connection() {
             Err(error) => break error,
         }
     };
-    assert!(error.is_body() || error.is_decode() || error.is_request(), "{error:?}");
+    assert!(
+        error.is_body() || error.is_decode() || error.is_request(),
+        "{error:?}"
+    );
     let text = String::from_utf8(received).unwrap();
-    assert_eq!(text.lines().skip(1).collect::<Vec<_>>(), ["[0]", "[1]", "[2]"]);
+    assert_eq!(
+        text.lines().skip(1).collect::<Vec<_>>(),
+        ["[0]", "[1]", "[2]"]
+    );
     wait_for(|| sim.running_push_queries() == 0).await;
 }
 
@@ -441,8 +744,14 @@ async fn fault_cut_after_bytes_on_h1_and_h2() {
     }
     for client in [h1(), h2()] {
         sim.inject_next(Fault::CutAfterBytes(100));
-        let mut response = post(&client, &handle, "/query-stream", Some(V1_JSON),
-            earliest_qs("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await;
+        let mut response = post(
+            &client,
+            &handle,
+            "/query-stream",
+            Some(V1_JSON),
+            earliest_qs("SELECT * FROM PAGEVIEWS EMIT CHANGES;"),
+        )
+        .await;
         let mut received = Vec::new();
         loop {
             match timeout(WAIT, response.chunk()).await.unwrap() {
@@ -460,15 +769,23 @@ async fn fault_cut_after_bytes_on_h1_and_h2() {
 #[tokio::test]
 async fn fault_stall_then_resume() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    let mut response = post(&h1(), &handle, "/query-stream", None,
-        json!({"sql": "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"})).await;
+    let mut response = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
     let mut text = String::new();
     read_lines(&mut response, &mut text, 1).await;
     assert_eq!(sim.inject(Fault::Stall(Duration::from_millis(400))), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     view(&sim, 0, "U", "P", 1);
     // nothing arrives during the stall; the row arrives after it
-    assert!(timeout(Duration::from_millis(200), response.chunk()).await.is_err());
+    assert!(timeout(Duration::from_millis(200), response.chunk())
+        .await
+        .is_err());
     read_lines(&mut response, &mut text, 2).await;
     assert!(text.ends_with("[1]\n"));
 }
@@ -481,14 +798,27 @@ async fn fault_in_band_error_in_each_framing() {
     let error = "{\"@type\":\"generic_error\",\"error_code\":50000,\"message\":\"java.lang.RuntimeException: boom\"}";
     for (accept, expected_tail) in [
         (DELIMITED, format!("[1]\n{error}\n")),
-        (V1_JSON, format!("{{\"row\":{{\"columns\":[1]}}}},\n{{\"errorMessage\":{error}}},\n]")),
+        (
+            V1_JSON,
+            format!("{{\"row\":{{\"columns\":[1]}}}},\n{{\"errorMessage\":{error}}},\n]"),
+        ),
         ("application/json", format!(",[1],{error}]")),
     ] {
-        let mut response = post(&h2(), &handle, "/query-stream", Some(accept),
-            earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;")).await;
+        let mut response = post(
+            &h2(),
+            &handle,
+            "/query-stream",
+            Some(accept),
+            earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"),
+        )
+        .await;
         let mut text = String::new();
         while !text.contains("[1]") {
-            let chunk = timeout(WAIT, response.chunk()).await.unwrap().unwrap().unwrap();
+            let chunk = timeout(WAIT, response.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             text.push_str(std::str::from_utf8(&chunk).unwrap());
         }
         assert_eq!(sim.inject(Fault::Error(message.into())), 1);
@@ -501,16 +831,28 @@ async fn fault_in_band_error_in_each_framing() {
 #[tokio::test]
 async fn fault_terminate_ends_like_completion() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    let mut response = post(&h1(), &handle, "/query", Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"})).await;
+    let mut response = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
     let mut text = String::new();
     read_lines(&mut response, &mut text, 1).await;
     let id = sim.query_ids().pop().unwrap();
     assert!(sim.inject_query(&id, Fault::Terminate));
     let rest = timeout(WAIT, response.text()).await.unwrap().unwrap();
     assert_eq!(rest, "{\"finalMessage\":\"Query Completed\"}]");
-    let response = post(&h1(), &handle, "/query-stream", None,
-        json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"})).await;
+    let response = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
     wait_for(|| sim.running_push_queries() == 1).await;
     sim.inject(Fault::Terminate);
     assert_eq!(body_text(response).await.lines().count(), 1);
@@ -518,10 +860,19 @@ async fn fault_terminate_ends_like_completion() {
 
 #[tokio::test]
 async fn heartbeat_mode_writes_newlines_while_idle() {
-    let config = SimulatorConfig { heartbeat: true, ..Default::default() };
+    let config = SimulatorConfig {
+        heartbeat: true,
+        ..Default::default()
+    };
     let (_sim, handle) = start(config).await;
-    let mut response = post(&h1(), &handle, "/query", Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"})).await;
+    let mut response = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
     let mut text = String::new();
     read_lines(&mut response, &mut text, 2).await;
     assert!(text.starts_with("[{\"header\""));
@@ -531,26 +882,93 @@ async fn heartbeat_mode_writes_newlines_while_idle() {
 #[tokio::test]
 async fn value_types_render_in_rows() {
     let sim = Simulator::new(SimulatorConfig::default());
-    sim.create_stream("`Typed`", vec![
-        Column::new("d", KsqlType::Double),
-        Column::new("m", KsqlType::Decimal { precision: 4, scale: 2 }),
-        Column::new("ts", KsqlType::Timestamp),
-        Column::new("b", KsqlType::Bytes),
-        Column::new("mp", KsqlType::Map(Box::new(KsqlType::Integer), Box::new(KsqlType::String))),
-    ], 1).unwrap();
+    sim.create_stream(
+        "`Typed`",
+        vec![
+            Column::new("d", KsqlType::Double),
+            Column::new(
+                "m",
+                KsqlType::Decimal {
+                    precision: 4,
+                    scale: 2,
+                },
+            ),
+            Column::new("ts", KsqlType::Timestamp),
+            Column::new("b", KsqlType::Bytes),
+            Column::new(
+                "mp",
+                KsqlType::Map(Box::new(KsqlType::Integer), Box::new(KsqlType::String)),
+            ),
+        ],
+        1,
+    )
+    .unwrap();
     let handle = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    sim.produce("`Typed`", None, 0, vec![
-        Value::Double(4.2e-4),
-        Value::Decimal { unscaled: 450, scale: 2 },
-        Value::Timestamp(1),
-        Value::Bytes(vec![0x21]),
-        Value::Map(vec![(Value::Integer(1), Value::string("a"))]),
-    ]).unwrap();
-    let body = body_text(post(&h1(), &handle, "/query-stream", None,
-        earliest_qs("SELECT * FROM `Typed` EMIT CHANGES LIMIT 1;")).await).await;
+    sim.produce(
+        "`Typed`",
+        None,
+        0,
+        vec![
+            Value::Double(4.2e-4),
+            Value::Decimal {
+                unscaled: 450,
+                scale: 2,
+            },
+            Value::Timestamp(1),
+            Value::Bytes(vec![0x21]),
+            Value::Map(vec![(Value::Integer(1), Value::string("a"))]),
+        ],
+    )
+    .unwrap();
+    let body = body_text(
+        post(
+            &h1(),
+            &handle,
+            "/query-stream",
+            None,
+            earliest_qs("SELECT * FROM `Typed` EMIT CHANGES LIMIT 1;"),
+        )
+        .await,
+    )
+    .await;
     let lines: Vec<&str> = body.lines().collect();
     let meta: Json = serde_json::from_str(lines[0]).unwrap();
-    assert_eq!(meta["columnTypes"], json!(["DOUBLE", "DECIMAL(4, 2)", "TIMESTAMP", "BYTES", "MAP<INTEGER, STRING>"]));
-    assert!(meta["queryId"].as_str().unwrap().starts_with("transient_Typed_"));
-    assert_eq!(lines[1], "[4.2E-4,4.50,\"1970-01-01T00:00:00.001\",\"IQ==\",{\"1\":\"a\"}]");
+    assert_eq!(
+        meta["columnTypes"],
+        json!([
+            "DOUBLE",
+            "DECIMAL(4, 2)",
+            "TIMESTAMP",
+            "BYTES",
+            "MAP<INTEGER, STRING>"
+        ])
+    );
+    assert!(meta["queryId"]
+        .as_str()
+        .unwrap()
+        .starts_with("transient_Typed_"));
+    assert_eq!(
+        lines[1],
+        "[4.2E-4,4.50,\"1970-01-01T00:00:00.001\",\"IQ==\",{\"1\":\"a\"}]"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_cuts_open_queries_abruptly() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    let mut response = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
+    let mut text = String::new();
+    read_lines(&mut response, &mut text, 1).await;
+    timeout(WAIT, handle.shutdown()).await.unwrap();
+    // no final message: the body fails instead of ending
+    let rest = timeout(WAIT, response.text()).await.unwrap();
+    assert!(rest.is_err(), "{rest:?}");
+    wait_for(|| sim.running_push_queries() == 0).await;
 }

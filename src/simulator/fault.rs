@@ -41,7 +41,12 @@ pub struct QueryControl {
 
 impl QueryControl {
     pub fn new(id: String, faults: Vec<Fault>) -> Self {
-        QueryControl { id, close: CancellationToken::new(), inbox: Mutex::new(faults), wake: Notify::new() }
+        QueryControl {
+            id,
+            close: CancellationToken::new(),
+            inbox: Mutex::new(faults),
+            wake: Notify::new(),
+        }
     }
 
     pub fn push(&self, fault: Fault) {
@@ -52,6 +57,9 @@ impl QueryControl {
     }
 
     pub fn take(&self) -> Vec<Fault> {
-        self.inbox.lock().map(|mut inbox| std::mem::take(&mut *inbox)).unwrap_or_default()
+        self.inbox
+            .lock()
+            .map(|mut inbox| std::mem::take(&mut *inbox))
+            .unwrap_or_default()
     }
 }

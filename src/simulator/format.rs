@@ -48,7 +48,10 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(framing: Framing, kind: QueryKind) -> Self {
-        Writer { framing, pull_table: kind == QueryKind::PullTable }
+        Writer {
+            framing,
+            pull_table: kind == QueryKind::PullTable,
+        }
     }
 
     pub fn header(&self, out: &mut Vec<u8>, query_id: &str, plan: &Plan) {

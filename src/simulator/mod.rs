@@ -107,15 +107,26 @@ pub enum SimulatorError {
     #[error("{0} does not exist")]
     UnknownSource(String),
     #[error("source {source_name} has {expected} columns, got {got} values")]
-    ColumnCount { source_name: String, expected: usize, got: usize },
+    ColumnCount {
+        source_name: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("source {source_name} has {partitions} partitions, no partition {partition}")]
-    NoSuchPartition { source_name: String, partition: u32, partitions: u32 },
+    NoSuchPartition {
+        source_name: String,
+        partition: u32,
+        partitions: u32,
+    },
     #[error("source {0} is not a table")]
     NotATable(String),
     #[error("a simulator lock was poisoned")]
     Poisoned,
     #[error("cannot serve on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The simulator: sources, running queries and faults. Cheap to clone (shared state).
@@ -145,7 +156,12 @@ pub fn canonical_name(name: &str) -> String {
 
 impl Simulator {
     pub fn new(config: SimulatorConfig) -> Self {
-        Simulator { inner: Arc::new(Inner { config, ..Inner::default() }) }
+        Simulator {
+            inner: Arc::new(Inner {
+                config,
+                ..Inner::default()
+            }),
+        }
     }
 
     pub fn config(&self) -> &SimulatorConfig {
@@ -153,7 +169,11 @@ impl Simulator {
     }
 
     fn add_source(&self, source: Source) -> Result<(), SimulatorError> {
-        let mut sources = self.inner.sources.write().map_err(|_| SimulatorError::Poisoned)?;
+        let mut sources = self
+            .inner
+            .sources
+            .write()
+            .map_err(|_| SimulatorError::Poisoned)?;
         if sources.contains_key(&source.name) {
             return Err(SimulatorError::SourceExists(source.name));
         }
@@ -171,10 +191,19 @@ impl Simulator {
     ) -> Result<(), SimulatorError> {
         let columns = columns
             .into_iter()
-            .map(|c| Column { name: canonical_name(&c.name), ..c })
+            .map(|c| Column {
+                name: canonical_name(&c.name),
+                ..c
+            })
             .collect();
         let retention = self.inner.config.retention;
-        self.add_source(Source::new(canonical_name(name), SourceKind::Stream, columns, partitions, retention))
+        self.add_source(Source::new(
+            canonical_name(name),
+            SourceKind::Stream,
+            columns,
+            partitions,
+            retention,
+        ))
     }
 
     /// Creates a (materialized, queryable) table: key columns first, then value columns.
@@ -186,15 +215,25 @@ impl Simulator {
         value_columns: Vec<Column>,
         partitions: u32,
     ) -> Result<(), SimulatorError> {
-        let keys = key_columns
-            .into_iter()
-            .map(|c| Column { name: canonical_name(&c.name), ty: c.ty, role: ColumnRole::Key });
-        let values = value_columns
-            .into_iter()
-            .map(|c| Column { name: canonical_name(&c.name), ty: c.ty, role: ColumnRole::Value });
+        let keys = key_columns.into_iter().map(|c| Column {
+            name: canonical_name(&c.name),
+            ty: c.ty,
+            role: ColumnRole::Key,
+        });
+        let values = value_columns.into_iter().map(|c| Column {
+            name: canonical_name(&c.name),
+            ty: c.ty,
+            role: ColumnRole::Value,
+        });
         let retention = self.inner.config.retention;
         let columns = keys.chain(values).collect();
-        self.add_source(Source::new(canonical_name(name), SourceKind::Table, columns, partitions, retention))
+        self.add_source(Source::new(
+            canonical_name(name),
+            SourceKind::Table,
+            columns,
+            partitions,
+            retention,
+        ))
     }
 
     pub(crate) fn source(&self, name: &str) -> Result<Arc<Source>, SimulatorError> {
@@ -209,8 +248,12 @@ impl Simulator {
 
     /// Names of the sources, as ksqlDB holds them.
     pub fn source_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.inner.sources.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        let mut names: Vec<String> = self
+            .inner
+            .sources
+            .read()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
         names.sort();
         names
     }
@@ -226,7 +269,13 @@ impl Simulator {
     ) -> Result<(u32, i64), SimulatorError> {
         let source = self.source(&canonical_name(source))?;
         let (text, ends) = source.render(&values)?;
-        let pending = Pending { partition, rowtime: rowtime_ms, text, ends, tombstone: false };
+        let pending = Pending {
+            partition,
+            rowtime: rowtime_ms,
+            text,
+            ends,
+            tombstone: false,
+        };
         source.append([pending]).map(|p| p[0])
     }
 
@@ -241,7 +290,13 @@ impl Simulator {
             .into_iter()
             .map(|(partition, rowtime, values)| {
                 let (text, ends) = source.render(&values)?;
-                Ok(Pending { partition, rowtime, text, ends, tombstone: false })
+                Ok(Pending {
+                    partition,
+                    rowtime,
+                    text,
+                    ends,
+                    tombstone: false,
+                })
             })
             .collect::<Result<Vec<_>, SimulatorError>>()?;
         source.append(pending)
@@ -259,7 +314,13 @@ impl Simulator {
             .into_iter()
             .map(|(partition, rowtime, columns)| {
                 let (text, ends) = source.join_rendered(columns)?;
-                Ok(Pending { partition, rowtime, text, ends, tombstone: false })
+                Ok(Pending {
+                    partition,
+                    rowtime,
+                    text,
+                    ends,
+                    tombstone: false,
+                })
             })
             .collect::<Result<Vec<_>, SimulatorError>>()?;
         source.append(pending)
@@ -280,7 +341,13 @@ impl Simulator {
         let mut values = key;
         values.resize(source.columns.len(), Value::Null);
         let (text, ends) = source.render(&values)?;
-        let pending = Pending { partition: None, rowtime: rowtime_ms, text, ends, tombstone: true };
+        let pending = Pending {
+            partition: None,
+            rowtime: rowtime_ms,
+            text,
+            ends,
+            tombstone: true,
+        };
         source.append([pending]).map(|p| p[0])
     }
 
@@ -300,13 +367,21 @@ impl Simulator {
 
     /// Ids of the push queries currently running.
     pub fn query_ids(&self) -> Vec<String> {
-        self.inner.queries.lock().map(|q| q.keys().cloned().collect()).unwrap_or_default()
+        self.inner
+            .queries
+            .lock()
+            .map(|q| q.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Applies a fault to every push query running now. Returns how many got it.
     pub fn inject(&self, fault: Fault) -> usize {
-        let queries: Vec<Arc<QueryControl>> =
-            self.inner.queries.lock().map(|q| q.values().cloned().collect()).unwrap_or_default();
+        let queries: Vec<Arc<QueryControl>> = self
+            .inner
+            .queries
+            .lock()
+            .map(|q| q.values().cloned().collect())
+            .unwrap_or_default();
         for query in &queries {
             query.push(fault.clone());
         }
@@ -322,7 +397,12 @@ impl Simulator {
 
     /// Applies a fault to one running push query; false if no such query.
     pub fn inject_query(&self, query_id: &str, fault: Fault) -> bool {
-        let query = self.inner.queries.lock().ok().and_then(|q| q.get(query_id).cloned());
+        let query = self
+            .inner
+            .queries
+            .lock()
+            .ok()
+            .and_then(|q| q.get(query_id).cloned());
         match query {
             Some(query) => {
                 query.push(fault);
@@ -333,7 +413,11 @@ impl Simulator {
     }
 
     pub(crate) fn take_next_faults(&self) -> Vec<Fault> {
-        self.inner.next_faults.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default()
+        self.inner
+            .next_faults
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 
     /// Reserves a push-query slot, or `None` when `max_push_queries` are running.
@@ -341,12 +425,17 @@ impl Simulator {
         let max = self.inner.config.max_push_queries;
         self.inner
             .push_queries
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         if let Ok(mut queries) = self.inner.queries.lock() {
             queries.insert(control.id.clone(), Arc::clone(&control));
         }
-        Some(SlotGuard { inner: Arc::clone(&self.inner), id: control.id.clone() })
+        Some(SlotGuard {
+            inner: Arc::clone(&self.inner),
+            id: control.id.clone(),
+        })
     }
 
     /// Serves HTTP/1.1 and h2c on `addr` (use port 0 in tests).

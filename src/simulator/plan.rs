@@ -107,12 +107,23 @@ impl Plan {
             }
         }
         let identity = projection.len() == source.columns.len()
-            && projection.iter().enumerate().all(|(i, p)| *p == Proj::Column(i));
+            && projection
+                .iter()
+                .enumerate()
+                .all(|(i, p)| *p == Proj::Column(i));
         let filter = match &select.filter {
             Some(expr) => Some(bind(expr, &source, kind)?),
             None => None,
         };
-        Ok(Plan { source, kind, projection, identity, columns, filter, limit: select.limit })
+        Ok(Plan {
+            source,
+            kind,
+            projection,
+            identity,
+            columns,
+            filter,
+            limit: select.limit,
+        })
     }
 
     /// Whether a row passes the WHERE clause.
@@ -155,7 +166,11 @@ fn output_column(column: &Column, kind: QueryKind) -> Column {
     } else {
         ColumnRole::Value
     };
-    Column { name: column.name.clone(), ty: column.ty.clone(), role }
+    Column {
+        name: column.name.clone(),
+        ty: column.ty.clone(),
+        role,
+    }
 }
 
 fn resolve(source: &Source, name: &str) -> Option<(Proj, Column)> {
@@ -179,12 +194,14 @@ fn check_pull_pseudo(kind: QueryKind, proj: Proj, clause: &str) -> Result<(), Pl
 
 fn bind(expr: &Expr, source: &Source, kind: QueryKind) -> Result<Filter, PlanError> {
     Ok(match expr {
-        Expr::And(a, b) => {
-            Filter::And(Box::new(bind(a, source, kind)?), Box::new(bind(b, source, kind)?))
-        }
-        Expr::Or(a, b) => {
-            Filter::Or(Box::new(bind(a, source, kind)?), Box::new(bind(b, source, kind)?))
-        }
+        Expr::And(a, b) => Filter::And(
+            Box::new(bind(a, source, kind)?),
+            Box::new(bind(b, source, kind)?),
+        ),
+        Expr::Or(a, b) => Filter::Or(
+            Box::new(bind(a, source, kind)?),
+            Box::new(bind(b, source, kind)?),
+        ),
         Expr::Not(a) => Filter::Not(Box::new(bind(a, source, kind)?)),
         Expr::Literal(b) => Filter::Literal(*b),
         Expr::Compare(left, op, right) => Filter::Compare(
@@ -251,9 +268,9 @@ fn parse_scalar(text: &str) -> Scalar {
         "null" => Scalar::Null,
         "true" => Scalar::Bool(true),
         "false" => Scalar::Bool(false),
-        _ if text.starts_with('"') => {
-            serde_json::from_str::<String>(text).map(Scalar::Str).unwrap_or(Scalar::Null)
-        }
+        _ if text.starts_with('"') => serde_json::from_str::<String>(text)
+            .map(Scalar::Str)
+            .unwrap_or(Scalar::Null),
         _ => match text.parse::<i64>() {
             Ok(i) => Scalar::Int(i),
             Err(_) => text.parse::<f64>().map(Scalar::Num).unwrap_or(Scalar::Null),
@@ -282,15 +299,29 @@ mod tests {
 
     fn source() -> Arc<Source> {
         let columns = vec![
-            Column { name: "K".into(), ty: KsqlType::String, role: ColumnRole::Key },
+            Column {
+                name: "K".into(),
+                ty: KsqlType::String,
+                role: ColumnRole::Key,
+            },
             Column::new("N", KsqlType::Integer),
             Column::new("D", KsqlType::Double),
         ];
         let source = Source::new("S".into(), SourceKind::Stream, columns, 3, None);
         let rows = (0..9).map(|i| {
-            let values = [Value::string(format!("k{i}")), Value::Integer(i), Value::Double(f64::from(i) / 2.0)];
+            let values = [
+                Value::string(format!("k{i}")),
+                Value::Integer(i),
+                Value::Double(f64::from(i) / 2.0),
+            ];
             let (text, ends) = source.render(&values).unwrap();
-            Pending { partition: Some((i % 3) as u32), rowtime: 1000 + i64::from(i), text, ends, tombstone: false }
+            Pending {
+                partition: Some((i % 3) as u32),
+                rowtime: 1000 + i64::from(i),
+                text,
+                ends,
+                tombstone: false,
+            }
         });
         source.append(rows.collect::<Vec<_>>()).unwrap();
         Arc::new(source)
@@ -325,7 +356,10 @@ mod tests {
             "`ROWTIME` BIGINT, `ROWPARTITION` INTEGER, `ROWOFFSET` BIGINT, `K` STRING, `N` INTEGER, `D` DOUBLE"
         );
         assert!(!plan.identity);
-        assert_eq!(run("SELECT ROWPARTITION, ROWOFFSET, N FROM S EMIT CHANGES;")[4], "1,1,4");
+        assert_eq!(
+            run("SELECT ROWPARTITION, ROWOFFSET, N FROM S EMIT CHANGES;")[4],
+            "1,1,4"
+        );
     }
 
     #[test]
@@ -340,18 +374,36 @@ mod tests {
 
     #[test]
     fn column_comparisons_use_types() {
-        assert_eq!(run("SELECT N FROM S WHERE K = 'k3' EMIT CHANGES;"), vec!["3"]);
-        assert_eq!(run("SELECT N FROM S WHERE D >= 3.5 AND NOT N = 8 EMIT CHANGES;"), vec!["7"]);
-        assert_eq!(run("SELECT N FROM S WHERE N <> 'x' EMIT CHANGES;"), Vec::<String>::new());
-        assert_eq!(run("SELECT N FROM S WHERE ROWTIME < 1002 EMIT CHANGES;"), vec!["0", "1"]);
+        assert_eq!(
+            run("SELECT N FROM S WHERE K = 'k3' EMIT CHANGES;"),
+            vec!["3"]
+        );
+        assert_eq!(
+            run("SELECT N FROM S WHERE D >= 3.5 AND NOT N = 8 EMIT CHANGES;"),
+            vec!["7"]
+        );
+        assert_eq!(
+            run("SELECT N FROM S WHERE N <> 'x' EMIT CHANGES;"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            run("SELECT N FROM S WHERE ROWTIME < 1002 EMIT CHANGES;"),
+            vec!["0", "1"]
+        );
     }
 
     #[test]
     fn resolution_errors_read_like_ksqldb() {
-        let err = Plan::new(&parse("SELECT NOPE FROM S EMIT CHANGES;").unwrap(), source()).unwrap_err();
+        let err = Plan::new(
+            &parse("SELECT NOPE FROM S EMIT CHANGES;").unwrap(),
+            source(),
+        )
+        .unwrap_err();
         assert_eq!(err.0, "SELECT column 'NOPE' cannot be resolved.");
         let err = Plan::new(&parse("SELECT ROWOFFSET FROM S;").unwrap(), source()).unwrap_err();
-        assert!(err.0.starts_with("Pull queries don't support ROWPARTITION or ROWOFFSET"));
+        assert!(err
+            .0
+            .starts_with("Pull queries don't support ROWPARTITION or ROWOFFSET"));
         let err = Plan::new(&parse("SELECT * FROM S WHERE X = 1;").unwrap(), source()).unwrap_err();
         assert_eq!(err.0, "WHERE column 'X' cannot be resolved.");
     }

@@ -87,7 +87,10 @@ impl Out {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let _ = self.tx.send(Err(io::Error::other("simulator fault: connection cut"))).await;
+        let _ = self
+            .tx
+            .send(Err(io::Error::other("simulator fault: connection cut")))
+            .await;
     }
 }
 
@@ -95,7 +98,13 @@ impl RunningQuery {
     /// Runs until LIMIT, close, fault, stop point or client disconnect. `header` was already
     /// written into `first` so the client sees the metadata before any row.
     pub async fn run(mut self, tx: mpsc::Sender<Chunk>) {
-        let mut out = Out { tx, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None };
+        let mut out = Out {
+            tx,
+            bytes_sent: 0,
+            rows_sent: 0,
+            cut_bytes: None,
+            cut_rows: None,
+        };
         let mut head = Vec::new();
         self.writer.header(&mut head, &self.query_id, &self.plan);
         // faults armed before the start count from the first body byte

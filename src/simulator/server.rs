@@ -70,13 +70,24 @@ impl Drop for SimulatorHandle {
     }
 }
 
-pub(crate) async fn serve(sim: Simulator, addr: SocketAddr) -> Result<SimulatorHandle, SimulatorError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| SimulatorError::Bind { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| SimulatorError::Bind { addr, source })?;
+pub(crate) async fn serve(
+    sim: Simulator,
+    addr: SocketAddr,
+) -> Result<SimulatorHandle, SimulatorError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| SimulatorError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| SimulatorError::Bind { addr, source })?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(accept_loop(sim, listener, stop.clone()));
     tracing::info!(%addr, "ksqlDB simulator listening");
-    Ok(SimulatorHandle { addr, stop, task: Some(task) })
+    Ok(SimulatorHandle {
+        addr,
+        stop,
+        task: Some(task),
+    })
 }
 
 /// Runs a simulator until `shutdown` resolves (for a `ksql-lake simulator` subcommand).
@@ -136,15 +147,23 @@ impl hyper::body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(|result| result.map(Frame::data)))
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|result| result.map(Frame::data)))
     }
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
-fn respond(status: StatusCode, content_type: Option<&str>, body: impl Into<Bytes>) -> Response<Body> {
+fn respond(
+    status: StatusCode,
+    content_type: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     if let Some(content_type) = content_type {
@@ -177,9 +196,10 @@ async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>
                 Some("application/json"),
                 generic_error(40100, "Unauthorized"),
             );
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"\""));
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"\""),
+            );
             return Ok(response);
         }
     }
@@ -202,10 +222,17 @@ async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>
 }
 
 fn authorized<B>(req: &Request<B>, (user, password): &(String, String)) -> bool {
-    let Some(header) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(header) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let Some(encoded) = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic ")) else {
+    let Some(encoded) = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))
+    else {
         return false;
     };
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
@@ -226,10 +253,19 @@ fn info(config: &SimulatorConfig) -> Response<Body> {
 
 /// Picks the framing from `Accept` (brief sections 1.2 and 2.3); `None` means 406.
 fn negotiate<B>(req: &Request<B>, endpoint: Endpoint) -> Option<Framing> {
-    let header = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let header = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mut any = false;
     for media in header.split(',') {
-        let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = media
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let framing = match (media.as_str(), endpoint) {
             ("", _) => continue,
             ("application/vnd.ksqlapi.delimited.v1", _) | ("*/*", _) => Framing::Delimited,
@@ -261,7 +297,11 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, String> 
     serde_json::from_slice(&bytes).map_err(|error| format!("Invalid JSON in request: {error}"))
 }
 
-async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+async fn query_endpoint(
+    sim: &Simulator,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<Body> {
     let config = &sim.inner.config;
     if !sim.is_ready() {
         return error_response(
@@ -285,9 +325,17 @@ async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpo
         return respond(StatusCode::NOT_ACCEPTABLE, None, Bytes::new());
     };
     // with Accept: delimited, /query errors come from FailureHandler like /query-stream
-    let error_endpoint = if framing == Framing::Delimited { Endpoint::QueryStream } else { endpoint };
+    let error_endpoint = if framing == Framing::Delimited {
+        Endpoint::QueryStream
+    } else {
+        endpoint
+    };
     let bad = |message: String| {
-        error_response(error_endpoint, StatusCode::BAD_REQUEST, generic_error(40000, &message))
+        error_response(
+            error_endpoint,
+            StatusCode::BAD_REQUEST,
+            generic_error(40000, &message),
+        )
     };
     let body = match read_json(req).await {
         Ok(body) => body,
@@ -309,7 +357,9 @@ async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpo
     let earliest = body
         .get(props_field)
         .and_then(|props| {
-            props.get("ksql.streams.auto.offset.reset").or_else(|| props.get("auto.offset.reset"))
+            props
+                .get("ksql.streams.auto.offset.reset")
+                .or_else(|| props.get("auto.offset.reset"))
         })
         .and_then(|v| v.as_str())
         .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
@@ -324,7 +374,11 @@ fn start_query(
     endpoint: Endpoint,
 ) -> Response<Body> {
     let statement_failure = |message: &str| {
-        error_response(endpoint, StatusCode::BAD_REQUEST, statement_error(message, sql))
+        error_response(
+            endpoint,
+            StatusCode::BAD_REQUEST,
+            statement_error(message, sql),
+        )
     };
     let select = match sql::parse(sql) {
         Ok(select) => select,
@@ -437,16 +491,27 @@ async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> 
         );
     }
     let bad = |message: String| {
-        error_response(Endpoint::QueryStream, StatusCode::BAD_REQUEST, generic_error(40000, &message))
+        error_response(
+            Endpoint::QueryStream,
+            StatusCode::BAD_REQUEST,
+            generic_error(40000, &message),
+        )
     };
     let body = match read_json(req).await {
         Ok(body) => body,
         Err(message) => return bad(message),
     };
     let Some(query_id) = body.get("queryId").and_then(|v| v.as_str()) else {
-        return bad("Invalid JSON in request: Missing required creator property 'queryId' (index 0)".into());
+        return bad(
+            "Invalid JSON in request: Missing required creator property 'queryId' (index 0)".into(),
+        );
     };
-    let control = sim.inner.queries.lock().ok().and_then(|q| q.get(query_id).cloned());
+    let control = sim
+        .inner
+        .queries
+        .lock()
+        .ok()
+        .and_then(|q| q.get(query_id).cloned());
     match control {
         Some(control) => {
             control.close.cancel();

@@ -50,7 +50,11 @@ fn column_text<'a>(text: &'a str, ends: &[u32], index: usize) -> &'a str {
     let Some(&end) = ends.get(index) else {
         return "null";
     };
-    let start = if index == 0 { 0 } else { ends[index - 1] as usize + 1 };
+    let start = if index == 0 {
+        0
+    } else {
+        ends[index - 1] as usize + 1
+    };
     text.get(start..end as usize).unwrap_or("null")
 }
 
@@ -113,7 +117,11 @@ impl Source {
     }
 
     fn key_indexes(&self) -> impl Iterator<Item = usize> + '_ {
-        self.columns.iter().enumerate().filter(|(_, c)| c.role == ColumnRole::Key).map(|(i, _)| i)
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.role == ColumnRole::Key)
+            .map(|(i, _)| i)
     }
 
     pub fn has_key(&self) -> bool {
@@ -245,14 +253,20 @@ impl Source {
 
     /// The sequence number the next appended row will get ("latest").
     pub fn end(&self) -> u64 {
-        self.log.read().map(|log| log.base + log.rows.len() as u64).unwrap_or(0)
+        self.log
+            .read()
+            .map(|log| log.base + log.rows.len() as u64)
+            .unwrap_or(0)
     }
 
     /// Up to `max` rows from sequence `from` (or from the oldest kept row if `from` was
     /// dropped by retention).
     pub fn read(&self, from: u64, max: usize) -> Batch {
         let Ok(log) = self.log.read() else {
-            return Batch { rows: Vec::new(), next: from };
+            return Batch {
+                rows: Vec::new(),
+                next: from,
+            };
         };
         let start = from.max(log.base);
         let skip = (start - log.base) as usize;
@@ -263,12 +277,19 @@ impl Source {
 
     /// The current state of a table (rows in key order).
     pub fn snapshot(&self) -> Vec<Arc<Row>> {
-        self.log.read().map(|log| log.state.values().cloned().collect()).unwrap_or_default()
+        self.log
+            .read()
+            .map(|log| log.state.values().cloned().collect())
+            .unwrap_or_default()
     }
 
-    /// Rows currently in the log, for stream pull queries.
+    /// Rows currently kept in the log.
     pub fn len(&self) -> usize {
         self.log.read().map(|log| log.rows.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -287,20 +308,41 @@ mod tests {
     use crate::schema::KsqlType;
 
     fn stream(partitions: u32, retention: Option<usize>) -> Source {
-        let columns = vec![Column::new("A", KsqlType::Integer), Column::new("B", KsqlType::String)];
-        Source::new("S".into(), SourceKind::Stream, columns, partitions, retention)
+        let columns = vec![
+            Column::new("A", KsqlType::Integer),
+            Column::new("B", KsqlType::String),
+        ];
+        Source::new(
+            "S".into(),
+            SourceKind::Stream,
+            columns,
+            partitions,
+            retention,
+        )
     }
 
     fn pending(source: &Source, partition: Option<u32>, a: i32) -> Pending {
-        let (text, ends) = source.render(&[Value::Integer(a), Value::string("x,y")]).unwrap();
-        Pending { partition, rowtime: i64::from(a), text, ends, tombstone: false }
+        let (text, ends) = source
+            .render(&[Value::Integer(a), Value::string("x,y")])
+            .unwrap();
+        Pending {
+            partition,
+            rowtime: i64::from(a),
+            text,
+            ends,
+            tombstone: false,
+        }
     }
 
     #[test]
     fn offsets_count_per_partition_and_columns_split() {
         let source = stream(2, None);
         let positions = source
-            .append([pending(&source, Some(1), 1), pending(&source, Some(0), 2), pending(&source, Some(1), 3)])
+            .append([
+                pending(&source, Some(1), 1),
+                pending(&source, Some(0), 2),
+                pending(&source, Some(1), 3),
+            ])
             .unwrap();
         assert_eq!(positions, vec![(1, 0), (0, 0), (1, 1)]);
         let batch = source.read(0, 10);
@@ -313,7 +355,9 @@ mod tests {
     #[test]
     fn retention_drops_oldest_and_readers_skip_ahead() {
         let source = stream(1, Some(2));
-        source.append((0..5).map(|a| pending(&source, None, a))).unwrap();
+        source
+            .append((0..5).map(|a| pending(&source, None, a)))
+            .unwrap();
         let batch = source.read(0, 10);
         assert_eq!(batch.rows.len(), 2);
         assert_eq!(batch.rows[0].offset, 3);
@@ -324,13 +368,23 @@ mod tests {
     #[test]
     fn tables_keep_latest_state_per_key() {
         let columns = vec![
-            Column { name: "K".into(), ty: KsqlType::String, role: ColumnRole::Key },
+            Column {
+                name: "K".into(),
+                ty: KsqlType::String,
+                role: ColumnRole::Key,
+            },
             Column::new("V", KsqlType::Integer),
         ];
         let table = Source::new("T".into(), SourceKind::Table, columns, 3, None);
         let row = |k: &str, v: Value, tombstone| {
             let (text, ends) = table.render(&[Value::string(k), v]).unwrap();
-            Pending { partition: None, rowtime: 0, text, ends, tombstone }
+            Pending {
+                partition: None,
+                rowtime: 0,
+                text,
+                ends,
+                tombstone,
+            }
         };
         let positions = table
             .append([

@@ -18,7 +18,13 @@ pub enum Value {
     Bigint(i64),
     Double(f64),
     /// `unscaled × 10^-scale`, written in plain notation with the scale kept (`4.50`).
-    Decimal { unscaled: i128, scale: u8 },
+    Decimal {
+        unscaled: i128,
+        scale: u8,
+    },
+    /// A DECIMAL too wide for i128 (precision up to 76), as plain text (`-123.4500`); written
+    /// verbatim. Build it with [`Value::decimal`], which validates the text.
+    DecimalText(String),
     String(String),
     Bytes(Vec<u8>),
     /// Milliseconds since the epoch, UTC.
@@ -50,13 +56,33 @@ impl Value {
         if int_part.is_empty() && frac_part.is_empty() {
             return None;
         }
-        if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
+        if !int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         let scale = u8::try_from(frac_part.len()).ok()?;
         let joined = format!("{int_part}{frac_part}");
-        let magnitude: i128 = if joined.is_empty() { 0 } else { joined.parse().ok()? };
-        Some(Value::Decimal { unscaled: if negative { -magnitude } else { magnitude }, scale })
+        if joined.is_empty() {
+            return Some(Value::Decimal { unscaled: 0, scale });
+        }
+        match joined.parse::<i128>() {
+            Ok(magnitude) => Some(Value::Decimal {
+                unscaled: if negative { -magnitude } else { magnitude },
+                scale,
+            }),
+            Err(_) if joined.len() <= 76 => {
+                let int_part = if int_part.is_empty() { "0" } else { int_part };
+                let sign = if negative { "-" } else { "" };
+                let point = if frac_part.is_empty() { "" } else { "." };
+                Some(Value::DecimalText(format!(
+                    "{sign}{int_part}{point}{frac_part}"
+                )))
+            }
+            Err(_) => None,
+        }
     }
 
     /// The JSON text of this value as a top-level column.
@@ -86,6 +112,13 @@ impl Value {
             Value::Decimal { unscaled, scale } => match mode {
                 Mode::TopLevel => write_plain_decimal(out, *unscaled, *scale),
                 Mode::InStruct => write_connect_decimal(out, *unscaled, *scale),
+            },
+            Value::DecimalText(text) => match mode {
+                Mode::TopLevel => out.push_str(text),
+                Mode::InStruct => match text.parse::<f64>() {
+                    Ok(d) if text.contains('.') => write_json_double(out, d),
+                    _ => out.push_str(text),
+                },
             },
             Value::String(s) => write_json_string(out, s),
             Value::Bytes(bytes) => {
@@ -235,7 +268,11 @@ pub fn write_json_double(out: &mut String, d: f64) {
     if d.is_nan() {
         out.push_str("\"NaN\"");
     } else if d.is_infinite() {
-        out.push_str(if d > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
+        out.push_str(if d > 0.0 {
+            "\"Infinity\""
+        } else {
+            "\"-Infinity\""
+        });
     } else {
         write_java_double(out, d);
     }
@@ -379,8 +416,14 @@ mod tests {
         assert_eq!(json(Value::Boolean(true)), "true");
         assert_eq!(json(Value::Boolean(false)), "false");
         assert_eq!(json(Value::Integer(-42)), "-42");
-        assert_eq!(json(Value::Bigint(123456789123456789)), "123456789123456789");
-        assert_eq!(json(Value::string("a\"b\\c\nd\u{1}é")), r#""a\"b\\c\nd\u0001é""#);
+        assert_eq!(
+            json(Value::Bigint(123456789123456789)),
+            "123456789123456789"
+        );
+        assert_eq!(
+            json(Value::string("a\"b\\c\nd\u{1}é")),
+            r#""a\"b\\c\nd\u0001é""#
+        );
         assert_eq!(json(Value::Bytes(vec![0x21])), r#""IQ==""#);
         assert_eq!(json(Value::Bytes(vec![0, 1, 2])), r#""AAEC""#);
     }
@@ -414,21 +457,64 @@ mod tests {
 
     #[test]
     fn decimals_render_plain_with_scale_kept() {
-        assert_eq!(json(Value::Decimal { unscaled: 450, scale: 2 }), "4.50");
-        assert_eq!(json(Value::Decimal { unscaled: 500, scale: 2 }), "5.00");
-        assert_eq!(json(Value::Decimal { unscaled: -5, scale: 2 }), "-0.05");
-        assert_eq!(json(Value::Decimal { unscaled: 12, scale: 0 }), "12");
-        assert_eq!(json(Value::Decimal { unscaled: 0, scale: 3 }), "0.000");
-        assert_eq!(json(Value::decimal("9999999999999999.1234").unwrap()), "9999999999999999.1234");
+        assert_eq!(
+            json(Value::Decimal {
+                unscaled: 450,
+                scale: 2
+            }),
+            "4.50"
+        );
+        assert_eq!(
+            json(Value::Decimal {
+                unscaled: 500,
+                scale: 2
+            }),
+            "5.00"
+        );
+        assert_eq!(
+            json(Value::Decimal {
+                unscaled: -5,
+                scale: 2
+            }),
+            "-0.05"
+        );
+        assert_eq!(
+            json(Value::Decimal {
+                unscaled: 12,
+                scale: 0
+            }),
+            "12"
+        );
+        assert_eq!(
+            json(Value::Decimal {
+                unscaled: 0,
+                scale: 3
+            }),
+            "0.000"
+        );
+        assert_eq!(
+            json(Value::decimal("9999999999999999.1234").unwrap()),
+            "9999999999999999.1234"
+        );
         assert_eq!(json(Value::decimal("-1.2000").unwrap()), "-1.2000");
         assert_eq!(Value::decimal("1.x"), None);
+        let wide = "-1234567890123456789012345678901234567890.0100";
+        assert_eq!(
+            Value::decimal(wide),
+            Some(Value::DecimalText(wide.to_string()))
+        );
+        assert_eq!(json(Value::decimal(wide).unwrap()), wide);
+        assert_eq!(json(Value::decimal(".5").unwrap()), "0.5");
     }
 
     #[test]
     fn temporal_values_render_as_strings() {
         assert_eq!(json(Value::Timestamp(1)), r#""1970-01-01T00:00:00.001""#);
         assert_eq!(json(Value::Timestamp(0)), r#""1970-01-01T00:00:00.000""#);
-        assert_eq!(json(Value::Timestamp(1_700_000_000_123)), r#""2023-11-14T22:13:20.123""#);
+        assert_eq!(
+            json(Value::Timestamp(1_700_000_000_123)),
+            r#""2023-11-14T22:13:20.123""#
+        );
         assert_eq!(json(Value::Timestamp(-1)), r#""1969-12-31T23:59:59.999""#);
         assert_eq!(json(Value::Date(0)), r#""1970-01-01""#);
         assert_eq!(json(Value::Date(19_000)), r#""2022-01-08""#);
@@ -442,17 +528,35 @@ mod tests {
         let array = Value::Array(vec![Value::Double(1.5), Value::Null, Value::Timestamp(0)]);
         assert_eq!(json(array), r#"[1.5,null,"1970-01-01T00:00:00.000"]"#);
         let map = Value::Map(vec![
-            (Value::Integer(1), Value::Array(vec![Value::string("a"), Value::string("b")])),
-            (Value::string("k"), Value::Decimal { unscaled: 450, scale: 2 }),
+            (
+                Value::Integer(1),
+                Value::Array(vec![Value::string("a"), Value::string("b")]),
+            ),
+            (
+                Value::string("k"),
+                Value::Decimal {
+                    unscaled: 450,
+                    scale: 2,
+                },
+            ),
         ]);
         assert_eq!(json(map), r#"{"1":["a","b"],"k":4.50}"#);
         let nested = Value::Struct(vec![
             ("OrderId".to_string(), Value::Integer(0)),
             ("At".to_string(), Value::Timestamp(5)),
             ("Day".to_string(), Value::Date(2)),
-            ("Price".to_string(), Value::Decimal { unscaled: 500, scale: 2 }),
+            (
+                "Price".to_string(),
+                Value::Decimal {
+                    unscaled: 500,
+                    scale: 2,
+                },
+            ),
             ("Raw".to_string(), Value::Bytes(vec![0x21])),
-            ("M".to_string(), Value::Map(vec![(Value::Integer(1), Value::Boolean(true))])),
+            (
+                "M".to_string(),
+                Value::Map(vec![(Value::Integer(1), Value::Boolean(true))]),
+            ),
         ]);
         assert_eq!(
             json(nested),
