@@ -307,6 +307,17 @@ impl KsqlClient {
     }
 }
 
+impl std::fmt::Debug for KsqlClient {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KsqlClient")
+            .field("base", &self.base.as_str())
+            .field("username", &self.username)
+            .field("fallback", &self.fallback.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 fn content_type(response: &reqwest::Response) -> Option<String> {
     let value = response.headers().get(CONTENT_TYPE)?;
     value.to_str().ok().map(str::to_string)
@@ -380,4 +391,48 @@ fn build(config: &ClientConfig, protocol: Protocol) -> Result<reqwest::Client, C
 fn read_pem(path: &Path, field: &str) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path)
         .map_err(|error| ClientError::Config(format!("`{field}` {}: {error}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn clients_and_streams_can_move_between_tasks() {
+        assert_send_sync::<KsqlClient>();
+        assert_send::<QueryStream>();
+    }
+
+    #[test]
+    fn base_url_keeps_its_path_prefix() {
+        let client =
+            KsqlClient::new(ClientConfig::new("http://h:8088/ksql".parse().unwrap())).unwrap();
+        assert_eq!(
+            client.endpoint("query-stream").unwrap().as_str(),
+            "http://h:8088/ksql/query-stream"
+        );
+        let client = KsqlClient::new(ClientConfig::new("http://h:8088".parse().unwrap())).unwrap();
+        assert_eq!(client.endpoint("info").unwrap().as_str(), "http://h:8088/info");
+        assert!(!format!("{client:?}").contains("password"));
+    }
+
+    #[test]
+    fn info_bodies_parse() {
+        let info = ServerInfo::from_body(
+            br#"{"KsqlServerInfo":{"version":"0.29.0","kafkaClusterId":"k","ksqlServiceId":"s","serverStatus":"RUNNING"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            info,
+            ServerInfo {
+                version: "0.29.0".into(),
+                kafka_cluster_id: "k".into(),
+                service_id: "s".into()
+            }
+        );
+        assert!(matches!(ServerInfo::from_body(b"{}"), Err(ClientError::Info(_))));
+    }
 }

@@ -108,6 +108,18 @@ impl QueryStream {
     }
 }
 
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("QueryStream")
+            .field("query_id", &self.header.query_id)
+            .field("columns", &self.header.columns.len())
+            .field("framing", &self.framing)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
 fn event_name(event: &Event) -> &'static str {
     match event {
         Event::Header(_) => "a header",
