@@ -107,10 +107,12 @@ impl RowDecoder {
         self.len() == 0
     }
 
-    /// Approximate heap bytes held by the builders (for the memory budget), counted by
-    /// capacity; close to zero right after [`RowDecoder::finish`].
+    /// Approximate bytes of row data held by the builders (for the memory budget): the
+    /// appended values, validity and offsets, close to the size of the batch
+    /// [`RowDecoder::finish`] would return. It drops to about zero after `finish`, although
+    /// the builders keep capacity for a batch as large as the last one.
     pub fn buffered_bytes(&self) -> usize {
-        self.builders.iter().map(Builder::heap_bytes).sum::<usize>() + self.scratch.capacity()
+        self.builders.iter().map(Builder::data_bytes).sum()
     }
 
     /// Takes the rows appended so far as one RecordBatch and starts a new one.
