@@ -9,6 +9,17 @@
 //!   `"-Infinity"` strings, BYTES from base64, TIMESTAMP from `yyyy-MM-ddTHH:mm:ss.SSS` (UTC),
 //!   DATE from `yyyy-MM-dd`, TIME from `HH:mm[:ss[.SSS]]`, MAP keys that arrive as JSON
 //!   strings converted to the key type; nulls at every level.
+//!
+//! Values nested in a STRUCT go through Kafka Connect's JSON converter on the server, which
+//! (protocol brief, "Unverified" 1) writes TIMESTAMP/DATE/TIME as integers (epoch ms, days,
+//! ms of day) and DECIMAL as a double. So every temporal column also accepts the integer
+//! form, and DECIMAL accepts any JSON number spelling (`1.2`, `1.2E+3`), converted exactly
+//! from its text. A decimal whose digits do not fit the column's scale or precision is
+//! rejected rather than rounded. Dates use the proleptic Gregorian calendar (Java's
+//! formatter switches to Julian before 1582; such dates would be off by days).
+//!
+//! Layout: [`json`] scans the text, [`scalars`] converts token text to values, [`decode`]
+//! routes each value to its builder, [`builders`] holds the rollback-able columns.
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
