@@ -18,8 +18,8 @@
 //! rejected rather than rounded. Dates use the proleptic Gregorian calendar (Java's
 //! formatter switches to Julian before 1582; such dates would be off by days).
 //!
-//! Layout: [`json`] scans the text, [`scalars`] converts token text to values, [`decode`]
-//! routes each value to its builder, [`builders`] holds the rollback-able columns.
+//! Layout: `json` scans the text, `scalars` converts token text to values, `decode`
+//! routes each value to its builder, `builders` holds the rollback-able columns.
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
