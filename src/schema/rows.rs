@@ -9,6 +9,17 @@
 //!   `"-Infinity"` strings, BYTES from base64, TIMESTAMP from `yyyy-MM-ddTHH:mm:ss.SSS` (UTC),
 //!   DATE from `yyyy-MM-dd`, TIME from `HH:mm[:ss[.SSS]]`, MAP keys that arrive as JSON
 //!   strings converted to the key type; nulls at every level.
+//!
+//! Values nested in a STRUCT go through Kafka Connect's JSON converter on the server, which
+//! (protocol brief, "Unverified" 1) writes TIMESTAMP/DATE/TIME as integers (epoch ms, days,
+//! ms of day) and DECIMAL as a double. So every temporal column also accepts the integer
+//! form, and DECIMAL accepts any JSON number spelling (`1.2`, `1.2E+3`), converted exactly
+//! from its text. A decimal whose digits do not fit the column's scale or precision is
+//! rejected rather than rounded. Dates use the proleptic Gregorian calendar (Java's
+//! formatter switches to Julian before 1582; such dates would be off by days).
+//!
+//! Layout: `json` scans the text, `scalars` converts token text to values, `decode`
+//! routes each value to its builder, `builders` holds the rollback-able columns.
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
@@ -107,10 +118,12 @@ impl RowDecoder {
         self.len() == 0
     }
 
-    /// Approximate heap bytes held by the builders (for the memory budget), counted by
-    /// capacity; close to zero right after [`RowDecoder::finish`].
+    /// Approximate bytes of row data held by the builders (for the memory budget): the
+    /// appended values, validity and offsets, close to the size of the batch
+    /// [`RowDecoder::finish`] would return. It drops to about zero after `finish`, although
+    /// the builders keep capacity for a batch as large as the last one.
     pub fn buffered_bytes(&self) -> usize {
-        self.builders.iter().map(Builder::heap_bytes).sum::<usize>() + self.scratch.capacity()
+        self.builders.iter().map(Builder::data_bytes).sum()
     }
 
     /// Takes the rows appended so far as one RecordBatch and starts a new one.

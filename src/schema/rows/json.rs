@@ -7,7 +7,9 @@
 //! buffer, so scanning allocates nothing once the scratch has grown.
 //!
 //! The caller validates the whole row as UTF-8 before scanning, so every slice handed out
-//! (and every unescaped string, built from `char`s) is valid UTF-8.
+//! (and every unescaped string, built from `char`s) is valid UTF-8. Raw control characters
+//! inside strings are accepted (strict JSON forbids them): dropping a row over them would
+//! lose data that is otherwise fine.
 
 use super::Fail;
 
