@@ -3,10 +3,8 @@
 //! creates. A missing venv fails the test: the S3 path is never silently skipped.
 
 mod lake_support;
+mod support;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -14,75 +12,15 @@ use ksql_lake::lake::{
     open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, S3Options, WriterOptions,
 };
 use lake_support::*;
+use support::{s3_options as options, Moto};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use tokio::process::{Child, Command};
 
 const BUCKET: &str = "lake-test";
 
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-fn moto_binary() -> PathBuf {
-    let venv = std::env::var_os("KSQL_LAKE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let binary = venv.join("bin/moto_server");
-    assert!(
-        binary.is_file(),
-        "moto_server not found at {}: run `scripts/test.sh` (it creates the venv with `moto[server]`), \
-         or set KSQL_LAKE_VENV to a venv that has it",
-        binary.display()
-    );
-    binary
-}
-
-/// Starts moto on a free port and waits (at most 30 s) until it answers.
-async fn start_moto() -> Moto {
-    let binary = moto_binary();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(binary)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("moto_server starts");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(response) = client.get(format!("{endpoint}/moto-api/")).send().await {
-                if response.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(ready.is_ok(), "moto_server did not answer on {endpoint} within 30 s");
-    let created = client.put(format!("{endpoint}/{BUCKET}")).send().await.unwrap();
-    assert!(created.status().is_success(), "create bucket: {}", created.status());
-    Moto { child, endpoint }
-}
-
-fn options(endpoint: &str) -> S3Options {
-    S3Options {
-        endpoint: Some(endpoint.to_string()),
-        region: Some("us-east-1".into()),
-        allow_http: true,
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        ..S3Options::default()
-    }
-}
-
 #[tokio::test]
 async fn files_and_manifest_round_trip_through_s3() {
-    let mut moto = start_moto().await;
+    let mut moto = Moto::start(BUCKET).await;
     let lake = open_lake(&format!("s3://{BUCKET}/warehouse"), &options(&moto.endpoint)).unwrap();
     let store = lake.store().clone();
     let writer = LakeWriter::new(lake, WriterOptions::default());
@@ -127,12 +65,12 @@ async fn files_and_manifest_round_trip_through_s3() {
     assert_eq!(replay.outcome, CommitOutcome::AlreadyCommitted);
     assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 3);
 
-    moto.child.kill().await.unwrap();
+    moto.stop().await;
 }
 
 #[tokio::test]
 async fn create_only_puts_are_enforced_by_s3() {
-    let mut moto = start_moto().await;
+    let mut moto = Moto::start(BUCKET).await;
     let lake = open_lake(&format!("s3://{BUCKET}"), &options(&moto.endpoint)).unwrap();
     let store = lake.store().clone();
     let writer = LakeWriter::new(lake, WriterOptions::default());
@@ -150,5 +88,5 @@ async fn create_only_puts_are_enforced_by_s3() {
         .await;
     assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
     assert_eq!(store.head(&committed.path).await.unwrap().size, before.size);
-    moto.child.kill().await.unwrap();
+    moto.stop().await;
 }

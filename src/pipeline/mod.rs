@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub write_retry: lake::RetryPolicy,
     /// Serve /metrics, /healthz, /readyz.
     pub serve_http: bool,
+    /// A lake opened by the caller (tests wrap stores with fault injection); else the
+    /// config's `[lake]` is opened.
+    pub lake: Option<lake::Lake>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +69,7 @@ impl Default for RunOptions {
                 multiplier: 2.0,
             },
             serve_http: true,
+            lake: None,
         }
     }
 }
@@ -98,7 +102,10 @@ pub async fn run_with(
         Ok(info) => tracing::info!(version = %info.version, url = %config.ksqldb.url, "connected to ksqlDB"),
         Err(error) => tracing::warn!(%error, url = %config.ksqldb.url, "ksqlDB /info failed; feeds will retry"),
     }
-    let lake = lake::open_lake(&config.lake.url, &s3_options(&config.lake)).context("opening the lake")?;
+    let lake = match options.lake.clone() {
+        Some(lake) => lake,
+        None => lake::open_lake(&config.lake.url, &s3_options(&config.lake)).context("opening the lake")?,
+    };
     let budget = MemoryBudget::new(config.memory_budget_bytes);
     metrics.memory_budget_bytes.set(config.memory_budget_bytes as f64);
     metrics.store_up.set(1.0);

@@ -1,0 +1,254 @@
+//! A stream with every ksqlDB type, rows whose every value follows from the row's ID, and a
+//! checker that reads a lake back and verifies each row value by value and partition by
+//! partition.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, Time32MillisecondType, TimestampMillisecondType};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use ksql_lake::config::Config;
+use ksql_lake::metrics::{Health, Metrics};
+use ksql_lake::pipeline::{run_with, RunOptions, RunSummary};
+use ksql_lake::schema::parse_schema;
+use ksql_lake::simulator::{Simulator, SimulatorConfig, SimulatorHandle, Value};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio_util::sync::CancellationToken;
+
+pub const SOURCE: &str = "EVERYTHING";
+/// 2024-05-01T00:00:00Z: rows spread over three days from here, so daily and hourly partitions
+/// both have several values.
+pub const BASE_MS: i64 = 1_714_521_600_000;
+pub const SPAN_MS: i64 = 3 * 86_400_000;
+
+pub const SCHEMA: &str = "`ID` BIGINT, `FLAG` BOOLEAN, `QTY` INTEGER, `PRICE` DOUBLE, `AMOUNT` DECIMAL(12, 2), \
+    `NAME` STRING, `BLOB` BYTES, `TS` TIMESTAMP, `D` DATE, `T` TIME, `TAGS` ARRAY<STRING>, \
+    `ATTRS` MAP<STRING, INTEGER>, `INFO` STRUCT<`CITY` STRING, `ZIP` INTEGER, `GEO` STRUCT<`LAT` DOUBLE>>, \
+    `NESTED` ARRAY<MAP<STRING, ARRAY<BIGINT>>>";
+
+pub fn event_ms(id: i64, rows: i64) -> i64 {
+    BASE_MS + id * (SPAN_MS / rows.max(1))
+}
+
+/// The values of row `id`; nulls at every level for some IDs.
+pub fn row(id: i64, rows: i64) -> Vec<Value> {
+    let null_if = |condition: bool, value: Value| if condition { Value::Null } else { value };
+    vec![
+        Value::Bigint(id),
+        null_if(id % 11 == 5, Value::Boolean(id % 2 == 0)),
+        Value::Integer((id * 3) as i32 - 1000),
+        null_if(id % 17 == 4, Value::Double(id as f64 * 0.25 + 0.1)),
+        Value::Decimal { unscaled: (id * 137 - 5000) as i128, scale: 2 },
+        Value::string(format!("name-{id}-é\"\\\n")),
+        Value::Bytes(vec![id as u8, 0, 255]),
+        Value::Timestamp(event_ms(id, rows)),
+        Value::Date((id % 20_000) as i32),
+        Value::Time(((id % 86_400) * 1000) as i32),
+        null_if(
+            id % 13 == 0,
+            Value::Array(vec![Value::string(format!("t{}", id % 5)), Value::Null, Value::string("x")]),
+        ),
+        Value::Map(vec![
+            (Value::string("k1"), Value::Integer((id % 100) as i32)),
+            (Value::string("k2"), Value::Null),
+        ]),
+        null_if(
+            id % 19 == 7,
+            Value::Struct(vec![
+                ("CITY".into(), Value::string(format!("city{}", id % 10))),
+                ("ZIP".into(), null_if(id % 3 == 0, Value::Integer((id % 99_999) as i32))),
+                ("GEO".into(), Value::Struct(vec![("LAT".into(), Value::Double(1.5))])),
+            ]),
+        ),
+        Value::Array(vec![Value::Map(vec![(
+            Value::string("m"),
+            Value::Array(vec![Value::Bigint(id), Value::Bigint(-id)]),
+        )])]),
+    ]
+}
+
+/// A simulator serving the every-type stream (3 partitions) with `rows` rows produced.
+pub async fn simulator_with_rows(rows: i64) -> (Simulator, SimulatorHandle) {
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema(SCHEMA).unwrap(), 3).unwrap();
+    produce(&simulator, 0..rows, rows);
+    let handle = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (simulator, handle)
+}
+
+pub fn produce(simulator: &Simulator, ids: std::ops::Range<i64>, rows: i64) {
+    simulator
+        .produce_batch(SOURCE, ids.map(|id| (None, event_ms(id, rows), row(id, rows))))
+        .unwrap();
+}
+
+/// A config with one feed of the every-type stream.
+pub fn config(ksqldb_url: &str, lake_url: &str, partitioning: &str, extra_lake: &str, extra_feed: &str) -> Config {
+    let text = format!(
+        "[ksqldb]\nurl = \"{ksqldb_url}\"\n[lake]\nurl = \"{lake_url}\"\n{extra_lake}\n\
+         [[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\npartitioning = \"{partitioning}\"\n{extra_feed}\n"
+    );
+    Config::from_toml(&text, "test", Vec::new()).unwrap()
+}
+
+pub fn fast_options() -> RunOptions {
+    RunOptions {
+        tick: Duration::from_millis(100),
+        linger: Duration::from_millis(50),
+        serve_http: false,
+        ..RunOptions::default()
+    }
+}
+
+/// A running pipeline and the handles a test needs to watch and stop it.
+pub struct Running {
+    pub metrics: Metrics,
+    pub health: Health,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+pub fn start(config: Config, options: RunOptions) -> Running {
+    let metrics = Metrics::new(prometheus::Registry::new());
+    let health = Health::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_with(config, stop.clone(), metrics.clone(), health.clone(), options));
+    Running { metrics, health, stop, task }
+}
+
+impl Running {
+    pub fn written(&self) -> u64 {
+        self.metrics.rows_written.with_label_values(&["everything"]).get()
+    }
+
+    pub fn received(&self) -> u64 {
+        self.metrics.rows_received.with_label_values(&["everything"]).get()
+    }
+
+    /// Waits (bounded) until `done` holds.
+    pub async fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&Running) -> bool) {
+        let reached = tokio::time::timeout(limit, async {
+            while !done(self) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "{what} not reached within {limit:?} (received {}, written {})",
+            self.received(), self.written());
+    }
+
+    pub async fn shutdown(self) -> RunSummary {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the pipeline stops within 60 s")
+            .expect("the pipeline task does not panic")
+            .expect("the pipeline stops cleanly")
+    }
+}
+
+/// Every object under a feed folder: (path relative to the feed, bytes).
+pub async fn feed_objects(store: &Arc<dyn ObjectStore>, feed_dir: &Path) -> Vec<(String, Bytes)> {
+    let listed: Vec<_> = store.list(Some(feed_dir)).try_collect().await.unwrap();
+    let mut objects = Vec::new();
+    for meta in listed {
+        let relative = meta.location.as_ref()[feed_dir.as_ref().len() + 1..].to_string();
+        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+        objects.push((relative, bytes));
+    }
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    objects
+}
+
+/// Checks a feed folder: only Parquet files and `_metadata.json`, every row exactly once, every
+/// value equal to what was produced, every row in the partition of its ROWTIME.
+pub fn verify_feed(objects: &[(String, Bytes)], rows: i64, hourly: bool) {
+    let mut seen_ids = BTreeSet::new();
+    let mut seen_positions = BTreeSet::new();
+    let mut files = 0;
+    for (relative, bytes) in objects {
+        if relative == "_metadata.json" {
+            let metadata: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(metadata["total_records"], rows, "metadata counts every row once");
+            continue;
+        }
+        assert!(relative.ends_with(".parquet"), "unexpected object {relative}: nothing half-written is visible");
+        files += 1;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).unwrap().build().unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            for index in 0..batch.num_rows() {
+                let id = verify_row(&batch, index, rows);
+                assert!(seen_ids.insert(id), "row {id} written twice");
+                let partition = batch.column_by_name("ROWPARTITION").unwrap().as_primitive::<Int32Type>().value(index);
+                let offset = batch.column_by_name("ROWOFFSET").unwrap().as_primitive::<Int64Type>().value(index);
+                assert!(seen_positions.insert((partition, offset)));
+                let rowtime = batch.column_by_name("ROWTIME").unwrap().as_primitive::<Int64Type>().value(index);
+                assert_eq!(rowtime, event_ms(id, rows));
+                let expected_dir = partition_dir(rowtime, hourly);
+                assert!(relative.starts_with(&expected_dir), "row {id} at {rowtime} is in {relative}, not {expected_dir}");
+            }
+        }
+    }
+    assert!(files > 0);
+    assert_eq!(seen_ids.len() as i64, rows, "every row is in the lake");
+}
+
+pub fn partition_dir(ms: i64, hourly: bool) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+    if hourly {
+        time.format("year=%Y/month=%m/day=%d/hour=%H/").to_string()
+    } else {
+        time.format("year=%Y/month=%m/day=%d/").to_string()
+    }
+}
+
+fn text(batch: &RecordBatch, column: &str, index: usize) -> String {
+    let array = batch.column_by_name(column).unwrap();
+    let formatter = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default().with_null("null")).unwrap();
+    formatter.value(index).to_string()
+}
+
+/// Checks every column of one row against the values produced for its ID; returns the ID.
+fn verify_row(batch: &RecordBatch, index: usize, rows: i64) -> i64 {
+    let column = |name: &str| batch.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
+    let id = column("ID").as_primitive::<Int64Type>().value(index);
+    let flag = column("FLAG").as_boolean();
+    if id % 11 == 5 {
+        assert!(flag.is_null(index));
+    } else {
+        assert_eq!(flag.value(index), id % 2 == 0, "FLAG of {id}");
+    }
+    assert_eq!(column("QTY").as_primitive::<Int32Type>().value(index), (id * 3) as i32 - 1000);
+    let price = column("PRICE").as_primitive::<Float64Type>();
+    if id % 17 == 4 {
+        assert!(price.is_null(index));
+    } else {
+        assert_eq!(price.value(index), id as f64 * 0.25 + 0.1, "PRICE of {id}");
+    }
+    assert_eq!(column("AMOUNT").as_primitive::<Decimal128Type>().value(index), (id * 137 - 5000) as i128);
+    assert_eq!(column("NAME").as_string::<i32>().value(index), format!("name-{id}-é\"\\\n"));
+    assert_eq!(column("BLOB").as_binary::<i32>().value(index), [id as u8, 0, 255]);
+    assert_eq!(column("TS").as_primitive::<TimestampMillisecondType>().value(index), event_ms(id, rows));
+    assert_eq!(column("D").as_primitive::<Date32Type>().value(index), (id % 20_000) as i32);
+    assert_eq!(column("T").as_primitive::<Time32MillisecondType>().value(index), ((id % 86_400) * 1000) as i32);
+    let tags = if id % 13 == 0 { "null".to_string() } else { format!("[t{}, null, x]", id % 5) };
+    assert_eq!(text(batch, "TAGS", index), tags, "TAGS of {id}");
+    assert_eq!(text(batch, "ATTRS", index), format!("{{k1: {}, k2: null}}", id % 100), "ATTRS of {id}");
+    let info = if id % 19 == 7 {
+        "null".to_string()
+    } else {
+        let zip = if id % 3 == 0 { "null".to_string() } else { (id % 99_999).to_string() };
+        format!("{{CITY: city{}, ZIP: {zip}, GEO: {{LAT: 1.5}}}}", id % 10)
+    };
+    assert_eq!(text(batch, "INFO", index), info, "INFO of {id}");
+    assert_eq!(text(batch, "NESTED", index), format!("[{{m: [{id}, {}]}}]", -id), "NESTED of {id}");
+    id
+}
