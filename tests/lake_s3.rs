@@ -5,11 +5,10 @@
 mod lake_support;
 mod support;
 
-use std::time::Duration;
 
 use futures::TryStreamExt;
 use ksql_lake::lake::{
-    open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, S3Options, WriterOptions,
+    open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, WriterOptions,
 };
 use lake_support::*;
 use support::{s3_options as options, Moto};

@@ -26,6 +26,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
+use super::commit::{CommitState, Runs};
 use super::budget::{MemoryBudget, Reservation};
 use super::layout::{data_file_name, ulid, FeedKind};
 use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
@@ -145,6 +146,12 @@ pub struct FlushJob {
     pub null_event_time_rows: usize,
     /// Rows that arrived after their partition closed.
     pub late: bool,
+    /// Exact runs of ksqlDB offsets in this file (see [`super::commit`]); set by the caller,
+    /// which sees the order rows arrived in.
+    pub runs: Runs,
+    /// The feed's commit state once this file is committed; set by the caller. `None` keeps the
+    /// simple rule: the committed position is the highest offset written.
+    pub commit: Option<CommitState>,
     /// Released when the job is dropped, i.e. after the caller is done with it.
     reservation: Reservation,
 }
@@ -380,6 +387,8 @@ impl PartitionBuffers {
             positions: buffer.positions,
             null_event_time_rows: buffer.null_event_time_rows,
             late: buffer.late,
+            runs: Runs::new(),
+            commit: None,
             reservation: buffer.reservation,
         })
     }

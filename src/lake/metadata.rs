@@ -11,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::commit::Runs;
 use super::layout::FeedKind;
 use super::{merge_positions, Positions};
 use crate::schema::types::KSQL_TYPE_METADATA_KEY;
@@ -46,6 +47,9 @@ pub struct FeedMetadata {
     /// Highest committed ROWOFFSET per ROWPARTITION: where a restart resumes.
     #[serde(default)]
     pub committed_positions: Positions,
+    /// Committed runs above `committed_positions` (see `lake::commit`).
+    #[serde(default, skip_serializing_if = "Runs::is_empty")]
+    pub committed_ranges: Runs,
     /// Fields written by other tools or newer versions, preserved on rewrite.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -79,6 +83,9 @@ pub struct FileEntry {
     pub max_event_time: String,
     #[serde(default, skip_serializing_if = "Positions::is_empty")]
     pub positions: Positions,
+    /// Exact runs of ksqlDB offsets in the file, per partition.
+    #[serde(default, skip_serializing_if = "Runs::is_empty")]
+    pub runs: Runs,
     pub written_at: String,
     /// The flush reason (`rows`, `bytes`, `age`, `partition_close`, `memory`, `shutdown`, `schema_change`).
     pub reason: String,
@@ -153,6 +160,7 @@ impl FeedMetadata {
             schema: None,
             schema_history: Vec::new(),
             committed_positions: Positions::new(),
+            committed_ranges: Runs::new(),
             extra: Map::new(),
         }
     }
@@ -255,6 +263,7 @@ mod tests {
             min_event_time: format_ms(min),
             max_event_time: format_ms(max),
             positions,
+            runs: Runs::new(),
             written_at: format_ms(max),
             reason: "rows".into(),
             late: false,

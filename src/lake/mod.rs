@@ -23,6 +23,7 @@
 //! what a restart resumes from. See [`writer`] and `docs/METADATA.md`.
 
 pub mod budget;
+pub mod commit;
 pub mod buffer;
 pub mod layout;
 pub mod metadata;
@@ -35,6 +36,7 @@ pub mod writer;
 use std::collections::BTreeMap;
 
 pub use budget::{MemoryBudget, Reservation};
+pub use commit::{CommitState, Runs};
 pub use buffer::{FlushJob, FlushPolicy, FlushReason, ManualClock, PartitionBuffers, SystemClock, WallClock};
 pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;

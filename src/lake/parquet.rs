@@ -29,6 +29,9 @@ pub const KV_COLUMNS: &str = "ksql.columns";
 pub const KV_FEED: &str = "ksql_lake.feed";
 pub const KV_KIND: &str = "ksql_lake.kind";
 pub const KV_POSITIONS: &str = "ksql_lake.positions";
+/// Exact runs of ksqlDB offsets in the file (`lake::commit`), so a file can be adopted from
+/// its footer alone.
+pub const KV_RUNS: &str = "ksql_lake.runs";
 pub const KV_MIN_EVENT_TIME: &str = "ksql_lake.min_event_time";
 pub const KV_MAX_EVENT_TIME: &str = "ksql_lake.max_event_time";
 pub const KV_ROW_COUNT: &str = "ksql_lake.row_count";
@@ -92,6 +95,7 @@ pub struct FileInfo {
     pub feed: String,
     pub kind: FeedKind,
     pub positions: Positions,
+    pub runs: super::commit::Runs,
     pub min_event_ms: i64,
     pub max_event_ms: i64,
 }
@@ -168,6 +172,9 @@ fn key_values(schema: &SchemaRef, info: &FileInfo, rows: usize) -> Result<Vec<Ke
         KeyValue::new(KV_MAX_EVENT_TIME.to_string(), info.max_event_ms.to_string()),
         KeyValue::new(KV_ROW_COUNT.to_string(), rows.to_string()),
     ];
+    if !info.runs.is_empty() {
+        pairs.push(KeyValue::new(KV_RUNS.to_string(), serde_json::to_string(&info.runs)?));
+    }
     if !info.positions.is_empty() {
         pairs.push(KeyValue::new(KV_POSITIONS.to_string(), serde_json::to_string(&info.positions)?));
     }

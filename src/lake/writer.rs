@@ -285,6 +285,7 @@ impl LakeWriter {
             feed: job.feed.clone(),
             kind: job.kind,
             positions: job.positions.clone(),
+            runs: job.runs.clone(),
             min_event_ms: job.min_event_ms,
             max_event_ms: job.max_event_ms,
         };
@@ -418,11 +419,17 @@ impl LakeWriter {
                 min_event_time: format_ms(job.min_event_ms),
                 max_event_time: format_ms(job.max_event_ms),
                 positions: job.positions.clone(),
+                runs: job.runs.clone(),
                 written_at: format_ms(now.timestamp_millis()),
                 reason: job.reason.as_str().to_string(),
                 late: job.late,
             };
             metadata.record_file(&partition_path, entry, columns.clone(), now);
+            if let Some(commit) = &job.commit {
+                // The caller knows what is still buffered: its state is the exact committed set.
+                metadata.committed_positions = commit.low.clone();
+                metadata.committed_ranges = commit.ranges.clone();
+            }
             let body =
                 metadata.to_json().map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
             let conditional = self.conditional_update.load(Ordering::Relaxed);

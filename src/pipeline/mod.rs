@@ -11,6 +11,7 @@
 
 pub mod demo;
 pub mod query;
+pub mod runs;
 pub mod sink;
 pub mod source;
 
@@ -23,9 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, FeedConfig};
 use crate::ksqldb::client::{self as ksql_client, KsqlClient};
-use crate::lake::{self, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
+use crate::lake::{self, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
 use crate::metrics::{Health, Metrics};
-use query::Positions;
 use sink::{FeedSink, WatermarkClock};
 use source::{Backoff, FeedSource, SourceSettings};
 
@@ -120,11 +120,12 @@ pub async fn run_with(
             .read_metadata(kind, &feed.name)
             .await
             .with_context(|| format!("reading the metadata of feed {}", feed.name))?
-            .map(|metadata| positions_from_lake(&metadata.committed_positions))
+            .map(|metadata| CommitState { low: metadata.committed_positions, ranges: metadata.committed_ranges })
             .unwrap_or_default();
-        if !committed.is_empty() {
-            tracing::info!(feed = %feed.name, positions = ?committed.0, "resuming after committed positions");
+        if !committed.low.is_empty() {
+            tracing::info!(feed = %feed.name, positions = ?committed.low, "resuming after committed positions");
         }
+        let committed = Arc::new(std::sync::Mutex::new(committed));
         let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
         let source = FeedSource {
             settings: SourceSettings {
@@ -140,7 +141,7 @@ pub async fn run_with(
             metrics: metrics.clone(),
             health: health.clone(),
         };
-        let sink = build_sink(feed, &writer, &budget, &metrics, &health, &options);
+        let sink = build_sink(feed, &writer, &budget, &metrics, &health, &options, committed.clone());
         sources.spawn(source.run(committed, sender, sources_stop.clone()));
         sinks.spawn(sink.run(receiver));
     }
@@ -190,6 +191,7 @@ fn build_sink(
     metrics: &Metrics,
     health: &Health,
     options: &RunOptions,
+    committed: Arc<std::sync::Mutex<CommitState>>,
 ) -> FeedSink {
     let settings = &feed.settings;
     let spec = PartitionSpec::new(
@@ -229,6 +231,8 @@ fn build_sink(
         health: health.clone(),
         retry: options.write_retry.clone(),
         tick: options.tick,
+        committed,
+        tracker: runs::RunTracker::default(),
     }
 }
 
@@ -255,13 +259,6 @@ fn lake_kind(kind: config::FeedKind) -> lake::FeedKind {
     }
 }
 
-fn positions_from_lake(positions: &lake::Positions) -> Positions {
-    let mut resume = Positions::default();
-    for (&partition, &offset) in positions {
-        resume.advance(partition as i32, offset as i64);
-    }
-    resume
-}
 
 pub fn client_config(ksqldb: &config::KsqldbConfig) -> ksql_client::ClientConfig {
     let mut client = ksql_client::ClientConfig::new(ksqldb.url.clone());

@@ -6,41 +6,43 @@
 //! with a WHERE clause that skips what it already has. The same check also runs client-side,
 //! so a server that ignores the filter still cannot produce a duplicate.
 
-use std::collections::BTreeMap;
-
 use crate::config::Delivery;
+use crate::lake::{self, CommitState};
 
 /// Names of the pseudo columns ksql-lake selects in front of the source's own columns.
 pub const ROWTIME: &str = "ROWTIME";
 pub const ROWPARTITION: &str = "ROWPARTITION";
 pub const ROWOFFSET: &str = "ROWOFFSET";
 
-/// The highest offset received (or committed) per ksqlDB source partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Positions(pub BTreeMap<i32, i64>);
+/// What a feed's source skips when it (re)opens its push query: the committed set, and for
+/// exactly-once also every row already handed to the buffers in this run.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub committed: CommitState,
+    /// Highest offset seen per partition in this run (handed on, or skipped as committed).
+    pub seen: lake::Positions,
+}
 
-impl Positions {
-    /// True when a row at this position was already seen.
-    pub fn covers(&self, partition: i32, offset: i64) -> bool {
-        self.0.get(&partition).is_some_and(|&seen| offset <= seen)
+impl Resume {
+    pub fn new(committed: CommitState) -> Self {
+        Resume { committed, seen: lake::Positions::new() }
     }
 
-    /// Records a row's position; positions only move forward.
-    pub fn advance(&mut self, partition: i32, offset: i64) {
-        let entry = self.0.entry(partition).or_insert(offset);
-        if offset > *entry {
-            *entry = offset;
-        }
+    /// True when the row was committed or already handed on in this run.
+    pub fn covers(&self, partition: u32, offset: u64) -> bool {
+        self.seen.get(&partition).is_some_and(|&seen| offset <= seen) || self.committed.covers(partition, offset)
     }
 
-    pub fn merge(&mut self, other: &Positions) {
-        for (&partition, &offset) in &other.0 {
-            self.advance(partition, offset);
-        }
+    pub fn observe(&mut self, partition: u32, offset: u64) {
+        let entry = self.seen.entry(partition).or_insert(offset);
+        *entry = (*entry).max(offset);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// Per partition, the offset the query may start after.
+    pub fn start_after(&self) -> lake::Positions {
+        let mut start = self.committed.low.clone();
+        lake::merge_positions(&mut start, &self.seen);
+        start
     }
 }
 
@@ -48,7 +50,7 @@ impl Positions {
 pub fn push_query(
     source: &str,
     delivery: Delivery,
-    resume: &Positions,
+    start_after: &lake::Positions,
 ) -> (String, serde_json::Map<String, serde_json::Value>) {
     let mut properties = serde_json::Map::new();
     let reset = match delivery {
@@ -57,7 +59,7 @@ pub fn push_query(
     };
     properties.insert("auto.offset.reset".into(), reset.into());
     let filter = match delivery {
-        Delivery::ExactlyOnce | Delivery::AtLeastOnce => resume_filter(resume),
+        Delivery::ExactlyOnce | Delivery::AtLeastOnce => resume_filter(start_after),
         _ => None,
     };
     let mut sql = format!("SELECT {ROWTIME}, {ROWPARTITION}, {ROWOFFSET}, * FROM {source}");
@@ -71,17 +73,16 @@ pub fn push_query(
 
 /// `(ROWPARTITION = 0 AND ROWOFFSET > 41) OR ... OR (ROWPARTITION <> 0 AND ...)`: rows after the
 /// known positions, and every row of a partition not seen yet.
-fn resume_filter(resume: &Positions) -> Option<String> {
-    if resume.is_empty() {
+fn resume_filter(start_after: &lake::Positions) -> Option<String> {
+    if start_after.is_empty() {
         return None;
     }
-    let mut terms: Vec<String> = resume
-        .0
+    let mut terms: Vec<String> = start_after
         .iter()
         .map(|(partition, offset)| format!("({ROWPARTITION} = {partition} AND {ROWOFFSET} > {offset})"))
         .collect();
     let unseen: Vec<String> =
-        resume.0.keys().map(|partition| format!("{ROWPARTITION} <> {partition}")).collect();
+        start_after.keys().map(|partition| format!("{ROWPARTITION} <> {partition}")).collect();
     terms.push(format!("({})", unseen.join(" AND ")));
     Some(terms.join(" OR "))
 }
@@ -113,31 +114,33 @@ mod tests {
 
     #[test]
     fn first_query_reads_everything_from_earliest() {
-        let (sql, properties) = push_query("ORDERS", Delivery::ExactlyOnce, &Positions::default());
+        let (sql, properties) = push_query("ORDERS", Delivery::ExactlyOnce, &lake::Positions::new());
         assert_eq!(sql, "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM ORDERS EMIT CHANGES;");
         assert_eq!(properties["auto.offset.reset"], "earliest");
     }
 
     #[test]
     fn resumed_query_skips_known_positions_and_keeps_new_partitions() {
-        let mut resume = Positions::default();
-        resume.advance(1, 7);
-        resume.advance(0, 41);
-        resume.advance(0, 40);
-        let (sql, _) = push_query("ORDERS", Delivery::AtLeastOnce, &resume);
+        let mut committed = CommitState::default();
+        committed.low.insert(0, 30);
+        lake::commit::add_run(&mut committed.ranges, 0, 45, 50);
+        let mut resume = Resume::new(committed);
+        resume.observe(1, 7);
+        resume.observe(0, 41);
+        resume.observe(0, 40);
+        let (sql, _) = push_query("ORDERS", Delivery::AtLeastOnce, &resume.start_after());
         assert_eq!(
             sql,
             "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM ORDERS WHERE (ROWPARTITION = 0 AND ROWOFFSET > 41) \
              OR (ROWPARTITION = 1 AND ROWOFFSET > 7) OR (ROWPARTITION <> 0 AND ROWPARTITION <> 1) EMIT CHANGES;"
         );
         assert!(resume.covers(0, 41) && !resume.covers(0, 42) && !resume.covers(2, 0));
+        assert!(resume.covers(0, 45) && resume.covers(0, 50) && !resume.covers(0, 51), "committed runs are skipped");
     }
 
     #[test]
     fn latest_has_no_filter() {
-        let mut resume = Positions::default();
-        resume.advance(0, 5);
-        let (sql, properties) = push_query("S", Delivery::Latest, &resume);
+        let (sql, properties) = push_query("S", Delivery::Latest, &[(0, 5)].into());
         assert!(!sql.contains("WHERE"));
         assert_eq!(properties["auto.offset.reset"], "latest");
     }

@@ -14,8 +14,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::runs::{positions_of, RunTracker};
 use super::source::SourceMessage;
-use crate::lake::{FlushJob, LakeWriter, MemoryBudget, PartitionBuffers, RetryPolicy, RowRouter, WallClock, WriteError};
+use crate::lake::{
+    CommitState, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, RetryPolicy, RowRouter, WallClock,
+    WriteError,
+};
 use crate::metrics::{Health, Metrics};
 
 /// Partition close follows the feed's event-time watermark: the highest event time seen, never
@@ -70,6 +74,9 @@ pub struct FeedSink {
     pub retry: RetryPolicy,
     /// How often age and partition-close triggers are evaluated.
     pub tick: Duration,
+    /// The feed's commit state, shared with the source stage (which resumes from it).
+    pub committed: Arc<std::sync::Mutex<CommitState>>,
+    pub tracker: RunTracker,
 }
 
 impl FeedSink {
@@ -77,14 +84,22 @@ impl FeedSink {
     /// `shutdown`).
     pub async fn run(mut self, mut receiver: mpsc::Receiver<SourceMessage>) -> Result<SinkSummary, SinkFailed> {
         let mut summary = SinkSummary::default();
+        let mut schema_seen = false;
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = receiver.recv() => match message {
                     None => break,
-                    Some(SourceMessage::Schema(_)) => {}
-                    Some(SourceMessage::Batch { batch, .. }) => {
+                    Some(SourceMessage::Schema(_)) => {
+                        // New columns (CREATE OR REPLACE): one file never mixes schemas.
+                        if schema_seen {
+                            let jobs = self.buffers.drain_all(FlushReason::SchemaChange);
+                            self.commit_all(jobs, &mut summary).await?;
+                        }
+                        schema_seen = true;
+                    }
+                    Some(SourceMessage::Batch { batch, positions }) => {
                         let processing_ms = chrono::Utc::now().timestamp_millis();
                         let routed = match self.router.route(&batch, processing_ms) {
                             Ok(routed) => routed,
@@ -96,12 +111,21 @@ impl FeedSink {
                                 continue;
                             }
                         };
-                        let mut jobs = Vec::new();
                         for part in routed {
                             self.watermark.observe(part.stats.max_event_ms);
-                            jobs.extend(self.buffers.push(part));
+                            let key = part.key;
+                            let mut rows: Vec<_> =
+                                positions_of(&part.batch).into_iter().map(|(p, o)| (p, o, key)).collect();
+                            // Jobs from a push (a schema change) are written before this part's
+                            // rows count as buffered, so the two never mix.
+                            let jobs = self.buffers.push(part);
+                            self.commit_all(jobs, &mut summary).await?;
+                            self.tracker.record(&mut rows);
                         }
-                        self.commit_all(jobs, &mut summary).await?;
+                        // Rows skipped as already committed, or rejected, count as seen.
+                        for (&partition, &offset) in &positions {
+                            self.tracker.observe(partition, offset);
+                        }
                         while self.budget.over_budget() {
                             let Some(job) = self.buffers.drain_largest() else { break };
                             self.commit(job, &mut summary).await?;
@@ -115,7 +139,7 @@ impl FeedSink {
             }
             self.update_gauges();
         }
-        let jobs = self.buffers.drain_all(crate::lake::FlushReason::Shutdown);
+        let jobs = self.buffers.drain_all(FlushReason::Shutdown);
         self.commit_all(jobs, &mut summary).await?;
         self.update_gauges();
         Ok(summary)
@@ -129,8 +153,12 @@ impl FeedSink {
     }
 
     /// Commits one file, retrying retryable failures until it succeeds.
-    async fn commit(&mut self, job: FlushJob, summary: &mut SinkSummary) -> Result<(), SinkFailed> {
+    async fn commit(&mut self, mut job: FlushJob, summary: &mut SinkSummary) -> Result<(), SinkFailed> {
         let started = Instant::now();
+        job.runs = self.tracker.take(&job.key);
+        let current = self.committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let state = self.tracker.state_after(&current, &job.runs);
+        job.commit = Some(state.clone());
         let mut attempt: u32 = 0;
         let committed = loop {
             match self.writer.write(&job).await {
@@ -156,6 +184,7 @@ impl FeedSink {
         if attempt > 0 {
             tracing::info!(feed = %self.feed, attempts = attempt + 1, "lake writes recovered");
         }
+        *self.committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
         self.health.set_store_error(None);
         self.metrics.store_up.set(1.0);
         self.buffers.learn_compression(committed.in_memory_bytes, committed.bytes);

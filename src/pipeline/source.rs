@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::query::{leading_position, push_query, Positions};
+use super::query::{leading_position, push_query, Resume};
 use crate::config::Delivery;
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
 use crate::ksqldb::Event;
+use crate::lake::{self, CommitState};
 use crate::metrics::{FeedState, Health, Metrics};
 use crate::schema::{Column, RowDecoder};
 
@@ -25,8 +26,9 @@ pub enum SourceMessage {
     /// The columns of the rows that follow. Sent on the first connect and whenever a reconnect
     /// brings different columns (the buffer then flushes with reason `schema_change`).
     Schema(Vec<Column>),
-    /// Decoded rows with the highest position per partition among them.
-    Batch { batch: RecordBatch, positions: Positions },
+    /// Decoded rows, and the highest position per partition seen while decoding them
+    /// (including rows skipped because they were already committed).
+    Batch { batch: RecordBatch, positions: lake::Positions },
 }
 
 /// How a feed's source behaves.
@@ -117,14 +119,15 @@ enum Ended {
 }
 
 impl FeedSource {
-    /// Runs until shutdown (Ok) or a permanent error (Err). `resume` holds the positions
-    /// already in the lake; rows at or below them are never sent again.
+    /// Runs until shutdown (Ok) or a permanent error (Err). `committed` is the feed's commit
+    /// state, kept current by the buffer stage; committed rows are never sent again.
     pub async fn run(
         self,
-        mut resume: Positions,
+        committed: Arc<std::sync::Mutex<CommitState>>,
         sender: mpsc::Sender<SourceMessage>,
         shutdown: CancellationToken,
     ) -> Result<(), FeedFailed> {
+        let mut resume = Resume::default();
         let feed = self.settings.feed.clone();
         let up = self.metrics.push_query_up.with_label_values(&[&feed]);
         let mut columns: Option<Vec<Column>> = None;
@@ -133,7 +136,12 @@ impl FeedSource {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            self.health.set_feed(&feed, if attempt == 0 { FeedState::Starting } else { FeedState::Streaming });
+            // Exactly-once also skips what it handed on in this run; at-least-once starts over
+            // from what is committed, so buffered rows may come again (overlap).
+            resume.committed = committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            if self.settings.delivery != Delivery::ExactlyOnce {
+                resume.seen.clear();
+            }
             let ended = match self.stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt).await {
                 Ok(ended) => ended,
                 Err(error) if !error.is_retryable() => {
@@ -175,14 +183,14 @@ impl FeedSource {
     /// Opens the query once and streams it until it ends.
     async fn stream_once(
         &self,
-        resume: &mut Positions,
+        resume: &mut Resume,
         columns: &mut Option<Vec<Column>>,
         sender: &mpsc::Sender<SourceMessage>,
         shutdown: &CancellationToken,
         attempt: &mut u32,
     ) -> Result<Ended, ClientError> {
         let settings = &self.settings;
-        let (sql, properties) = push_query(&settings.source, settings.delivery, resume);
+        let (sql, properties) = push_query(&settings.source, settings.delivery, &resume.start_after());
         tracing::info!(feed = %settings.feed, sql = %sql, "opening push query");
         let request = QueryRequest { sql, properties, request_properties: serde_json::Map::new() };
         let mut stream = tokio::select! {
@@ -204,7 +212,7 @@ impl FeedSource {
         let query_id = stream.query_id().map(str::to_string);
 
         let mut decoder = RowDecoder::new(&header_columns);
-        let mut batch_positions = Positions::default();
+        let mut batch_positions = lake::Positions::new();
         let mut linger_deadline: Option<Instant> = None;
         let received = self.metrics.rows_received.with_label_values(&[&settings.feed]);
         let rejected = self.metrics.rows_rejected.with_label_values(&[&settings.feed]);
@@ -227,12 +235,16 @@ impl FeedSource {
             };
             match event {
                 Ok(Some(Event::Row { values, .. })) => {
-                    if let Some((_, partition, offset)) = leading_position(&values) {
+                    let position = leading_position(&values).and_then(|(_, partition, offset)| {
+                        Some((u32::try_from(partition).ok()?, u64::try_from(offset).ok()?))
+                    });
+                    if let Some((partition, offset)) = position {
+                        let seen = batch_positions.entry(partition).or_insert(offset);
+                        *seen = (*seen).max(offset);
                         if settings.delivery != Delivery::Latest && resume.covers(partition, offset) {
                             continue; // already in the lake or in a buffer: never twice
                         }
-                        resume.advance(partition, offset);
-                        batch_positions.advance(partition, offset);
+                        resume.observe(partition, offset);
                     }
                     match decoder.append(&values) {
                         Ok(()) => received.inc(),
@@ -280,7 +292,7 @@ impl FeedSource {
     async fn send_batch(
         &self,
         decoder: &mut RowDecoder,
-        positions: &mut Positions,
+        positions: &mut lake::Positions,
         sender: &mpsc::Sender<SourceMessage>,
     ) -> bool {
         if decoder.is_empty() && positions.is_empty() {

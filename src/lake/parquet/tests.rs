@@ -36,6 +36,7 @@ fn info() -> FileInfo {
         feed: "orders".into(),
         kind: FeedKind::Stream,
         positions: Positions::from([(0, 41), (2, 7)]),
+        runs: [(0, vec![(30, 41)]), (2, vec![(7, 7)])].into(),
         min_event_ms: 0,
         max_event_ms: 14_000,
     }
