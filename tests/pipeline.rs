@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ksql_lake::lake::testing::FaultyStore;
 use ksql_lake::lake::{open_lake, FeedKind, Lake};
+use ksql_lake::pipeline::source::Backoff;
 use ksql_lake::simulator::Fault;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -171,8 +172,8 @@ async fn cut_connections_are_reopened_without_loss_or_duplicates() {
     let (simulator, server) = simulator_with_rows(0).await;
     let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1s\"");
     let mut options = fast_options();
-    options.reconnect_backoff.initial = Duration::from_millis(10);
-    options.reconnect_backoff.max = Duration::from_millis(50);
+    options.reconnect_backoff =
+        Some(Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(50), multiplier: 2.0 });
     let running = start(config, options);
     running.wait_until("query open", Duration::from_secs(30), |_| simulator.running_push_queries() == 1).await;
     // Produce in rounds; after each round cut the connection a few hundred rows into the replay.

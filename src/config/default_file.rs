@@ -21,6 +21,9 @@ http2 = "auto"
 connect_timeout = "10s"
 # A push query that sends no byte for this long is considered stalled and reopened.
 idle_timeout = "15m"
+# Reopening a broken push query waits this long at first, doubling (with jitter) up to the max.
+reconnect_backoff_initial = "100ms"
+reconnect_backoff_max = "30s"
 
 [lake]
 # Where the lake lives: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
@@ -33,6 +36,8 @@ url = "file:///var/lib/ksql-lake"
 # access_key_id = "..."
 # secret_access_key = "..."
 # session_token = "..."
+# One request to the store may take this long; failed writes are retried with the rows kept.
+request_timeout = "30s"
 
 [http]
 # /metrics (Prometheus), /healthz and /readyz.

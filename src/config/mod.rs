@@ -73,6 +73,9 @@ pub struct KsqldbConfig {
     pub connect_timeout: Duration,
     /// A push query that sends no byte for this long is treated as stalled and reopened.
     pub idle_timeout: Duration,
+    /// Reconnect delays grow exponentially (with jitter) from the first to the largest.
+    pub reconnect_backoff_initial: Duration,
+    pub reconnect_backoff_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +89,8 @@ pub struct LakeConfig {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+    /// One request to the object store may take this long before it is retried.
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,7 +34,8 @@ pub struct RawKsqldb {
     pub http2: Option<String>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
-    pub max_push_queries: Option<u64>,
+    pub reconnect_backoff_initial: Option<String>,
+    pub reconnect_backoff_max: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -48,6 +49,7 @@ pub struct RawLake {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -14,6 +14,9 @@ pub const DEFAULT_MEMORY_BUDGET: &str = "512MiB";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "25s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "15m";
+pub const DEFAULT_RECONNECT_BACKOFF_INITIAL: &str = "100ms";
+pub const DEFAULT_RECONNECT_BACKOFF_MAX: &str = "30s";
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
 pub const DEFAULT_PARTITIONING: &str = "daily";
 pub const DEFAULT_TIMESTAMP_COLUMN: &str = "ROWTIME";
 /// The `timestamp_column` value that partitions by the time ksql-lake received a row.
@@ -107,6 +110,22 @@ fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigEr
     let connect_timeout =
         duration("ksqldb.connect_timeout", raw.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT)?;
     let idle_timeout = duration("ksqldb.idle_timeout", raw.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT)?;
+    if idle_timeout.is_zero() {
+        return Err(ConfigError::invalid("ksqldb.idle_timeout", "must be greater than zero"));
+    }
+    let reconnect_backoff_initial = duration(
+        "ksqldb.reconnect_backoff_initial",
+        raw.reconnect_backoff_initial.as_deref(),
+        DEFAULT_RECONNECT_BACKOFF_INITIAL,
+    )?;
+    let reconnect_backoff_max =
+        duration("ksqldb.reconnect_backoff_max", raw.reconnect_backoff_max.as_deref(), DEFAULT_RECONNECT_BACKOFF_MAX)?;
+    if reconnect_backoff_initial.is_zero() || reconnect_backoff_max < reconnect_backoff_initial {
+        return Err(ConfigError::invalid(
+            "ksqldb.reconnect_backoff_max",
+            "must be at least `reconnect_backoff_initial`, which must be greater than zero",
+        ));
+    }
     Ok(KsqldbConfig {
         url,
         username: raw.username.clone(),
@@ -117,6 +136,8 @@ fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigEr
         http2,
         connect_timeout,
         idle_timeout,
+        reconnect_backoff_initial,
+        reconnect_backoff_max,
     })
 }
 
@@ -142,6 +163,7 @@ fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
         access_key_id: raw.access_key_id.clone(),
         secret_access_key: raw.secret_access_key.clone(),
         session_token: raw.session_token.clone(),
+        request_timeout: duration("lake.request_timeout", raw.request_timeout.as_deref(), DEFAULT_REQUEST_TIMEOUT)?,
     })
 }
 

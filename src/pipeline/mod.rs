@@ -46,7 +46,8 @@ pub struct RunOptions {
     pub tick: Duration,
     /// A partly filled batch leaves the source after this long.
     pub linger: Duration,
-    pub reconnect_backoff: Backoff,
+    /// Overrides the config's reconnect backoff (tests use tiny delays).
+    pub reconnect_backoff: Option<Backoff>,
     /// Backoff between commit attempts while the lake fails.
     pub write_retry: lake::RetryPolicy,
     /// Serve /metrics, /healthz, /readyz.
@@ -61,7 +62,7 @@ impl Default for RunOptions {
         RunOptions {
             tick: Duration::from_secs(1),
             linger: Duration::from_millis(200),
-            reconnect_backoff: Backoff::default(),
+            reconnect_backoff: None,
             write_retry: lake::RetryPolicy {
                 max_attempts: 3,
                 initial_backoff: Duration::from_millis(250),
@@ -135,7 +136,11 @@ pub async fn run_with(
                 batch_rows: feed.settings.batch_rows,
                 linger: options.linger,
                 idle_timeout: config.ksqldb.idle_timeout,
-                backoff: options.reconnect_backoff,
+                backoff: options.reconnect_backoff.unwrap_or(Backoff {
+                    initial: config.ksqldb.reconnect_backoff_initial,
+                    max: config.ksqldb.reconnect_backoff_max,
+                    multiplier: 2.0,
+                }),
             },
             client: client.clone(),
             metrics: metrics.clone(),
@@ -285,7 +290,7 @@ pub fn s3_options(lake: &config::LakeConfig) -> lake::S3Options {
         access_key_id: lake.access_key_id.clone(),
         secret_access_key: lake.secret_access_key.clone(),
         session_token: lake.session_token.clone(),
-        ..Default::default()
+        extra: vec![("timeout".to_string(), humantime::format_duration(lake.request_timeout).to_string())],
     }
 }
 

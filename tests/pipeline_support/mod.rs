@@ -168,15 +168,33 @@ pub async fn feed_objects(store: &Arc<dyn ObjectStore>, feed_dir: &Path) -> Vec<
 }
 
 /// Checks a feed folder: only Parquet files and `_metadata.json`, every row exactly once, every
-/// value equal to what was produced, every row in the partition of its ROWTIME.
+/// value equal to what was produced, every row in the partition of its ROWTIME, and the
+/// metadata listing exactly the files present with their row counts.
 pub fn verify_feed(objects: &[(String, Bytes)], rows: i64, hourly: bool) {
+    let duplicates = verify_feed_rows(objects, rows, hourly, false);
+    assert_eq!(duplicates, 0);
+}
+
+/// Like [`verify_feed`], but rows may appear more than once (at-least-once); returns how many
+/// extra copies there are. Nothing may be missing.
+pub fn verify_feed_rows(objects: &[(String, Bytes)], rows: i64, hourly: bool, allow_duplicates: bool) -> u64 {
     let mut seen_ids = BTreeSet::new();
     let mut seen_positions = BTreeSet::new();
     let mut files = 0;
+    let mut duplicates = 0;
+    let mut rows_in_files: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut listed: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut total_records = 0;
     for (relative, bytes) in objects {
         if relative == "_metadata.json" {
             let metadata: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-            assert_eq!(metadata["total_records"], rows, "metadata counts every row once");
+            total_records = metadata["total_records"].as_u64().unwrap();
+            for partition in metadata["partitions"].as_array().unwrap() {
+                for file in partition["files"].as_array().unwrap() {
+                    let path = format!("{}/{}", partition["path"].as_str().unwrap(), file["name"].as_str().unwrap());
+                    listed.insert(path, file["records"].as_u64().unwrap());
+                }
+            }
             continue;
         }
         assert!(relative.ends_with(".parquet"), "unexpected object {relative}: nothing half-written is visible");
@@ -184,12 +202,18 @@ pub fn verify_feed(objects: &[(String, Bytes)], rows: i64, hourly: bool) {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).unwrap().build().unwrap();
         for batch in reader {
             let batch = batch.unwrap();
+            *rows_in_files.entry(relative.clone()).or_default() += batch.num_rows() as u64;
             for index in 0..batch.num_rows() {
                 let id = verify_row(&batch, index, rows);
-                assert!(seen_ids.insert(id), "row {id} written twice");
                 let partition = batch.column_by_name("ROWPARTITION").unwrap().as_primitive::<Int32Type>().value(index);
                 let offset = batch.column_by_name("ROWOFFSET").unwrap().as_primitive::<Int64Type>().value(index);
-                assert!(seen_positions.insert((partition, offset)));
+                let new_id = seen_ids.insert(id);
+                let new_position = seen_positions.insert((partition, offset));
+                assert_eq!(new_id, new_position, "row {id} and its position ({partition}, {offset}) go together");
+                if !new_id {
+                    assert!(allow_duplicates, "row {id} (position {partition}/{offset}) written twice");
+                    duplicates += 1;
+                }
                 let rowtime = batch.column_by_name("ROWTIME").unwrap().as_primitive::<Int64Type>().value(index);
                 assert_eq!(rowtime, event_ms(id, rows));
                 let expected_dir = partition_dir(rowtime, hourly);
@@ -199,6 +223,9 @@ pub fn verify_feed(objects: &[(String, Bytes)], rows: i64, hourly: bool) {
     }
     assert!(files > 0);
     assert_eq!(seen_ids.len() as i64, rows, "every row is in the lake");
+    assert_eq!(listed, rows_in_files, "_metadata.json lists exactly the files present, with their rows");
+    assert_eq!(total_records, rows_in_files.values().sum::<u64>(), "metadata total matches the files");
+    duplicates
 }
 
 pub fn partition_dir(ms: i64, hourly: bool) -> String {
