@@ -38,6 +38,16 @@
 //! - Properties: `auto.offset.reset` / `ksql.streams.auto.offset.reset` = `earliest` |
 //!   `latest` (default) in `properties` (`/query-stream`) or `streamsProperties` (`/query`).
 //!   Pull queries ignore it.
+//! - Scalable push queries (brief section 3): with `ksql.query.push.v2.enabled` (server
+//!   config [`SimulatorConfig::push_v2_enabled`] or a request property, a JSON boolean; `/query`
+//!   also takes `"true"`), a push query on a stream that reads neither ROWPARTITION nor
+//!   ROWOFFSET and does not ask for `earliest` runs as `SCALABLE_PUSH_QUERY_<uuid>`: no
+//!   completion message, unknown to `/close-query`. With
+//!   `ksql.query.push.v2.continuation.tokens.enabled` too it writes continuation tokens
+//!   ([`token`]) and resumes from `request.ksql.query.push.continuation.token` in
+//!   `requestProperties` (400 40000 for a token it cannot use). Other queries ignore tokens.
+//! - Schema changes: [`Simulator::replace_columns`] appends columns as an additive
+//!   `CREATE OR REPLACE` does; running queries keep the schema they started with.
 //!
 //! Values inside a STRUCT are written the way 0.29's Kafka Connect round trip would write
 //! them (protocol brief, Unverified 1): TIMESTAMP/DATE/TIME as numbers, DECIMAL as a double.

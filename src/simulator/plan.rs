@@ -389,6 +389,20 @@ mod tests {
     }
 
     #[test]
+    fn offset_pseudo_columns_are_found_in_select_and_where() {
+        let uses = |sql: &str| {
+            Plan::new(&parse(sql).unwrap(), source())
+                .unwrap()
+                .uses_offset_columns()
+        };
+        assert!(!uses("SELECT ROWTIME, * FROM S WHERE N > 1 EMIT CHANGES;"));
+        assert!(uses("SELECT ROWOFFSET FROM S EMIT CHANGES;"));
+        assert!(uses(
+            "SELECT N FROM S WHERE N = 1 OR NOT ROWPARTITION = 0 EMIT CHANGES;"
+        ));
+    }
+
+    #[test]
     fn resume_filter_keeps_rows_after_offsets() {
         // partition p holds N = p, p+3, p+6 at offsets 0, 1, 2
         let rows = run(

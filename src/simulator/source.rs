@@ -449,6 +449,48 @@ mod tests {
     }
 
     #[test]
+    fn seek_finds_the_first_row_after_per_partition_offsets() {
+        let source = stream(2, None);
+        // partition 0 gets a=0,2,4 (offsets 0,1,2), partition 1 gets a=1,3 (offsets 0,1)
+        source
+            .append((0..5).map(|a| pending(&source, Some((a % 2) as u32), a)))
+            .unwrap();
+        assert_eq!(source.seek(&[0, 0]), Some(0));
+        assert_eq!(source.seek(&[2, 0]), Some(1));
+        assert_eq!(source.seek(&[2, 2]), Some(4));
+        assert_eq!(source.seek(&[3, 2]), Some(5));
+        assert_eq!(source.seek(&[4, 0]), None);
+        assert_eq!(source.seek(&[0]), None);
+        assert_eq!(source.end_positions(), (5, vec![3, 2]));
+    }
+
+    #[test]
+    fn replaced_columns_read_null_in_older_rows() {
+        let source = stream(1, None);
+        source.append([pending(&source, None, 1)]).unwrap();
+        let mut columns = source.columns().to_vec();
+        columns.push(Column::new("C", KsqlType::Boolean));
+        assert!(source.replace_columns(columns[1..].to_vec()).is_err());
+        source.replace_columns(columns).unwrap();
+        assert!(source.render(&[Value::Integer(2), Value::Null]).is_err());
+        let (text, ends) = source
+            .render(&[Value::Integer(2), Value::Null, Value::Boolean(true)])
+            .unwrap();
+        source
+            .append([Pending {
+                partition: None,
+                rowtime: 2,
+                text,
+                ends,
+                tombstone: false,
+            }])
+            .unwrap();
+        let rows = source.read(0, 10).rows;
+        assert_eq!(rows[0].column(2), "null");
+        assert_eq!(rows[1].column(2), "true");
+    }
+
+    #[test]
     fn tables_keep_latest_state_per_key() {
         let columns = vec![
             Column {
