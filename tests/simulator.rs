@@ -972,3 +972,460 @@ async fn shutdown_cuts_open_queries_abruptly() {
     assert!(rest.is_err(), "{rest:?}");
     wait_for(|| sim.running_push_queries() == 0).await;
 }
+
+fn pageviews_with_referrer() -> Vec<Column> {
+    vec![
+        key("USERID", KsqlType::String),
+        Column::new("PAGEID", KsqlType::String),
+        Column::new("VIEWTIME", KsqlType::Bigint),
+        Column::new("referrer", KsqlType::String),
+    ]
+}
+
+#[tokio::test]
+async fn replace_columns_adds_columns_for_new_queries_only() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    view(&sim, 0, "OLD", "P1", 1);
+    let mut before = post(
+        &h1(),
+        &handle,
+        "/query-stream",
+        None,
+        earliest_qs("SELECT * FROM PAGEVIEWS EMIT CHANGES;"),
+    )
+    .await;
+    let mut old_text = String::new();
+    read_lines(&mut before, &mut old_text, 2).await;
+
+    sim.replace_columns("pageviews", pageviews_with_referrer())
+        .unwrap();
+    let short = sim.produce(
+        "PAGEVIEWS",
+        Some(1),
+        1_002,
+        vec![Value::string("X"), Value::string("P"), Value::Bigint(2)],
+    );
+    assert!(short.is_err(), "{short:?}");
+    sim.produce(
+        "PAGEVIEWS",
+        Some(1),
+        1_002,
+        vec![
+            Value::string("NEW"),
+            Value::string("P2"),
+            Value::Bigint(2),
+            Value::string("search"),
+        ],
+    )
+    .unwrap();
+
+    // the query opened before keeps its header and its three columns
+    read_lines(&mut before, &mut old_text, 3).await;
+    let (old_body, _) = strip_id(&old_text);
+    assert_eq!(
+        old_body.lines().collect::<Vec<_>>(),
+        [
+            r#"{"queryId":"<ID>","columnNames":["USERID","PAGEID","VIEWTIME"],"columnTypes":["STRING","STRING","BIGINT"]}"#,
+            r#"["OLD","P1",1]"#,
+            r#"["NEW","P2",2]"#,
+        ]
+    );
+
+    // a new query gets the new header, pseudo columns first, NULL for the old row
+    let mut after = post(
+        &h2(),
+        &handle,
+        "/query-stream",
+        None,
+        earliest_qs("SELECT ROWTIME, * FROM PAGEVIEWS EMIT CHANGES;"),
+    )
+    .await;
+    let mut new_text = String::new();
+    read_lines(&mut after, &mut new_text, 3).await;
+    let (new_body, _) = strip_id(&new_text);
+    assert_eq!(
+        new_body.lines().collect::<Vec<_>>(),
+        [
+            r#"{"queryId":"<ID>","columnNames":["ROWTIME","USERID","PAGEID","VIEWTIME","REFERRER"],"columnTypes":["BIGINT","STRING","STRING","BIGINT","STRING"]}"#,
+            r#"[1001,"OLD","P1",1,null]"#,
+            r#"[1002,"NEW","P2",2,"search"]"#,
+        ]
+    );
+    // SELECT * copies new rows and pads old ones, in StreamedRow too
+    let pull = post(
+        &h1(),
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM PAGEVIEWS;"}),
+    )
+    .await;
+    let (pull_body, _) = strip_id(&body_text(pull).await);
+    assert_eq!(
+        pull_body,
+        "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`USERID` STRING, `PAGEID` STRING, `VIEWTIME` BIGINT, `REFERRER` STRING\"}},\n\
+         {\"row\":{\"columns\":[\"OLD\",\"P1\",1,null]}},\n\
+         {\"row\":{\"columns\":[\"NEW\",\"P2\",2,\"search\"]}},\n\
+         {\"finalMessage\":\"Query Completed\"}]"
+    );
+
+    // terminating the old queries is how a test makes clients reconnect
+    assert_eq!(sim.inject(Fault::Terminate), 2);
+    assert_eq!(body_text(before).await, "");
+    assert_eq!(body_text(after).await, "");
+    wait_for(|| sim.running_push_queries() == 0).await;
+}
+
+#[tokio::test]
+async fn replace_columns_rejects_non_additive_changes() {
+    let (sim, _handle) = start(SimulatorConfig::default()).await;
+    let mut changed = pageviews_with_referrer();
+    changed[1].ty = KsqlType::Integer;
+    let mut dropped = pageviews_with_referrer();
+    dropped.truncate(2);
+    let mut new_key = pageviews_with_referrer();
+    new_key[3].role = ColumnRole::Key;
+    let mut duplicate = pageviews_with_referrer();
+    duplicate[3].name = "pageid".into();
+    for columns in [changed, dropped, new_key, duplicate] {
+        let error = sim
+            .replace_columns("PAGEVIEWS", columns.clone())
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot replace the columns of PAGEVIEWS"),
+            "{columns:?}: {error}"
+        );
+    }
+    assert!(sim
+        .replace_columns("NOPE", pageviews_with_referrer())
+        .is_err());
+    // the schema is unchanged: produce still takes three values
+    view(&sim, 0, "U", "P", 1);
+}
+
+const SPQ_PROPS: &str =
+    r#"{"ksql.query.push.v2.enabled":true,"ksql.query.push.v2.continuation.tokens.enabled":true}"#;
+
+fn spq_props() -> Json {
+    serde_json::from_str(SPQ_PROPS).unwrap()
+}
+
+/// The per-partition offsets inside a continuation token.
+fn token_offsets(token: &str) -> Vec<i64> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .unwrap();
+    let range: Json = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(range["v"], 0, "{range}");
+    range["e"]["o"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_i64().unwrap())
+        .collect()
+}
+
+/// Reads chunks until `text` contains `needle`.
+async fn read_until(response: &mut reqwest::Response, text: &mut String, needle: &str) {
+    while !text.contains(needle) {
+        let chunk = timeout(WAIT, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn scalable_push_queries_write_tokens_in_each_framing() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    view(&sim, 0, "BEFORE", "P", 0);
+    let sql = "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;";
+    let client = h1();
+    let mut delimited = post(
+        &client,
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": sql, "properties": spq_props()}),
+    )
+    .await;
+    let mut array = post(
+        &h2(),
+        &handle,
+        "/query-stream",
+        Some("application/json"),
+        json!({"sql": sql, "properties": spq_props()}),
+    )
+    .await;
+    // /query coerces property values: strings work there
+    let mut streamed = post(
+        &client,
+        &handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": sql, "streamsProperties": {
+            "ksql.query.push.v2.enabled": "true",
+            "ksql.query.push.v2.continuation.tokens.enabled": "true"}}),
+    )
+    .await;
+    // without the flags (or with earliest, or ROWOFFSET) it stays an ordinary push query
+    let mut plain = post(
+        &client,
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": sql, "properties": {"ksql.query.push.v2.enabled": true,
+            "ksql.query.push.v2.continuation.tokens.enabled": true, "auto.offset.reset": "earliest"}}),
+    )
+    .await;
+    let (mut d, mut a, mut s, mut p) = (String::new(), String::new(), String::new(), String::new());
+    read_lines(&mut delimited, &mut d, 1).await;
+    read_until(&mut array, &mut a, "}").await;
+    read_lines(&mut streamed, &mut s, 1).await;
+    read_lines(&mut plain, &mut p, 2).await;
+    wait_for(|| sim.running_push_queries() == 4).await;
+    sim.produce_batch(
+        "PAGEVIEWS",
+        [
+            (
+                Some(0),
+                1_001,
+                vec![Value::string("A"), Value::string("P"), Value::Bigint(1)],
+            ),
+            (
+                Some(1),
+                1_002,
+                vec![Value::string("B"), Value::string("P"), Value::Bigint(2)],
+            ),
+            (
+                Some(0),
+                1_003,
+                vec![Value::string("C"), Value::string("P"), Value::Bigint(3)],
+            ),
+        ],
+    )
+    .unwrap();
+    read_until(&mut delimited, &mut d, "continuationToken").await;
+    read_until(&mut array, &mut a, "continuationToken").await;
+    read_until(&mut streamed, &mut s, "continuationToken").await;
+    read_lines(&mut plain, &mut p, 5).await;
+
+    let (d_body, d_id) = strip_id(&d);
+    assert!(d_id.starts_with("SCALABLE_PUSH_QUERY_"), "{d_id}");
+    assert_eq!(d_id.len(), "SCALABLE_PUSH_QUERY_".len() + 36, "{d_id}");
+    let lines: Vec<&str> = d_body.lines().collect();
+    assert_eq!(lines[1..4], ["[1]", "[2]", "[3]"]);
+    let token_line: Json = serde_json::from_str(lines[4]).unwrap();
+    let token = token_line["continuationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(token_offsets(&token), [3, 1]);
+
+    let (a_body, a_id) = strip_id(&a);
+    assert!(a_id.starts_with("SCALABLE_PUSH_QUERY_") && a_id != d_id);
+    assert!(
+        a_body.ends_with(&format!(
+            ",[1],[2],[3],{{\"continuationToken\":\"{token}\"}}"
+        )),
+        "{a_body}"
+    );
+    let (s_body, s_id) = strip_id(&s);
+    assert!(s_id.starts_with("SCALABLE_PUSH_QUERY_"));
+    assert!(
+        s_body.ends_with(&format!(
+            "{{\"row\":{{\"columns\":[3]}}}},\n{{\"continuationToken\":{{\"continuationToken\":\"{token}\"}}}},\n"
+        )),
+        "{s_body}"
+    );
+    let (p_body, p_id) = strip_id(&p);
+    assert!(p_id.starts_with("transient_PAGEVIEWS_"), "{p_id}");
+    assert!(!p_body.contains("continuationToken"));
+
+    // scalable push queries are not registered for /close-query, the plain one is
+    for id in [&d_id, &a_id, &s_id] {
+        expect_error(
+            post(
+                &client,
+                &handle,
+                "/close-query",
+                None,
+                json!({"queryId": id}),
+            )
+            .await,
+            400,
+            json!({"@type": "generic_error", "error_code": 40000,
+                "message": format!("No query with id {id}")}),
+        )
+        .await;
+    }
+    let closed = post(
+        &client,
+        &handle,
+        "/close-query",
+        None,
+        json!({"queryId": p_id}),
+    )
+    .await;
+    assert_eq!(closed.status(), 200);
+    assert_eq!(body_text(plain).await, "");
+    assert_eq!(sim.running_push_queries(), 3);
+
+    // a terminated SPQ ends without a completion message
+    assert_eq!(sim.inject(Fault::Terminate), 3);
+    assert_eq!(body_text(delimited).await, "");
+    assert_eq!(body_text(array).await, "]");
+    assert_eq!(body_text(streamed).await, "]");
+    wait_for(|| sim.running_push_queries() == 0).await;
+}
+
+/// Collects the body of a query that gets cut, until the connection drops.
+async fn read_until_cut(response: &mut reqwest::Response) -> String {
+    let mut received = Vec::new();
+    loop {
+        match timeout(WAIT, response.chunk()).await.unwrap() {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => panic!("body ended cleanly"),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8(received).unwrap()
+}
+
+/// Row values and tokens of a delimited body, after the metadata line.
+fn rows_and_tokens(body: &str) -> (Vec<i64>, Vec<(usize, String)>) {
+    let mut rows = Vec::new();
+    let mut tokens = Vec::new();
+    for line in body.lines().skip(1) {
+        let value: Json = serde_json::from_str(line).unwrap();
+        match value.get("continuationToken") {
+            Some(token) => tokens.push((rows.len(), token.as_str().unwrap().to_string())),
+            None => rows.push(value[0].as_i64().unwrap()),
+        }
+    }
+    (rows, tokens)
+}
+
+fn batch(range: std::ops::Range<i64>) -> Vec<(Option<u32>, i64, Vec<Value>)> {
+    range
+        .map(|i| {
+            let user = Value::string(format!("U{i}"));
+            (
+                None,
+                1_000 + i,
+                vec![user, Value::string("P"), Value::Bigint(i)],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn continuation_token_resumes_after_a_cut() {
+    let config = SimulatorConfig {
+        push_v2_enabled: true,
+        continuation_tokens_enabled: true,
+        ..Default::default()
+    };
+    assert_eq!(config.continuation_token_every_rows, 100);
+    let (sim, handle) = start(config).await;
+    let sql = "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;";
+    sim.inject_next(Fault::CutAfterRows(150));
+    let mut first = post(&h1(), &handle, "/query-stream", None, json!({"sql": sql})).await;
+    let mut text = String::new();
+    read_lines(&mut first, &mut text, 1).await;
+    wait_for(|| sim.running_push_queries() == 1).await;
+    sim.produce_batch("PAGEVIEWS", batch(0..250)).unwrap();
+    let body = read_until_cut(&mut first).await;
+    let (rows, tokens) = rows_and_tokens(&format!("{text}{body}"));
+    assert_eq!(rows, (0..150).collect::<Vec<_>>());
+    // one token every 100 rows; the cut came before the end-of-batch token
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let (after_rows, token) = tokens[0].clone();
+    assert_eq!(after_rows, 100);
+    assert_eq!(token_offsets(&token).iter().sum::<i64>(), 100);
+    wait_for(|| sim.running_push_queries() == 0).await;
+
+    // rows produced while disconnected are delivered too, nothing before the token again
+    let positions = sim.produce_batch("PAGEVIEWS", batch(250..270)).unwrap();
+    let mut resumed = post(
+        &h2(),
+        &handle,
+        "/query-stream",
+        None,
+        json!({"sql": sql, "requestProperties": {
+            "request.ksql.query.push.continuation.token": token}}),
+    )
+    .await;
+    assert_eq!(resumed.status(), 200);
+    let mut text = String::new();
+    // 170 rows, a token after 100 of them and one after the batch
+    read_lines(&mut resumed, &mut text, 1 + 170 + 2).await;
+    let (rows, tokens) = rows_and_tokens(&text);
+    assert_eq!(rows, (100..270).collect::<Vec<_>>());
+    assert_eq!(
+        tokens.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+        [100, 170]
+    );
+    let mut ends = vec![0i64; 2];
+    for (partition, offset) in positions {
+        ends[partition as usize] = ends[partition as usize].max(offset + 1);
+    }
+    assert_eq!(token_offsets(&tokens[1].1), ends);
+    drop(resumed);
+    wait_for(|| sim.running_push_queries() == 0).await;
+}
+
+#[tokio::test]
+async fn bad_continuation_tokens_are_rejected() {
+    let config = SimulatorConfig {
+        push_v2_enabled: true,
+        continuation_tokens_enabled: true,
+        ..Default::default()
+    };
+    let (sim, handle) = start(config).await;
+    view(&sim, 0, "U", "P", 1);
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let cases = [
+        ("not a token!".to_string(), "not base64"),
+        (b64("{}"), "not a JSON offset range"),
+        (
+            b64(r#"{"s":null,"e":{"o":[0,0]},"v":1}"#),
+            "unsupported version 1",
+        ),
+        (
+            b64(r#"{"s":null,"e":{"o":[0]},"v":0}"#),
+            "has 1 partitions, the source has 2",
+        ),
+        (
+            b64(r#"{"s":null,"e":{"o":[5,0]},"v":0}"#),
+            "is ahead of the source",
+        ),
+    ];
+    for (token, reason) in cases {
+        let response = post(
+            &h1(),
+            &handle,
+            "/query-stream",
+            None,
+            json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;",
+                "requestProperties": {"request.ksql.query.push.continuation.token": token}}),
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        let body: Json = serde_json::from_str(&body_text(response).await).unwrap();
+        assert_eq!(body["error_code"], 40000);
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Invalid continuation token"),
+            "{message}"
+        );
+        assert!(message.contains(reason), "{message}");
+    }
+    assert_eq!(sim.running_push_queries(), 0);
+}

@@ -37,6 +37,9 @@ pub struct QueryControl {
     inbox: Mutex<Vec<Fault>>,
     /// Woken (with a stored permit) when a fault arrives.
     pub wake: Notify,
+    /// Whether `/close-query` can find it: scalable push queries are not registered there
+    /// (brief section 2.6), though faults still reach them.
+    pub closable: bool,
 }
 
 impl QueryControl {
@@ -46,6 +49,15 @@ impl QueryControl {
             close: CancellationToken::new(),
             inbox: Mutex::new(faults),
             wake: Notify::new(),
+            closable: true,
+        }
+    }
+
+    /// A control block `/close-query` does not know (a scalable push query).
+    pub fn unclosable(id: String) -> Self {
+        QueryControl {
+            closable: false,
+            ..QueryControl::new(id, Vec::new())
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Writer {
     /// Table pull queries are buffered: StreamedRow puts separators before rows instead of
     /// after them and ends without a final message.
     pub pull_table: bool,
+    /// Scalable push queries have no completion message: StreamedRow ends `},\n]`.
+    pub scalable: bool,
 }
 
 impl Writer {
@@ -51,7 +53,32 @@ impl Writer {
         Writer {
             framing,
             pull_table: kind == QueryKind::PullTable,
+            scalable: false,
         }
+    }
+
+    /// Appends a standalone continuation-token entry (brief section 3).
+    pub fn continuation_token(&self, out: &mut Vec<u8>, token: &str) {
+        let mut text = String::new();
+        match self.framing {
+            Framing::Delimited | Framing::JsonArray => {
+                if self.framing == Framing::JsonArray {
+                    text.push(',');
+                }
+                text.push_str("{\"continuationToken\":");
+                write_json_string(&mut text, token);
+                text.push('}');
+                if self.framing == Framing::Delimited {
+                    text.push('\n');
+                }
+            }
+            Framing::StreamedRow => {
+                text.push_str("{\"continuationToken\":{\"continuationToken\":");
+                write_json_string(&mut text, token);
+                text.push_str("}},\n");
+            }
+        }
+        out.extend_from_slice(text.as_bytes());
     }
 
     pub fn header(&self, out: &mut Vec<u8>, query_id: &str, plan: &Plan) {
@@ -158,6 +185,7 @@ impl Writer {
                 out.extend_from_slice(b"},\n]");
             }
             (Framing::StreamedRow, _) if self.pull_table => out.push(b']'),
+            (Framing::StreamedRow, End::Completed) if self.scalable => out.push(b']'),
             (Framing::StreamedRow, End::LimitReached) => {
                 out.extend_from_slice(b"{\"finalMessage\":\"Limit Reached\"}]");
             }

@@ -38,6 +38,16 @@
 //! - Properties: `auto.offset.reset` / `ksql.streams.auto.offset.reset` = `earliest` |
 //!   `latest` (default) in `properties` (`/query-stream`) or `streamsProperties` (`/query`).
 //!   Pull queries ignore it.
+//! - Scalable push queries (brief section 3): with `ksql.query.push.v2.enabled` (server
+//!   config [`SimulatorConfig::push_v2_enabled`] or a request property, a JSON boolean; `/query`
+//!   also takes `"true"`), a push query on a stream that reads neither ROWPARTITION nor
+//!   ROWOFFSET and does not ask for `earliest` runs as `SCALABLE_PUSH_QUERY_<uuid>`: no
+//!   completion message, unknown to `/close-query`. With
+//!   `ksql.query.push.v2.continuation.tokens.enabled` too it writes continuation tokens
+//!   ([`token`]) and resumes from `request.ksql.query.push.continuation.token` in
+//!   `requestProperties` (400 40000 for a token it cannot use). Other queries ignore tokens.
+//! - Schema changes: [`Simulator::replace_columns`] appends columns as an additive
+//!   `CREATE OR REPLACE` does; running queries keep the schema they started with.
 //!
 //! Values inside a STRUCT are written the way 0.29's Kafka Connect round trip would write
 //! them (protocol brief, Unverified 1): TIMESTAMP/DATE/TIME as numbers, DECIMAL as a double.
@@ -49,6 +59,7 @@ pub mod query;
 pub mod server;
 pub mod source;
 pub mod sql;
+pub mod token;
 pub mod value;
 
 use std::collections::HashMap;
@@ -84,6 +95,15 @@ pub struct SimulatorConfig {
     pub heartbeat: bool,
     /// Default log retention per source (rows kept); `None` keeps everything.
     pub retention: Option<usize>,
+    /// `ksql.query.push.v2.enabled` as server config: qualifying push queries run as
+    /// scalable push queries. A request's `properties` (`streamsProperties` on `/query`)
+    /// can set it either way per query.
+    pub push_v2_enabled: bool,
+    /// `ksql.query.push.v2.continuation.tokens.enabled` as server config (per request too).
+    pub continuation_tokens_enabled: bool,
+    /// A scalable push query writes a continuation token at least every this many rows,
+    /// and after the last row of every read batch.
+    pub continuation_token_every_rows: usize,
 }
 
 impl Default for SimulatorConfig {
@@ -95,6 +115,9 @@ impl Default for SimulatorConfig {
             legacy_pre_024: false,
             heartbeat: false,
             retention: None,
+            push_v2_enabled: false,
+            continuation_tokens_enabled: false,
+            continuation_token_every_rows: 100,
         }
     }
 }
@@ -118,6 +141,8 @@ pub enum SimulatorError {
         partition: u32,
         partitions: u32,
     },
+    #[error("cannot replace the columns of {source_name}: {reason}")]
+    IncompatibleSchema { source_name: String, reason: String },
     #[error("source {0} is not a table")]
     NotATable(String),
     #[error("a simulator lock was poisoned")]
@@ -339,7 +364,7 @@ impl Simulator {
             return Err(SimulatorError::NotATable(source.name.clone()));
         }
         let mut values = key;
-        values.resize(source.columns.len(), Value::Null);
+        values.resize(source.columns().len(), Value::Null);
         let (text, ends) = source.render(&values)?;
         let pending = Pending {
             partition: None,
@@ -349,6 +374,33 @@ impl Simulator {
             tombstone: true,
         };
         source.append([pending]).map(|p| p[0])
+    }
+
+    /// `CREATE OR REPLACE` with added columns: `columns` must start with the source's
+    /// current columns unchanged (what ksqlDB accepts); the rest are new value columns.
+    ///
+    /// - Rows produced before are served with `null` for the added columns.
+    /// - From now on `produce` takes values for every column (the old arity is an error).
+    /// - Push queries already running keep the header and projection they started with, as
+    ///   ksqlDB's transient queries do; end them with [`Fault::Terminate`] (or a cut) to
+    ///   make a client reconnect. New queries see the new columns (`SELECT *` expands to
+    ///   them).
+    pub fn replace_columns(
+        &self,
+        source: &str,
+        columns: Vec<Column>,
+    ) -> Result<(), SimulatorError> {
+        let source = self.source(&canonical_name(source))?;
+        let columns: Vec<Column> = columns
+            .into_iter()
+            .map(|c| Column {
+                name: canonical_name(&c.name),
+                ..c
+            })
+            .collect();
+        source.replace_columns(columns)?;
+        tracing::info!(source = %source.name, columns = source.columns().len(), "source columns replaced");
+        Ok(())
     }
 
     /// `false` makes the query endpoints answer 503 50302, as a starting server does.

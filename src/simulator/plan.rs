@@ -43,6 +43,9 @@ pub struct Plan {
     pub identity: bool,
     /// Output columns; key columns carry [`ColumnRole::Key`] only for table pull queries.
     pub columns: Vec<Column>,
+    /// The source's columns when the query started: a query keeps its schema when the
+    /// source later gains columns.
+    pub source_columns: Arc<Vec<Column>>,
     pub filter: Option<Filter>,
     pub limit: Option<u64>,
 }
@@ -86,18 +89,19 @@ impl Plan {
             (false, SourceKind::Table) => QueryKind::PullTable,
             (false, SourceKind::Stream) => QueryKind::PullStream,
         };
+        let source_columns = source.columns();
         let mut projection = Vec::new();
         let mut columns = Vec::new();
         for item in &select.items {
             match item {
                 SelectItem::Star => {
-                    for (index, column) in source.columns.iter().enumerate() {
+                    for (index, column) in source_columns.iter().enumerate() {
                         projection.push(Proj::Column(index));
                         columns.push(output_column(column, kind));
                     }
                 }
                 SelectItem::Column(name) => {
-                    let (proj, column) = resolve(&source, name).ok_or_else(|| {
+                    let (proj, column) = resolve(&source_columns, name).ok_or_else(|| {
                         PlanError(format!("SELECT column '{name}' cannot be resolved."))
                     })?;
                     check_pull_pseudo(kind, proj, "SELECT")?;
@@ -106,13 +110,13 @@ impl Plan {
                 }
             }
         }
-        let identity = projection.len() == source.columns.len()
+        let identity = projection.len() == source_columns.len()
             && projection
                 .iter()
                 .enumerate()
                 .all(|(i, p)| *p == Proj::Column(i));
         let filter = match &select.filter {
-            Some(expr) => Some(bind(expr, &source, kind)?),
+            Some(expr) => Some(bind(expr, &source_columns, kind)?),
             None => None,
         };
         Ok(Plan {
@@ -121,9 +125,29 @@ impl Plan {
             projection,
             identity,
             columns,
+            source_columns,
             filter,
             limit: select.limit,
         })
+    }
+
+    /// Whether the query reads ROWPARTITION or ROWOFFSET anywhere (which rules out a
+    /// scalable push query).
+    pub fn uses_offset_columns(&self) -> bool {
+        fn in_filter(filter: &Filter) -> bool {
+            match filter {
+                Filter::And(a, b) | Filter::Or(a, b) => in_filter(a) || in_filter(b),
+                Filter::Not(a) => in_filter(a),
+                Filter::Literal(_) => false,
+                Filter::Compare(left, _, right) => [left, right]
+                    .iter()
+                    .any(|term| matches!(term, Term::Field(Proj::Rowpartition | Proj::Rowoffset))),
+            }
+        }
+        self.projection
+            .iter()
+            .any(|p| matches!(p, Proj::Rowpartition | Proj::Rowoffset))
+            || self.filter.as_ref().is_some_and(in_filter)
     }
 
     /// Whether a row passes the WHERE clause.
@@ -134,7 +158,9 @@ impl Plan {
     /// Appends the projected column values of `row`, comma-separated, without brackets.
     /// Tombstones keep key columns and null everything else, as ksqlDB's TombstoneFactory.
     pub fn write_values(&self, out: &mut Vec<u8>, row: &Row) {
-        if self.identity && !row.tombstone {
+        // a row produced under an older (shorter) schema is not a verbatim copy: its missing
+        // columns read as null
+        if self.identity && !row.tombstone && row.ends.len() == self.projection.len() {
             out.extend_from_slice(row.text.as_bytes());
             return;
         }
@@ -144,7 +170,7 @@ impl Plan {
             }
             if row.tombstone {
                 let is_key = matches!(proj, Proj::Column(i)
-                    if self.source.columns.get(*i).is_some_and(|c| c.role == ColumnRole::Key));
+                    if self.source_columns.get(*i).is_some_and(|c| c.role == ColumnRole::Key));
                 if !is_key {
                     out.extend_from_slice(b"null");
                     continue;
@@ -173,9 +199,9 @@ fn output_column(column: &Column, kind: QueryKind) -> Column {
     }
 }
 
-fn resolve(source: &Source, name: &str) -> Option<(Proj, Column)> {
-    if let Some(index) = source.columns.iter().position(|c| c.name == name) {
-        return Some((Proj::Column(index), source.columns[index].clone()));
+fn resolve(columns: &[Column], name: &str) -> Option<(Proj, Column)> {
+    if let Some(index) = columns.iter().position(|c| c.name == name) {
+        return Some((Proj::Column(index), columns[index].clone()));
     }
     PSEUDO
         .iter()
@@ -192,7 +218,7 @@ fn check_pull_pseudo(kind: QueryKind, proj: Proj, clause: &str) -> Result<(), Pl
     Ok(())
 }
 
-fn bind(expr: &Expr, source: &Source, kind: QueryKind) -> Result<Filter, PlanError> {
+fn bind(expr: &Expr, source: &[Column], kind: QueryKind) -> Result<Filter, PlanError> {
     Ok(match expr {
         Expr::And(a, b) => Filter::And(
             Box::new(bind(a, source, kind)?),
@@ -212,7 +238,7 @@ fn bind(expr: &Expr, source: &Source, kind: QueryKind) -> Result<Filter, PlanErr
     })
 }
 
-fn bind_operand(operand: &Operand, source: &Source, kind: QueryKind) -> Result<Term, PlanError> {
+fn bind_operand(operand: &Operand, source: &[Column], kind: QueryKind) -> Result<Term, PlanError> {
     Ok(match operand {
         Operand::Column(name) => {
             let (proj, _) = resolve(source, name)
@@ -360,6 +386,20 @@ mod tests {
             run("SELECT ROWPARTITION, ROWOFFSET, N FROM S EMIT CHANGES;")[4],
             "1,1,4"
         );
+    }
+
+    #[test]
+    fn offset_pseudo_columns_are_found_in_select_and_where() {
+        let uses = |sql: &str| {
+            Plan::new(&parse(sql).unwrap(), source())
+                .unwrap()
+                .uses_offset_columns()
+        };
+        assert!(!uses("SELECT ROWTIME, * FROM S WHERE N > 1 EMIT CHANGES;"));
+        assert!(uses("SELECT ROWOFFSET FROM S EMIT CHANGES;"));
+        assert!(uses(
+            "SELECT N FROM S WHERE N = 1 OR NOT ROWPARTITION = 0 EMIT CHANGES;"
+        ));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use super::fault::{Fault, QueryControl};
 use super::format::{End, Writer};
 use super::plan::Plan;
+use super::source::Row;
+use super::token;
 
 /// One body chunk, or the error that aborts the connection (a cut).
 pub type Chunk = Result<Bytes, io::Error>;
@@ -35,6 +37,65 @@ pub struct RunningQuery {
     pub heartbeat: bool,
     /// Released (freeing the push-query slot) when the task ends.
     pub slot: Option<Box<dyn Send + Sync>>,
+    /// Set for a scalable push query with continuation tokens.
+    pub tokens: Option<Tokens>,
+}
+
+/// Where a scalable push query stands in each partition, and when to tell the client.
+pub struct Tokens {
+    /// Next offset per partition; rows below it were sent or filtered out already.
+    positions: Vec<i64>,
+    /// A token at least every this many rows (besides one after each read batch).
+    every: usize,
+    rows_since: usize,
+    /// The positions moved since the last token.
+    moved: bool,
+}
+
+impl Tokens {
+    pub fn new(positions: Vec<i64>, every: usize) -> Self {
+        Tokens {
+            positions,
+            every: every.max(1),
+            rows_since: 0,
+            moved: false,
+        }
+    }
+
+    /// Takes `row` into the position; false for a row before it (already delivered before
+    /// the token the query resumed from).
+    fn admit(&mut self, row: &Row) -> bool {
+        let Some(next) = self.positions.get_mut(row.partition as usize) else {
+            return true;
+        };
+        if row.offset < *next {
+            return false;
+        }
+        *next = row.offset + 1;
+        self.moved = true;
+        true
+    }
+
+    fn write(&mut self, writer: &Writer, out: &mut Vec<u8>) {
+        writer.continuation_token(out, &token::encode(&self.positions));
+        self.rows_since = 0;
+        self.moved = false;
+    }
+
+    /// Counts a sent row; writes a token when `every` rows went by.
+    fn after_row(&mut self, writer: &Writer, out: &mut Vec<u8>) {
+        self.rows_since += 1;
+        if self.rows_since >= self.every {
+            self.write(writer, out);
+        }
+    }
+
+    /// At the end of a read batch: a token if the position moved.
+    fn after_batch(&mut self, writer: &Writer, out: &mut Vec<u8>) {
+        if self.moved {
+            self.write(writer, out);
+        }
+    }
 }
 
 struct Out {
@@ -181,11 +242,19 @@ impl RunningQuery {
                     break;
                 }
                 self.cursor = seq + 1;
+                if let Some(tokens) = &mut self.tokens {
+                    if !tokens.admit(row) {
+                        continue;
+                    }
+                }
                 if !self.plan.matches(row) {
                     continue;
                 }
                 self.writer.row(&mut buf, &self.plan, row);
                 out.rows_sent += 1;
+                if let Some(tokens) = &mut self.tokens {
+                    tokens.after_row(&self.writer, &mut buf);
+                }
                 if out.cut_rows.is_some_and(|cut| out.rows_sent >= cut) {
                     if out.send(buf).await == Flow::Go {
                         out.abort().await;
@@ -196,6 +265,9 @@ impl RunningQuery {
                     ending = Some(End::LimitReached);
                     break;
                 }
+            }
+            if let Some(tokens) = &mut self.tokens {
+                tokens.after_batch(&self.writer, &mut buf);
             }
             if out.send(buf).await == Flow::Stop {
                 return;

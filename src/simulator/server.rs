@@ -27,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 use super::fault::QueryControl;
 use super::format::{generic_error, statement_error, End, Framing, Writer};
 use super::plan::{Plan, QueryKind};
-use super::query::{Chunk, RunningQuery, BODY_CHANNEL_CHUNKS};
+use super::query::{Chunk, RunningQuery, Tokens, BODY_CHANNEL_CHUNKS};
+use super::source::{Source, SourceKind};
 use super::sql::{self, SqlError};
+use super::token::{self, TokenError};
 use super::{Simulator, SimulatorConfig, SimulatorError};
 
 type Body = BoxBody<Bytes, io::Error>;
@@ -354,8 +356,8 @@ async fn query_endpoint(
             )
         }
     };
-    let earliest = body
-        .get(props_field)
+    let props = body.get(props_field);
+    let earliest = props
         .and_then(|props| {
             props
                 .get("ksql.streams.auto.offset.reset")
@@ -363,13 +365,67 @@ async fn query_endpoint(
         })
         .and_then(|v| v.as_str())
         .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
-    start_query(sim, &sql, earliest, framing, error_endpoint)
+    // /query coerces property types, /query-stream passes them through (brief 1.1, 2.1)
+    let flag = |name: &str, default: bool| match props.and_then(|props| props.get(name)) {
+        Some(serde_json::Value::Bool(value)) => *value,
+        Some(serde_json::Value::String(value)) if endpoint == Endpoint::Query => {
+            value.eq_ignore_ascii_case("true")
+        }
+        Some(_) => false,
+        None => default,
+    };
+    let push_v2 = flag("ksql.query.push.v2.enabled", config.push_v2_enabled);
+    let tokens = flag(
+        "ksql.query.push.v2.continuation.tokens.enabled",
+        config.continuation_tokens_enabled,
+    );
+    let resume_token = body
+        .get("requestProperties")
+        .and_then(|props| props.get(RESUME_TOKEN_PROPERTY))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let options = QueryOptions {
+        earliest,
+        push_v2,
+        tokens,
+        resume_token,
+    };
+    start_query(sim, &sql, &options, framing, error_endpoint)
+}
+
+/// The request property carrying the continuation token to resume from.
+const RESUME_TOKEN_PROPERTY: &str = "request.ksql.query.push.continuation.token";
+
+/// What the request's properties ask for.
+struct QueryOptions {
+    /// `auto.offset.reset=earliest`.
+    earliest: bool,
+    /// `ksql.query.push.v2.enabled`.
+    push_v2: bool,
+    /// `ksql.query.push.v2.continuation.tokens.enabled`.
+    tokens: bool,
+    /// `request.ksql.query.push.continuation.token`.
+    resume_token: Option<String>,
+}
+
+/// A `SCALABLE_PUSH_QUERY_<uuid>` id (a random version-4-shaped UUID).
+fn scalable_query_id() -> String {
+    let bits: u128 = rand::random();
+    let hex = format!("{bits:032x}");
+    format!(
+        "SCALABLE_PUSH_QUERY_{}-{}-4{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn start_query(
     sim: &Simulator,
     sql: &str,
-    earliest: bool,
+    options: &QueryOptions,
     framing: Framing,
     endpoint: Endpoint,
 ) -> Response<Body> {
@@ -404,7 +460,7 @@ fn start_query(
         Ok(plan) => plan,
         Err(error) => return statement_failure(&error.0),
     };
-    let writer = Writer::new(framing, plan.kind);
+    let mut writer = Writer::new(framing, plan.kind);
     let streaming = |rx: mpsc::Receiver<Chunk>| {
         let mut response = Response::new(ChannelBody { rx }.boxed());
         if let Ok(value) = framing.content_type().parse() {
@@ -446,13 +502,53 @@ fn start_query(
                 control,
                 heartbeat: false,
                 slot: None,
+                tokens: None,
             };
             tokio::spawn(query.run(tx));
             streaming(rx)
         }
         QueryKind::Push => {
-            let query_id = transient_id();
-            let control = Arc::new(QueryControl::new(query_id.clone(), Vec::new()));
+            // ScalablePushUtil.isScalablePushQuery; otherwise silently an ordinary push query
+            let scalable = options.push_v2
+                && source.kind == SourceKind::Stream
+                && !options.earliest
+                && !plan.uses_offset_columns();
+            let (mut cursor, positions) = source.end_positions();
+            let mut tokens = None;
+            if scalable && options.tokens {
+                let mut positions = positions;
+                if let Some(token) = &options.resume_token {
+                    match resume_point(&source, token) {
+                        Ok((seq, offsets)) => {
+                            cursor = seq;
+                            positions = offsets;
+                        }
+                        Err(error) => {
+                            return error_response(
+                                endpoint,
+                                StatusCode::BAD_REQUEST,
+                                generic_error(
+                                    40000,
+                                    &format!("Invalid continuation token: {error}"),
+                                ),
+                            )
+                        }
+                    }
+                }
+                tokens = Some(Tokens::new(
+                    positions,
+                    sim.inner.config.continuation_token_every_rows,
+                ));
+            }
+            let (query_id, control) = if scalable {
+                writer.scalable = true;
+                let id = scalable_query_id();
+                (id.clone(), QueryControl::unclosable(id))
+            } else {
+                let id = transient_id();
+                (id.clone(), QueryControl::new(id, Vec::new()))
+            };
+            let control = Arc::new(control);
             let Some(slot) = sim.reserve_slot(Arc::clone(&control)) else {
                 return error_response(
                     endpoint,
@@ -463,8 +559,18 @@ fn start_query(
             for fault in sim.take_next_faults() {
                 control.push(fault);
             }
-            let cursor = if earliest { 0 } else { source.end() };
-            tracing::info!(%query_id, source = %source.name, earliest, ?framing, "push query started");
+            if options.earliest {
+                cursor = 0;
+            }
+            tracing::info!(
+                %query_id,
+                source = %source.name,
+                earliest = options.earliest,
+                scalable,
+                resumed = tokens.is_some() && options.resume_token.is_some(),
+                ?framing,
+                "push query started"
+            );
             let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
             let query = RunningQuery {
                 plan,
@@ -475,11 +581,26 @@ fn start_query(
                 control,
                 heartbeat: sim.inner.config.heartbeat,
                 slot: Some(Box::new(slot)),
+                tokens,
             };
             tokio::spawn(query.run(tx));
             streaming(rx)
         }
     }
+}
+
+/// Where a query resuming from `token` starts: the sequence number to read from and the
+/// next offset per partition.
+fn resume_point(source: &Source, token: &str) -> Result<(u64, Vec<i64>), TokenError> {
+    let offsets = token::decode(token)?;
+    if offsets.len() != source.partitions as usize {
+        return Err(TokenError::Partitions {
+            got: offsets.len(),
+            expected: source.partitions as usize,
+        });
+    }
+    let seq = source.seek(&offsets).ok_or(TokenError::Ahead)?;
+    Ok((seq, offsets))
 }
 
 async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> {
@@ -512,7 +633,7 @@ async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> 
         .lock()
         .ok()
         .and_then(|q| q.get(query_id).cloned());
-    match control {
+    match control.filter(|control| control.closable) {
         Some(control) => {
             control.close.cancel();
             tracing::info!(%query_id, "query closed by /close-query");

@@ -64,8 +64,9 @@ pub struct Source {
     /// The name as ksqlDB holds it (uppercased unless created quoted).
     pub name: String,
     pub kind: SourceKind,
-    /// Key columns first (role [`ColumnRole::Key`]), then value columns.
-    pub columns: Vec<Column>,
+    /// Key columns first (role [`ColumnRole::Key`]), then value columns. Behind a lock
+    /// because `CREATE OR REPLACE` may append columns; readers take a snapshot.
+    columns: RwLock<Arc<Vec<Column>>>,
     pub partitions: u32,
     /// Maximum rows kept in the log (oldest dropped first); `None` keeps everything.
     pub retention: Option<usize>,
@@ -104,7 +105,7 @@ impl Source {
         Source {
             name,
             kind,
-            columns,
+            columns: RwLock::new(Arc::new(columns)),
             partitions,
             retention,
             log: RwLock::new(Log {
@@ -116,8 +117,87 @@ impl Source {
         }
     }
 
-    fn key_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+    /// The current columns. Rows produced before a column was added have fewer values;
+    /// [`Row::column`] reads the missing ones as `null`.
+    pub fn columns(&self) -> Arc<Vec<Column>> {
         self.columns
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_default()
+    }
+
+    /// Appends columns (an additive `CREATE OR REPLACE`): `columns` must start with the
+    /// current columns unchanged, and the added ones must be value columns with new names.
+    pub fn replace_columns(&self, columns: Vec<Column>) -> Result<(), SimulatorError> {
+        let mut current = self.columns.write().map_err(|_| SimulatorError::Poisoned)?;
+        let incompatible = |reason: String| SimulatorError::IncompatibleSchema {
+            source_name: self.name.clone(),
+            reason,
+        };
+        if columns.len() < current.len() {
+            return Err(incompatible(format!(
+                "{} columns would replace {}; columns can only be added",
+                columns.len(),
+                current.len()
+            )));
+        }
+        if let Some((old, new)) = current.iter().zip(&columns).find(|(old, new)| old != new) {
+            return Err(incompatible(format!(
+                "column {} would become {} {}; existing columns cannot change",
+                old.name, new.name, new.ty
+            )));
+        }
+        for (index, added) in columns.iter().enumerate().skip(current.len()) {
+            if added.role == ColumnRole::Key {
+                return Err(incompatible(format!(
+                    "added column {} is a key column; only value columns can be added",
+                    added.name
+                )));
+            }
+            if columns[..index].iter().any(|c| c.name == added.name) {
+                return Err(incompatible(format!("column {} appears twice", added.name)));
+            }
+        }
+        *current = Arc::new(columns);
+        Ok(())
+    }
+
+    /// Next offset of every partition and the next sequence number, read together.
+    pub fn end_positions(&self) -> (u64, Vec<i64>) {
+        self.log
+            .read()
+            .map(|log| (log.base + log.rows.len() as u64, log.next_offsets.clone()))
+            .unwrap_or_else(|_| (0, vec![0; self.partitions as usize]))
+    }
+
+    /// The first sequence number holding a row at or after `offsets` (per partition), i.e.
+    /// where a query resuming from those positions must start reading. Rows before it in
+    /// other partitions are skipped by the reader. `None` when an offset is ahead of its
+    /// partition (a token from another source or another server).
+    pub fn seek(&self, offsets: &[i64]) -> Option<u64> {
+        let log = self.log.read().ok()?;
+        if offsets.len() != log.next_offsets.len()
+            || offsets
+                .iter()
+                .zip(&log.next_offsets)
+                .any(|(wanted, next)| *wanted < 0 || wanted > next)
+        {
+            return None;
+        }
+        let skip = log
+            .rows
+            .iter()
+            .position(|row| {
+                offsets
+                    .get(row.partition as usize)
+                    .is_some_and(|o| row.offset >= *o)
+            })
+            .unwrap_or(log.rows.len());
+        Some(log.base + skip as u64)
+    }
+
+    fn key_indexes(columns: &[Column]) -> impl Iterator<Item = usize> + '_ {
+        columns
             .iter()
             .enumerate()
             .filter(|(_, c)| c.role == ColumnRole::Key)
@@ -125,15 +205,16 @@ impl Source {
     }
 
     pub fn has_key(&self) -> bool {
-        self.key_indexes().next().is_some()
+        Self::key_indexes(&self.columns()).next().is_some()
     }
 
     /// Renders values into the stored form, checking the column count.
     pub fn render(&self, values: &[Value]) -> Result<(String, Vec<u32>), SimulatorError> {
-        if values.len() != self.columns.len() {
+        let expected = self.columns().len();
+        if values.len() != expected {
             return Err(SimulatorError::ColumnCount {
                 source_name: self.name.clone(),
-                expected: self.columns.len(),
+                expected,
                 got: values.len(),
             });
         }
@@ -151,10 +232,11 @@ impl Source {
 
     /// Joins already-rendered column texts into the stored form.
     pub fn join_rendered(&self, columns: &[&str]) -> Result<(String, Vec<u32>), SimulatorError> {
-        if columns.len() != self.columns.len() {
+        let expected = self.columns().len();
+        if columns.len() != expected {
             return Err(SimulatorError::ColumnCount {
                 source_name: self.name.clone(),
-                expected: self.columns.len(),
+                expected,
                 got: columns.len(),
             });
         }
@@ -176,10 +258,11 @@ impl Source {
         rows: impl IntoIterator<Item = Pending>,
     ) -> Result<Vec<(u32, i64)>, SimulatorError> {
         let mut positions = Vec::new();
+        let columns = self.columns();
         {
             let mut log = self.log.write().map_err(|_| SimulatorError::Poisoned)?;
             for pending in rows {
-                let key = self.key_text(&pending.text, &pending.ends);
+                let key = Self::key_text(&columns, &pending.text, &pending.ends);
                 let partition = match pending.partition {
                     Some(p) if p >= self.partitions => {
                         return Err(SimulatorError::NoSuchPartition {
@@ -225,9 +308,9 @@ impl Source {
     }
 
     /// The rendered key columns, `None` for a source without key columns.
-    fn key_text(&self, text: &str, ends: &[u32]) -> Option<String> {
+    fn key_text(columns: &[Column], text: &str, ends: &[u32]) -> Option<String> {
         let mut key: Option<String> = None;
-        for index in self.key_indexes() {
+        for index in Self::key_indexes(columns) {
             let k = key.get_or_insert_with(String::new);
             if !k.is_empty() {
                 k.push(',');
@@ -363,6 +446,48 @@ mod tests {
         assert_eq!(batch.rows[0].offset, 3);
         assert_eq!(batch.next, 5);
         assert_eq!(source.end(), 5);
+    }
+
+    #[test]
+    fn seek_finds_the_first_row_after_per_partition_offsets() {
+        let source = stream(2, None);
+        // partition 0 gets a=0,2,4 (offsets 0,1,2), partition 1 gets a=1,3 (offsets 0,1)
+        source
+            .append((0..5).map(|a| pending(&source, Some((a % 2) as u32), a)))
+            .unwrap();
+        assert_eq!(source.seek(&[0, 0]), Some(0));
+        assert_eq!(source.seek(&[2, 0]), Some(1));
+        assert_eq!(source.seek(&[2, 2]), Some(4));
+        assert_eq!(source.seek(&[3, 2]), Some(5));
+        assert_eq!(source.seek(&[4, 0]), None);
+        assert_eq!(source.seek(&[0]), None);
+        assert_eq!(source.end_positions(), (5, vec![3, 2]));
+    }
+
+    #[test]
+    fn replaced_columns_read_null_in_older_rows() {
+        let source = stream(1, None);
+        source.append([pending(&source, None, 1)]).unwrap();
+        let mut columns = source.columns().to_vec();
+        columns.push(Column::new("C", KsqlType::Boolean));
+        assert!(source.replace_columns(columns[1..].to_vec()).is_err());
+        source.replace_columns(columns).unwrap();
+        assert!(source.render(&[Value::Integer(2), Value::Null]).is_err());
+        let (text, ends) = source
+            .render(&[Value::Integer(2), Value::Null, Value::Boolean(true)])
+            .unwrap();
+        source
+            .append([Pending {
+                partition: None,
+                rowtime: 2,
+                text,
+                ends,
+                tombstone: false,
+            }])
+            .unwrap();
+        let rows = source.read(0, 10).rows;
+        assert_eq!(rows[0].column(2), "null");
+        assert_eq!(rows[1].column(2), "true");
     }
 
     #[test]
