@@ -55,6 +55,9 @@ pub struct CommitState {
     pub low: Positions,
     /// Committed runs above `low`.
     pub ranges: Runs,
+    /// For scalable push queries: the newest continuation token all of whose preceding rows
+    /// are committed.
+    pub token: Option<String>,
 }
 
 impl CommitState {

@@ -50,6 +50,9 @@ pub struct FeedMetadata {
     /// Committed runs above `committed_positions` (see `lake::commit`).
     #[serde(default, skip_serializing_if = "Runs::is_empty")]
     pub committed_ranges: Runs,
+    /// Delivery `continuation-token`: where the scalable push query resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation_token: Option<String>,
     /// Fields written by other tools or newer versions, preserved on rewrite.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -161,6 +164,7 @@ impl FeedMetadata {
             schema_history: Vec::new(),
             committed_positions: Positions::new(),
             committed_ranges: Runs::new(),
+            continuation_token: None,
             extra: Map::new(),
         }
     }

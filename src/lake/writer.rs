@@ -429,6 +429,9 @@ impl LakeWriter {
                 // The caller knows what is still buffered: its state is the exact committed set.
                 metadata.committed_positions = commit.low.clone();
                 metadata.committed_ranges = commit.ranges.clone();
+                if commit.token.is_some() {
+                    metadata.continuation_token = commit.token.clone();
+                }
             }
             let body =
                 metadata.to_json().map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;

@@ -121,7 +121,11 @@ pub async fn run_with(
             .read_metadata(kind, &feed.name)
             .await
             .with_context(|| format!("reading the metadata of feed {}", feed.name))?
-            .map(|metadata| CommitState { low: metadata.committed_positions, ranges: metadata.committed_ranges })
+            .map(|metadata| CommitState {
+                low: metadata.committed_positions,
+                ranges: metadata.committed_ranges,
+                token: metadata.continuation_token,
+            })
             .unwrap_or_default();
         if !committed.low.is_empty() {
             tracing::info!(feed = %feed.name, positions = ?committed.low, "resuming after committed positions");
@@ -215,7 +219,9 @@ fn build_sink(
         partition: query::ROWPARTITION.to_string(),
         offset: query::ROWOFFSET.to_string(),
     };
-    let router = RowRouter::new(spec.clone(), event_time, Some(positions));
+    // Scalable push queries cannot select ROWPARTITION/ROWOFFSET.
+    let positions = (settings.delivery != config::Delivery::ContinuationToken).then_some(positions);
+    let router = RowRouter::new(spec.clone(), event_time, positions);
     let policy = lake::FlushPolicy {
         max_rows: settings.flush_max_rows as usize,
         max_bytes: settings.flush_max_bytes,

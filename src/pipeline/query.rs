@@ -21,11 +21,13 @@ pub struct Resume {
     pub committed: CommitState,
     /// Highest offset seen per partition in this run (handed on, or skipped as committed).
     pub seen: lake::Positions,
+    /// The newest continuation token received in this run.
+    pub token: Option<String>,
 }
 
 impl Resume {
     pub fn new(committed: CommitState) -> Self {
-        Resume { committed, seen: lake::Positions::new() }
+        Resume { committed, seen: lake::Positions::new(), token: None }
     }
 
     /// True when the row was committed or already handed on in this run.
@@ -62,6 +64,12 @@ pub fn push_query(
         Delivery::ExactlyOnce | Delivery::AtLeastOnce => resume_filter(start_after),
         _ => None,
     };
+    if delivery == Delivery::ContinuationToken {
+        // A scalable push query: no ROWPARTITION/ROWOFFSET allowed, positions come as tokens.
+        properties.insert("ksql.query.push.v2.enabled".into(), true.into());
+        properties.insert("ksql.query.push.v2.continuation.tokens.enabled".into(), true.into());
+        return (format!("SELECT {ROWTIME}, * FROM {source} EMIT CHANGES;"), properties);
+    }
     let mut sql = format!("SELECT {ROWTIME}, {ROWPARTITION}, {ROWOFFSET}, * FROM {source}");
     if let Some(filter) = filter {
         sql.push_str(" WHERE ");
@@ -136,6 +144,15 @@ mod tests {
         );
         assert!(resume.covers(0, 41) && !resume.covers(0, 42) && !resume.covers(2, 0));
         assert!(resume.covers(0, 45) && resume.covers(0, 50) && !resume.covers(0, 51), "committed runs are skipped");
+    }
+
+    #[test]
+    fn continuation_token_mode_asks_for_a_scalable_push_query() {
+        let (sql, properties) = push_query("S", Delivery::ContinuationToken, &[(0, 5)].into());
+        assert_eq!(sql, "SELECT ROWTIME, * FROM S EMIT CHANGES;");
+        assert_eq!(properties["ksql.query.push.v2.enabled"], true);
+        assert_eq!(properties["ksql.query.push.v2.continuation.tokens.enabled"], true);
+        assert_eq!(properties["auto.offset.reset"], "latest");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Which ksqlDB rows are still buffered, as runs per time partition, so the buffer stage can
 //! tell the writer exactly what is committed once a file is written (see `lake::commit`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
@@ -37,6 +37,13 @@ pub struct RunTracker {
     last: BTreeMap<u32, (PartitionKey, u64)>,
     /// Highest offset seen per ksqlDB partition (buffered, or skipped as already committed).
     seen: Positions,
+    /// Arrival order of messages, for continuation tokens: a token is committed once every
+    /// buffer that holds rows from before it has been written.
+    next_sequence: u64,
+    /// Per time partition, the arrival sequence of its oldest buffered rows.
+    oldest_sequence: BTreeMap<PartitionKey, u64>,
+    /// Tokens not yet superseded by a committed one, with their arrival sequence.
+    tokens: VecDeque<(u64, String)>,
 }
 
 impl RunTracker {
@@ -56,6 +63,24 @@ impl RunTracker {
         }
     }
 
+    /// Notes that rows were buffered in `key` (before any token that arrives later).
+    pub fn arrived(&mut self, key: PartitionKey) {
+        self.oldest_sequence.entry(key).or_insert(self.next_sequence);
+        self.next_sequence += 1;
+    }
+
+    /// A continuation token: every row that arrived before it precedes it.
+    pub fn token(&mut self, token: String) {
+        self.tokens.push_back((self.next_sequence, token));
+        self.next_sequence += 1;
+    }
+
+    /// The newest token none of whose preceding rows is still buffered.
+    fn safe_token(&self) -> Option<&String> {
+        let horizon = self.oldest_sequence.values().min().copied().unwrap_or(u64::MAX);
+        self.tokens.iter().rev().find(|(sequence, _)| *sequence < horizon).map(|(_, token)| token)
+    }
+
     pub fn observe(&mut self, partition: u32, offset: u64) {
         let seen = self.seen.entry(partition).or_insert(offset);
         *seen = (*seen).max(offset);
@@ -64,6 +89,11 @@ impl RunTracker {
     /// Takes the runs of a time partition whose buffer is being written.
     pub fn take(&mut self, key: &PartitionKey) -> Runs {
         self.last.retain(|_, (last_key, _)| last_key != key);
+        self.oldest_sequence.remove(key);
+        let horizon = self.oldest_sequence.values().min().copied().unwrap_or(u64::MAX);
+        while self.tokens.len() >= 2 && self.tokens[1].0 < horizon {
+            self.tokens.pop_front();
+        }
         self.pending.remove(key).unwrap_or_default()
     }
 
@@ -72,6 +102,9 @@ impl RunTracker {
     pub fn state_after(&self, committed: &CommitState, runs: &Runs) -> CommitState {
         let mut state = committed.clone();
         merge_runs(&mut state.ranges, runs);
+        if let Some(token) = self.safe_token() {
+            state.token = Some(token.clone());
+        }
         for (&partition, &seen) in &self.seen {
             let oldest_pending = self
                 .pending
@@ -120,6 +153,24 @@ mod tests {
         let state = tracker.state_after(&state, &runs);
         assert_eq!(state.low[&0], 120, "both committed: the watermark passes everything seen");
         assert!(state.ranges.is_empty());
+    }
+
+    #[test]
+    fn a_token_is_committed_only_when_every_row_before_it_is() {
+        let mut tracker = RunTracker::default();
+        tracker.arrived(key(1));
+        tracker.token("t1".into());
+        tracker.arrived(key(2));
+        tracker.token("t2".into());
+        let runs = tracker.take(&key(2));
+        let state = tracker.state_after(&CommitState::default(), &runs);
+        assert_eq!(state.token, None, "hour 1 still holds rows from before both tokens");
+        let runs = tracker.take(&key(1));
+        let state = tracker.state_after(&state, &runs);
+        assert_eq!(state.token.as_deref(), Some("t2"));
+        tracker.arrived(key(1));
+        tracker.token("t3".into());
+        assert_eq!(tracker.state_after(&state, &Runs::new()).token.as_deref(), Some("t2"));
     }
 
     #[test]

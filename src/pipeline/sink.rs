@@ -99,6 +99,7 @@ impl FeedSink {
                         }
                         schema_seen = true;
                     }
+                    Some(SourceMessage::Token(token)) => self.tracker.token(token),
                     Some(SourceMessage::Batch { batch, positions }) => {
                         let processing_ms = chrono::Utc::now().timestamp_millis();
                         let routed = match self.router.route(&batch, processing_ms) {
@@ -121,6 +122,7 @@ impl FeedSink {
                             let jobs = self.buffers.push(part);
                             self.commit_all(jobs, &mut summary).await?;
                             self.tracker.record(&mut rows);
+                            self.tracker.arrived(key);
                         }
                         // Rows skipped as already committed, or rejected, count as seen.
                         for (&partition, &offset) in &positions {

@@ -29,6 +29,8 @@ pub enum SourceMessage {
     /// Decoded rows, and the highest position per partition seen while decoding them
     /// (including rows skipped because they were already committed).
     Batch { batch: RecordBatch, positions: lake::Positions },
+    /// A continuation token: every row sent before it precedes it.
+    Token(String),
 }
 
 /// How a feed's source behaves.
@@ -192,7 +194,14 @@ impl FeedSource {
         let settings = &self.settings;
         let (sql, properties) = push_query(&settings.source, settings.delivery, &resume.start_after());
         tracing::info!(feed = %settings.feed, sql = %sql, "opening push query");
-        let request = QueryRequest { sql, properties, request_properties: serde_json::Map::new() };
+        let mut request_properties = serde_json::Map::new();
+        if settings.delivery == Delivery::ContinuationToken {
+            if let Some(token) = resume.token.as_ref().or(resume.committed.token.as_ref()) {
+                request_properties
+                    .insert("request.ksql.query.push.continuation.token".into(), token.clone().into());
+            }
+        }
+        let request = QueryRequest { sql, properties, request_properties };
         let mut stream = tokio::select! {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             opened = self.client.stream_query(request) => opened?,
@@ -265,6 +274,16 @@ impl FeedSource {
                     }
                 }
                 Ok(Some(Event::Header(_))) => {}
+                Ok(Some(Event::ContinuationToken(token))) => {
+                    // Rows before the token go first, so the buffer stage sees them in order.
+                    if !self.send_batch(&mut decoder, &mut batch_positions, sender).await
+                        || sender.send(SourceMessage::Token(token.clone())).await.is_err()
+                    {
+                        break Ended::Shutdown;
+                    }
+                    linger_deadline = None;
+                    resume.token = Some(token);
+                }
                 Ok(Some(Event::FinalMessage(message))) => {
                     break Ended::Reopen(EndReason::Terminated, message);
                 }

@@ -116,6 +116,11 @@ pub struct Running {
 }
 
 pub fn start(config: Config, options: RunOptions) -> Running {
+    // Logs with RUST_LOG=...; silent otherwise.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let metrics = Metrics::new(prometheus::Registry::new());
     let health = Health::default();
     let stop = CancellationToken::new();

@@ -1,0 +1,391 @@
+//! Lose nothing, duplicate nothing: the guarantees of each delivery mode, proven by counting
+//! rows after cut connections, killed processes and a stopped S3 server.
+
+mod pipeline_support;
+mod support;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ksql_lake::lake::{open_lake, FeedKind};
+use ksql_lake::metrics::FeedState;
+use ksql_lake::pipeline::source::Backoff;
+use ksql_lake::schema::parse_schema;
+use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, Value};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use pipeline_support::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::{free_port, s3_options, Moto};
+use tokio::process::Command;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
+
+fn local_store(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
+    Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap())
+}
+
+fn fast_reconnects() -> ksql_lake::pipeline::RunOptions {
+    let mut options = fast_options();
+    options.reconnect_backoff =
+        Some(Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(50), multiplier: 2.0 });
+    options
+}
+
+fn reconnects(running: &Running) -> u64 {
+    ["disconnect", "terminated", "server_error", "in_band_error", "stall"]
+        .iter()
+        .map(|reason| running.metrics.push_query_reconnects.with_label_values(&["everything", reason]).get())
+        .sum()
+}
+
+async fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) {
+    let reached = tokio::time::timeout(limit, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{what} not reached within {limit:?}");
+}
+
+/// 100,000 rows produced in 50 rounds; before each round the simulator is told to cut the
+/// connection a random number of rows into it.
+async fn cut_connections_50_times(delivery: &str) -> u64 {
+    let rows: i64 = 100_000;
+    let rounds: i64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, server) = simulator_with_rows(0).await;
+    let config = config(
+        &server.url(),
+        &format!("file://{}", dir.path().display()),
+        "hourly",
+        "",
+        &format!("flush_max_age = \"300ms\"\ndelivery = \"{delivery}\"\nbatch_rows = 1000"),
+    );
+    let running = start(config, fast_reconnects());
+    let mut rng = StdRng::seed_from_u64(50);
+    let per_round = rows / rounds;
+    for round in 0..rounds {
+        wait_for("the query reopened", Duration::from_secs(30), || simulator.running_push_queries() == 1).await;
+        let before = reconnects(&running);
+        let cut_after = rng.random_range(1..per_round as u64);
+        assert_eq!(simulator.inject(Fault::CutAfterRows(cut_after)), 1);
+        produce(&simulator, round * per_round..(round + 1) * per_round, rows);
+        running.wait_until("the cut noticed", Duration::from_secs(30), |r| reconnects(r) > before).await;
+    }
+    assert!(reconnects(&running) >= rounds as u64);
+    running.wait_until("every row committed", Duration::from_secs(120), |r| r.received() >= rows as u64).await;
+    running.shutdown().await;
+    let objects = feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await;
+    let duplicates = verify_feed_rows(&objects, rows, true, delivery == "at-least-once");
+    server.shutdown().await;
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_50_cut_connections() {
+    assert_eq!(cut_connections_50_times("exactly-once").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_across_50_cut_connections() {
+    let duplicates = cut_connections_50_times("at-least-once").await;
+    println!("at-least-once after 50 cuts: {duplicates} duplicate rows");
+}
+
+/// The binary is killed with SIGKILL at 20 random moments while rows keep coming, and restarted
+/// each time; a last run commits the rest and stops on SIGTERM.
+async fn kill_the_process_20_times(delivery: &str) -> u64 {
+    let rows: i64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, server) = simulator_with_rows(0).await;
+    let config_path = dir.path().join("ksql-lake.toml");
+    let write_config = |port: u16| {
+        std::fs::write(
+            &config_path,
+            format!(
+                "[ksqldb]\nurl = \"{}\"\nreconnect_backoff_initial = \"10ms\"\nreconnect_backoff_max = \"100ms\"\n\
+                 [lake]\nurl = \"file://{}/lake\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\npartitioning = \"hourly\"\n\
+                 flush_max_age = \"200ms\"\nbatch_rows = 500\ndelivery = \"{delivery}\"\n",
+                server.url(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+    };
+    let spawn = |port: u16| {
+        write_config(port);
+        Command::new(BINARY)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // Rows keep arriving during the kills.
+    let producer = {
+        let simulator = simulator.clone();
+        tokio::spawn(async move {
+            for chunk in 0..60 {
+                produce(&simulator, chunk * 500..(chunk + 1) * 500, rows);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(20);
+    for _ in 0..20 {
+        let mut child = spawn(free_port());
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        child.start_kill().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+        assert!(!status.success(), "killed, not exited");
+    }
+    producer.await.unwrap();
+    // A last run commits what is left, then stops on SIGTERM.
+    let port = free_port();
+    let mut child = spawn(port);
+    let metadata_path = dir.path().join("lake/streams/everything/_metadata.json");
+    let committed = || {
+        std::fs::read(&metadata_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|metadata| metadata["total_records"].as_i64())
+            .unwrap_or(0)
+    };
+    let all = tokio::time::timeout(Duration::from_secs(90), async {
+        while committed() < rows {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "only {} of {rows} rows committed after the restarts", committed());
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let objects = feed_objects(&local_store(&dir.path().join("lake")), &Path::from("streams/everything")).await;
+    let duplicates = verify_feed_rows(&objects, rows, true, delivery == "at-least-once");
+    server.shutdown().await;
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_20_sigkills() {
+    assert_eq!(kill_the_process_20_times("exactly-once").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_across_20_sigkills() {
+    let duplicates = kill_the_process_20_times("at-least-once").await;
+    println!("at-least-once after 20 kills: {duplicates} duplicate rows");
+}
+
+/// The S3 server is frozen for 30 s while rows keep coming: the process stays up, /readyz and
+/// the metrics show the outage while it lasts, and afterwards every row is in the lake.
+async fn stop_s3_for_30_seconds(delivery: &str) -> u64 {
+    let rows: i64 = 20_000;
+    let mut moto = Moto::start("lake").await;
+    let (simulator, server) = simulator_with_rows(0).await;
+    let port = free_port();
+    let lake_section = format!(
+        "endpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\naccess_key_id = \"testing\"\n\
+         secret_access_key = \"testing\"\nrequest_timeout = \"1s\"\n[http]\nlisten = \"127.0.0.1:{port}\"",
+        moto.endpoint
+    );
+    let config = config(
+        &server.url(),
+        "s3://lake/outage",
+        "daily",
+        &lake_section,
+        &format!("flush_max_age = \"300ms\"\ndelivery = \"{delivery}\""),
+    );
+    let mut options = fast_reconnects();
+    options.serve_http = true;
+    options.write_retry.initial_backoff = Duration::from_millis(100);
+    options.write_retry.max_backoff = Duration::from_secs(1);
+    options.write_retry.max_attempts = 1;
+    let running = start(config, options);
+    produce(&simulator, 0..rows / 2, rows);
+    running.wait_until("the first half committed", Duration::from_secs(60), |r| r.written() >= (rows / 2) as u64).await;
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    moto.pause();
+    let outage = std::time::Instant::now();
+    produce(&simulator, rows / 2..rows, rows);
+    // While S3 is down: not ready, store_up 0, retries counted, the process up.
+    let seen = tokio::time::timeout(Duration::from_secs(25), async {
+        loop {
+            let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+            let status = ready.status();
+            let body: serde_json::Value = ready.json().await.unwrap();
+            let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+            if status == 503 && body["store"]["state"] == "failing" && metrics.contains("ksql_lake_store_up 0") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the outage did not show on /readyz and /metrics");
+    assert!(!running.task.is_finished(), "the process stays up during the outage");
+    assert!(running.written() < rows as u64, "nothing more could be committed during the outage");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    moto.resume();
+
+    running.wait_until("every row committed", Duration::from_secs(90), |r| r.received() >= rows as u64 && r.metrics.store_up.get() == 1.0).await;
+    let recovered = tokio::time::timeout(Duration::from_secs(30), async {
+        while http.get(format!("{base}/readyz")).send().await.unwrap().status() != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(recovered.is_ok(), "ready again after the outage");
+    assert!(running.metrics.write_retries.with_label_values(&["everything"]).get() > 0);
+    running.shutdown().await;
+    let lake = open_lake("s3://lake/outage", &s3_options(&moto.endpoint)).unwrap();
+    let feed = lake.feed_dir(FeedKind::Stream, "everything").unwrap();
+    let duplicates = verify_feed_rows(&feed_objects(lake.store(), &feed).await, rows, false, delivery == "at-least-once");
+    server.shutdown().await;
+    moto.stop().await;
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_a_30_second_s3_outage() {
+    assert_eq!(stop_s3_for_30_seconds("exactly-once").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_in_a_30_second_s3_outage() {
+    let duplicates = stop_s3_for_30_seconds("at-least-once").await;
+    println!("at-least-once after the S3 outage: {duplicates} duplicate rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_source_stops_the_feed_with_the_ksqldb_error_and_unhealthy_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_simulator, server) = simulator_with_rows(0).await;
+    let mut config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "");
+    config.feeds[0].source = "NOPE".into();
+    let running = start(config, fast_reconnects());
+    running
+        .wait_until("the feed failed", Duration::from_secs(30), |r| {
+            matches!(r.health.report().1["feeds"]["everything"]["state"].as_str(), Some("failed"))
+        })
+        .await;
+    let (ready, body) = running.health.report();
+    assert!(!ready);
+    let error = body["feeds"]["everything"]["error"].as_str().unwrap();
+    assert!(error.contains("40001") && error.contains("NOPE does not exist"), "{error}");
+    assert_eq!(reconnects(&running), 0, "a permanent error is not retried");
+    running.stop.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap().unwrap();
+    let message = format!("{:#}", result.unwrap_err());
+    assert!(message.contains("feed everything stopped"), "{message}");
+    let _ = FeedState::Stopped;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_column_after_reconnect_flushes_and_records_a_new_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 2).unwrap();
+    for id in 0..100 {
+        simulator.produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("a")]).unwrap();
+    }
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1h\"");
+    let running = start(config, fast_reconnects());
+    running.wait_until("old rows", Duration::from_secs(30), |r| r.received() == 100).await;
+    // CREATE OR REPLACE adds a column; the open query keeps its schema until it ends.
+    simulator
+        .replace_columns(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING, `EXTRA` DOUBLE").unwrap())
+        .unwrap();
+    for id in 100..150 {
+        simulator
+            .produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("b"), Value::Double(0.5)])
+            .unwrap();
+    }
+    simulator.inject(Fault::Terminate);
+    running.wait_until("new rows", Duration::from_secs(30), |r| r.received() == 150).await;
+    let by_schema = running.metrics.files_written.with_label_values(&["everything", "schema_change"]).get();
+    running.shutdown().await;
+    assert!(by_schema >= 1, "the old schema's buffer was flushed with reason schema_change");
+    let objects = feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&objects.iter().find(|(name, _)| name == "_metadata.json").unwrap().1).unwrap();
+    assert_eq!(metadata["total_records"], 150, "every row once across the schema change");
+    let history = metadata["schema_history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    let last_columns: Vec<&str> =
+        history[1]["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(last_columns.contains(&"EXTRA"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_tokens_resume_a_scalable_push_query_across_cuts_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::new(SimulatorConfig {
+        push_v2_enabled: true,
+        continuation_tokens_enabled: true,
+        continuation_token_every_rows: 50,
+        ..SimulatorConfig::default()
+    });
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 2).unwrap();
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let produce_ids = |ids: std::ops::Range<i64>| {
+        for id in ids {
+            simulator.produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("x")]).unwrap();
+        }
+    };
+    let lake_url = format!("file://{}", dir.path().display());
+    let feed = "delivery = \"continuation-token\"\nflush_max_age = \"200ms\"";
+    let running = start(config(&server.url(), &lake_url, "daily", "", feed), fast_reconnects());
+    wait_for("the query open", Duration::from_secs(30), || simulator.running_push_queries() == 1).await;
+    for round in 0..5 {
+        let before = reconnects(&running);
+        simulator.inject(Fault::CutAfterRows(120));
+        produce_ids(round * 300..(round + 1) * 300);
+        running.wait_until("the cut noticed", Duration::from_secs(30), |r| reconnects(r) > before).await;
+        wait_for("the query reopened", Duration::from_secs(30), || simulator.running_push_queries() == 1).await;
+    }
+    running.wait_until("every row", Duration::from_secs(30), |r| r.received() == 1500).await;
+    running.shutdown().await;
+    // Produced while ksql-lake was down: a new run resumes from the committed token.
+    produce_ids(1500..1800);
+    let running = start(config(&server.url(), &lake_url, "daily", "", feed), fast_reconnects());
+    running.wait_until("the rows produced while down", Duration::from_secs(30), |r| r.received() == 300).await;
+    running.shutdown().await;
+
+    let objects = feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await;
+    let mut ids = Vec::new();
+    for (name, bytes) in &objects {
+        if name.ends_with(".parquet") {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("ID").unwrap();
+                let values = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(column.as_ref());
+                ids.extend(values.values().iter().copied());
+            }
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1800).collect::<Vec<_>>(), "every row once across cuts and a restart");
+    server.shutdown().await;
+}
