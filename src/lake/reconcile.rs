@@ -31,9 +31,7 @@ use tracing::{error, info, warn};
 use super::commit::{merge_runs, CommitState, Runs};
 use super::layout::{FeedKind, LayoutError};
 use super::metadata::{columns_of, format_ms, FeedMetadata, FileEntry, SchemaInfo, SchemaVersion};
-use super::parquet::{
-    KV_FEED, KV_KIND, KV_MAX_EVENT_TIME, KV_MIN_EVENT_TIME, KV_POSITIONS, KV_RUNS,
-};
+use super::parquet::{KV_FEED, KV_KIND, KV_MAX_EVENT_TIME, KV_MIN_EVENT_TIME, KV_POSITIONS, KV_RUNS};
 use super::store::Lake;
 use super::{merge_positions, Positions};
 
@@ -148,17 +146,10 @@ enum FooterError {
 /// Removes staged temp files under the feed and lists every data file the manifest does not,
 /// adopting those whose footer is readable. Writes the manifest only when something was adopted.
 #[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
-pub async fn reconcile(
-    lake: &Lake,
-    kind: FeedKind,
-    feed: &str,
-) -> Result<ReconcileReport, ReconcileError> {
+pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<ReconcileReport, ReconcileError> {
     let dir = lake.feed_dir(kind, feed)?;
     let metadata_path = lake.metadata_path(kind, feed)?;
-    let mut report = ReconcileReport {
-        removed_temp: remove_staged(lake, &dir).await?,
-        ..Default::default()
-    };
+    let mut report = ReconcileReport { removed_temp: remove_staged(lake, &dir).await?, ..Default::default() };
     let objects = list_data_files(lake, &dir).await?;
     let mut footers: HashMap<Path, Result<Footer, String>> = HashMap::new();
     let mut conditional = true;
@@ -176,9 +167,7 @@ pub async fn reconcile(
                 continue;
             }
             if !footers.contains_key(&object.meta.location) {
-                let footer = read_footer(lake, kind, feed, &object.meta)
-                    .await
-                    .map_err(|error| error.to_string());
+                let footer = read_footer(lake, kind, feed, &object.meta).await.map_err(|error| error.to_string());
                 footers.insert(object.meta.location.clone(), footer);
             }
             match &footers[&object.meta.location] {
@@ -198,24 +187,14 @@ pub async fn reconcile(
         }
         let body = metadata
             .to_json()
-            .map_err(|source| ReconcileError::Serialize {
-                path: metadata_path.to_string(),
-                source,
-            })?;
+            .map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
         let mode = match version {
             None => PutMode::Create,
             Some(version) if conditional => PutMode::Update(version),
             Some(_) => PutMode::Overwrite,
         };
-        let options = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        match lake
-            .store()
-            .put_opts(&metadata_path, PutPayload::from(body), options)
-            .await
-        {
+        let options = PutOptions { mode, ..PutOptions::default() };
+        match lake.store().put_opts(&metadata_path, PutPayload::from(body), options).await {
             Ok(_) => {
                 for path in &adopted {
                     info!(path = %path, "adopted a data file the manifest did not list");
@@ -228,34 +207,19 @@ pub async fn reconcile(
                 conditional = false;
                 attempt -= 1;
             }
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. },
-            ) => {
+            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
                 warn!(path = %metadata_path, attempt, "manifest changed while reconciling; retrying");
             }
-            Err(source) => {
-                return Err(ReconcileError::Write {
-                    path: metadata_path.to_string(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ReconcileError::Write { path: metadata_path.to_string(), source }),
         }
     }
-    Err(ReconcileError::Contended {
-        path: metadata_path.to_string(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(ReconcileError::Contended { path: metadata_path.to_string(), attempts: MAX_ATTEMPTS })
 }
 
 /// Writes a new manifest built from the data files' footers alone, keeping the previous one
 /// (if any) as `_metadata.json.bak`. Files whose footer is unreadable are logged and left out.
 #[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
-pub async fn rebuild(
-    lake: &Lake,
-    kind: FeedKind,
-    feed: &str,
-) -> Result<FeedMetadata, ReconcileError> {
+pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMetadata, ReconcileError> {
     let dir = lake.feed_dir(kind, feed)?;
     let metadata_path = lake.metadata_path(kind, feed)?;
     let objects = list_data_files(lake, &dir).await?;
@@ -290,11 +254,7 @@ pub async fn rebuild(
             Some(known) => known.version,
             None => {
                 let version = history.len() as u32 + 1;
-                history.push(SchemaVersion {
-                    version,
-                    columns: columns.clone(),
-                    first_seen: written_at,
-                });
+                history.push(SchemaVersion { version, columns: columns.clone(), first_seen: written_at });
                 version
             }
         };
@@ -316,40 +276,22 @@ pub async fn rebuild(
             let bytes = previous
                 .bytes()
                 .await
-                .map_err(|source| ReconcileError::Read {
-                    path: metadata_path.to_string(),
-                    source,
-                })?;
+                .map_err(|source| ReconcileError::Read { path: metadata_path.to_string(), source })?;
             lake.store()
                 .put(&backup_path, PutPayload::from(bytes))
                 .await
-                .map_err(|source| ReconcileError::Write {
-                    path: backup_path.to_string(),
-                    source,
-                })?;
+                .map_err(|source| ReconcileError::Write { path: backup_path.to_string(), source })?;
             info!(path = %backup_path, "kept the previous manifest");
         }
         Err(object_store::Error::NotFound { .. }) => {}
-        Err(source) => {
-            return Err(ReconcileError::Read {
-                path: metadata_path.to_string(),
-                source,
-            })
-        }
+        Err(source) => return Err(ReconcileError::Read { path: metadata_path.to_string(), source }),
     }
-    let body = metadata
-        .to_json()
-        .map_err(|source| ReconcileError::Serialize {
-            path: metadata_path.to_string(),
-            source,
-        })?;
+    let body =
+        metadata.to_json().map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
     lake.store()
         .put(&metadata_path, PutPayload::from(body))
         .await
-        .map_err(|source| ReconcileError::Write {
-            path: metadata_path.to_string(),
-            source,
-        })?;
+        .map_err(|source| ReconcileError::Write { path: metadata_path.to_string(), source })?;
     info!(
         path = %metadata_path,
         files = metadata.partitions.iter().map(|partition| partition.files.len()).sum::<usize>(),
@@ -384,29 +326,22 @@ fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
     let columns = columns_of(&footer.schema);
     // An orphan is older than anything written since the crash: a schema the feed already had
     // does not become "the most recent" again.
-    let known_schema = metadata
-        .schema_history
-        .iter()
-        .any(|known| known.columns == columns);
-    metadata.record_file(
-        &object.partition,
-        entry(object, footer, ADOPTED_REASON),
-        columns,
-        Utc::now(),
-    );
+    let known_schema = metadata.schema_history.iter().any(|known| known.columns == columns);
+    metadata.record_file(&object.partition, entry(object, footer, ADOPTED_REASON), columns, Utc::now());
     if known_schema {
         (metadata.schema, metadata.schema_history) = schema_before;
     }
+    let mut state = CommitState {
+        low: std::mem::take(&mut metadata.committed_positions),
+        ranges: std::mem::take(&mut metadata.committed_ranges),
+    };
     if !footer.runs.is_empty() {
-        let mut state = CommitState {
-            low: low_before,
-            ranges: std::mem::take(&mut metadata.committed_ranges),
-        };
+        state.low = low_before;
         merge_runs(&mut state.ranges, &footer.runs);
-        absorb(&mut state);
-        metadata.committed_positions = state.low;
-        metadata.committed_ranges = state.ranges;
     }
+    absorb(&mut state);
+    metadata.committed_positions = state.low;
+    metadata.committed_ranges = state.ranges;
 }
 
 /// Lets the watermark absorb the runs that touch it. A partition without a watermark gets one
@@ -417,11 +352,7 @@ fn absorb(state: &mut CommitState) {
         match state.low.get(&partition).copied() {
             Some(low) => state.raise_low(partition, low),
             None => {
-                if let Some(&(0, last)) = state
-                    .ranges
-                    .get(&partition)
-                    .and_then(|ranges| ranges.first())
-                {
+                if let Some(&(0, last)) = state.ranges.get(&partition).and_then(|ranges| ranges.first()) {
                     state.raise_low(partition, last);
                 }
             }
@@ -431,61 +362,35 @@ fn absorb(state: &mut CommitState) {
 
 /// Data files (`data_*.parquet` inside a partition folder) under `dir`, oldest first.
 async fn list_data_files(lake: &Lake, dir: &Path) -> Result<Vec<DataObject>, ReconcileError> {
-    let listed: Vec<ObjectMeta> =
-        lake.store()
-            .list(Some(dir))
-            .try_collect()
-            .await
-            .map_err(|source| ReconcileError::List {
-                path: dir.to_string(),
-                source,
-            })?;
+    let listed: Vec<ObjectMeta> = lake
+        .store()
+        .list(Some(dir))
+        .try_collect()
+        .await
+        .map_err(|source| ReconcileError::List { path: dir.to_string(), source })?;
     let mut objects: Vec<DataObject> = listed
         .into_iter()
         .filter_map(|meta| {
-            let parts: Vec<String> = meta
-                .location
-                .prefix_match(dir)?
-                .map(|part| part.as_ref().to_string())
-                .collect();
+            let parts: Vec<String> = meta.location.prefix_match(dir)?.map(|part| part.as_ref().to_string()).collect();
             let (name, folders) = parts.split_last()?;
-            let data =
-                name.starts_with("data_") && name.ends_with(".parquet") && !folders.is_empty();
-            data.then(|| DataObject {
-                partition: folders.join("/"),
-                name: name.clone(),
-                meta,
-            })
+            let data = name.starts_with("data_") && name.ends_with(".parquet") && !folders.is_empty();
+            data.then(|| DataObject { partition: folders.join("/"), name: name.clone(), meta })
         })
         .collect();
-    objects.sort_by(|a, b| {
-        (a.meta.last_modified, &a.meta.location).cmp(&(b.meta.last_modified, &b.meta.location))
-    });
+    objects.sort_by(|a, b| (a.meta.last_modified, &a.meta.location).cmp(&(b.meta.last_modified, &b.meta.location)));
     Ok(objects)
 }
 
 /// Reads a data file's footer: two range reads (tail, then the metadata), never the data.
-async fn read_footer(
-    lake: &Lake,
-    kind: FeedKind,
-    feed: &str,
-    meta: &ObjectMeta,
-) -> Result<Footer, FooterError> {
+async fn read_footer(lake: &Lake, kind: FeedKind, feed: &str, meta: &ObjectMeta) -> Result<Footer, FooterError> {
     let tail_size = FOOTER_SIZE as u64;
     // The smallest file: magic, metadata length and magic around some metadata.
     if meta.size < tail_size + 4 {
         return Err(FooterError::TooSmall { size: meta.size });
     }
-    let tail = lake
-        .store()
-        .get_range(&meta.location, meta.size - tail_size..meta.size)
-        .await?;
-    let tail: [u8; FOOTER_SIZE] = tail
-        .as_ref()
-        .try_into()
-        .map_err(|_| FooterError::TooSmall {
-            size: tail.len() as u64,
-        })?;
+    let tail = lake.store().get_range(&meta.location, meta.size - tail_size..meta.size).await?;
+    let tail: [u8; FOOTER_SIZE] =
+        tail.as_ref().try_into().map_err(|_| FooterError::TooSmall { size: tail.len() as u64 })?;
     let length = FooterTail::try_new(&tail)?.metadata_length() as u64;
     if length + tail_size + 4 > meta.size {
         return Err(FooterError::Invalid {
@@ -494,61 +399,37 @@ async fn read_footer(
         });
     }
     let start = meta.size - tail_size - length;
-    let encoded = lake
-        .store()
-        .get_range(&meta.location, start..meta.size - tail_size)
-        .await?;
+    let encoded = lake.store().get_range(&meta.location, start..meta.size - tail_size).await?;
     let decoded = ParquetMetaDataReader::decode_metadata(&encoded)?;
     let loaded = ArrowReaderMetadata::try_new(Arc::new(decoded), ArrowReaderOptions::new())?;
     let file = loaded.metadata().file_metadata();
     let pairs: HashMap<&str, &str> = file
         .key_value_metadata()
-        .map(|pairs| {
-            pairs
-                .iter()
-                .filter_map(|pair| Some((pair.key.as_str(), pair.value.as_deref()?)))
-                .collect()
-        })
+        .map(|pairs| pairs.iter().filter_map(|pair| Some((pair.key.as_str(), pair.value.as_deref()?))).collect())
         .unwrap_or_default();
     if let Some(found) = pairs.get(KV_FEED).filter(|found| **found != feed) {
-        return Err(FooterError::OtherFeed {
-            found: format!("feed {found}"),
-        });
+        return Err(FooterError::OtherFeed { found: format!("feed {found}") });
     }
     if let Some(found) = pairs.get(KV_KIND).filter(|found| **found != kind.as_str()) {
-        return Err(FooterError::OtherFeed {
-            found: format!("a {found} feed"),
-        });
+        return Err(FooterError::OtherFeed { found: format!("a {found} feed") });
     }
     let millis = |key: &'static str| -> Result<i64, FooterError> {
         let text = pairs.get(key).ok_or(FooterError::Missing { key })?;
-        text.parse()
-            .map_err(|error: std::num::ParseIntError| FooterError::Invalid {
-                key,
-                reason: error.to_string(),
-            })
+        text.parse().map_err(|error: std::num::ParseIntError| FooterError::Invalid { key, reason: error.to_string() })
     };
-    let json = |key: &'static str| -> Result<Option<String>, FooterError> {
-        Ok(pairs.get(key).map(|v| v.to_string()))
-    };
+    let json = |key: &'static str| -> Result<Option<String>, FooterError> { Ok(pairs.get(key).map(|v| v.to_string())) };
     let positions: Positions = match json(KV_POSITIONS)? {
-        Some(text) => serde_json::from_str(&text).map_err(|error| FooterError::Invalid {
-            key: KV_POSITIONS,
-            reason: error.to_string(),
-        })?,
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|error| FooterError::Invalid { key: KV_POSITIONS, reason: error.to_string() })?,
         None => Positions::new(),
     };
     let runs: Runs = match json(KV_RUNS)? {
-        Some(text) => serde_json::from_str(&text).map_err(|error| FooterError::Invalid {
-            key: KV_RUNS,
-            reason: error.to_string(),
-        })?,
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|error| FooterError::Invalid { key: KV_RUNS, reason: error.to_string() })?,
         None => Runs::new(),
     };
-    let records = u64::try_from(file.num_rows()).map_err(|_| FooterError::Invalid {
-        key: "num_rows",
-        reason: format!("{} rows", file.num_rows()),
-    })?;
+    let records = u64::try_from(file.num_rows())
+        .map_err(|_| FooterError::Invalid { key: "num_rows", reason: format!("{} rows", file.num_rows()) })?;
     Ok(Footer {
         records,
         min_event_ms: millis(KV_MIN_EVENT_TIME)?,
@@ -560,36 +441,16 @@ async fn read_footer(
 }
 
 /// The manifest and its version, `None` when absent.
-async fn load_manifest(
-    lake: &Lake,
-    path: &Path,
-) -> Result<Option<(FeedMetadata, UpdateVersion)>, ReconcileError> {
+async fn load_manifest(lake: &Lake, path: &Path) -> Result<Option<(FeedMetadata, UpdateVersion)>, ReconcileError> {
     let result = match lake.store().get(path).await {
         Ok(result) => result,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => {
-            return Err(ReconcileError::Read {
-                path: path.to_string(),
-                source,
-            })
-        }
+        Err(source) => return Err(ReconcileError::Read { path: path.to_string(), source }),
     };
-    let version = UpdateVersion {
-        e_tag: result.meta.e_tag.clone(),
-        version: result.meta.version.clone(),
-    };
-    let bytes = result
-        .bytes()
-        .await
-        .map_err(|source| ReconcileError::Read {
-            path: path.to_string(),
-            source,
-        })?;
-    let metadata =
-        FeedMetadata::from_json(&bytes).map_err(|source| ReconcileError::MetadataCorrupt {
-            path: path.to_string(),
-            source,
-        })?;
+    let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+    let bytes = result.bytes().await.map_err(|source| ReconcileError::Read { path: path.to_string(), source })?;
+    let metadata = FeedMetadata::from_json(&bytes)
+        .map_err(|source| ReconcileError::MetadataCorrupt { path: path.to_string(), source })?;
     Ok(Some((metadata, version)))
 }
 
@@ -619,17 +480,10 @@ async fn remove_staged(lake: &Lake, dir: &Path) -> Result<Vec<String>, Reconcile
         path: disk_dir.display().to_string(),
         source: std::io::Error::other(error),
     })?
-    .map_err(|source| ReconcileError::Scan {
-        path: disk_dir.display().to_string(),
-        source,
-    })?;
+    .map_err(|source| ReconcileError::Scan { path: disk_dir.display().to_string(), source })?;
     let mut removed = Vec::new();
     for (file, relative) in found {
-        let path = if prefix.is_empty() {
-            relative
-        } else {
-            format!("{prefix}/{relative}")
-        };
+        let path = if prefix.is_empty() { relative } else { format!("{prefix}/{relative}") };
         match tokio::fs::remove_file(&file).await {
             Ok(()) => {
                 info!(path = %path, "removed a staged temp file left by an interrupted put");
@@ -661,10 +515,8 @@ fn scan_staged(
             scan_staged(base, &path, found)?;
         } else if entry.file_name().to_str().is_some_and(is_staged_name) {
             let relative = path.strip_prefix(base).unwrap_or(&path);
-            let relative: Vec<String> = relative
-                .components()
-                .map(|part| part.as_os_str().to_string_lossy().into_owned())
-                .collect();
+            let relative: Vec<String> =
+                relative.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
             found.push((path, relative.join("/")));
         }
     }
@@ -690,17 +542,11 @@ mod tests {
     #[test]
     fn absorbing_starts_a_watermark_only_at_offset_zero() {
         let mut state = CommitState::default();
-        merge_runs(
-            &mut state.ranges,
-            &Runs::from([(0, vec![(0, 9), (11, 20)]), (1, vec![(5, 9)])]),
-        );
+        merge_runs(&mut state.ranges, &Runs::from([(0, vec![(0, 9), (11, 20)]), (1, vec![(5, 9)])]));
         state.low.insert(2, 4);
         merge_runs(&mut state.ranges, &Runs::from([(2, vec![(5, 7), (9, 9)])]));
         absorb(&mut state);
         assert_eq!(state.low, Positions::from([(0, 9), (2, 7)]));
-        assert_eq!(
-            state.ranges,
-            Runs::from([(0, vec![(11, 20)]), (1, vec![(5, 9)]), (2, vec![(9, 9)])])
-        );
+        assert_eq!(state.ranges, Runs::from([(0, vec![(11, 20)]), (1, vec![(5, 9)]), (2, vec![(9, 9)])]));
     }
 }

@@ -52,10 +52,7 @@ impl fmt::Debug for S3Options {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &redact(&self.secret_access_key))
             .field("session_token", &redact(&self.session_token))
-            .field(
-                "extra_keys",
-                &self.extra.iter().map(|(key, _)| key).collect::<Vec<_>>(),
-            )
+            .field("extra_keys", &self.extra.iter().map(|(key, _)| key).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -95,12 +92,7 @@ pub struct Lake {
 impl Lake {
     /// A lake over any store (tests use `InMemory`).
     pub fn new(store: Arc<dyn ObjectStore>, root: Path, display: impl Into<String>) -> Self {
-        Lake {
-            store,
-            root,
-            display: display.into(),
-            local_dir: None,
-        }
+        Lake { store, root, display: display.into(), local_dir: None }
     }
 
     /// Marks the lake as a LocalFileSystem rooted at `dir` (what [`open_lake`] does for paths).
@@ -134,12 +126,7 @@ impl Lake {
     }
 
     /// A path below the feed directory; `relative` is `/`-separated (`year=…/data_….parquet`).
-    pub fn feed_path(
-        &self,
-        kind: FeedKind,
-        feed: &str,
-        relative: &str,
-    ) -> Result<Path, LayoutError> {
+    pub fn feed_path(&self, kind: FeedKind, feed: &str, relative: &str) -> Result<Path, LayoutError> {
         validate_feed_name(feed)?;
         let mut parts = vec![kind.dir(), feed];
         parts.extend(relative.split('/').filter(|part| !part.is_empty()));
@@ -147,10 +134,7 @@ impl Lake {
     }
 
     fn join(&self, parts: &[&str]) -> Path {
-        self.root
-            .parts()
-            .chain(parts.iter().map(|part| (*part).into()))
-            .collect()
+        self.root.parts().chain(parts.iter().map(|part| (*part).into())).collect()
     }
 }
 
@@ -162,10 +146,7 @@ impl fmt::Display for Lake {
 
 /// Opens the lake at `url` (see the module doc for the forms accepted).
 pub fn open_lake(url: &str, options: &S3Options) -> Result<Lake, StoreError> {
-    let invalid = |reason: String| StoreError::InvalidUrl {
-        url: url.to_string(),
-        reason,
-    };
+    let invalid = |reason: String| StoreError::InvalidUrl { url: url.to_string(), reason };
     if url.trim().is_empty() {
         return Err(invalid("it is empty".into()));
     }
@@ -179,34 +160,24 @@ pub fn open_lake(url: &str, options: &S3Options) -> Result<Lake, StoreError> {
     let display = display.to_string();
     match parsed.scheme() {
         "file" => {
-            let path = parsed
-                .to_file_path()
-                .map_err(|_| invalid("not a local file path".into()))?;
+            let path = parsed.to_file_path().map_err(|_| invalid("not a local file path".into()))?;
             open_local(&path, &display)
         }
         "s3" | "s3a" => open_s3(&parsed, options, display),
         _ => {
             let (store, root) = object_store::parse_url_opts(&parsed, options.extra.clone())
-                .map_err(|source| StoreError::Open {
-                    url: display.clone(),
-                    source,
-                })?;
+                .map_err(|source| StoreError::Open { url: display.clone(), source })?;
             Ok(Lake::new(Arc::from(store), root, display))
         }
     }
 }
 
 fn open_local(path: &std::path::Path, display: &str) -> Result<Lake, StoreError> {
-    std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
-        path: path.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(path)
+        .map_err(|source| StoreError::CreateDir { path: path.display().to_string(), source })?;
     // fsync: the manifest is the commit point, so a file it lists must survive a power loss.
     let store = LocalFileSystem::new_with_prefix(path)
-        .map_err(|source| StoreError::Open {
-            url: display.to_string(),
-            source,
-        })?
+        .map_err(|source| StoreError::Open { url: display.to_string(), source })?
         .with_fsync(true);
     Ok(Lake::new(Arc::new(store), Path::default(), display).with_local_dir(path))
 }
@@ -215,16 +186,11 @@ fn open_s3(url: &Url, options: &S3Options, display: String) -> Result<Lake, Stor
     let bucket = url
         .host_str()
         .filter(|host| !host.is_empty())
-        .ok_or_else(|| StoreError::InvalidUrl {
-            url: display.clone(),
-            reason: "no bucket name".into(),
-        })?;
+        .ok_or_else(|| StoreError::InvalidUrl { url: display.clone(), reason: "no bucket name".into() })?;
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (key, value) in &options.extra {
-        let key = AmazonS3ConfigKey::from_str(key).map_err(|source| StoreError::Open {
-            url: display.clone(),
-            source,
-        })?;
+        let key =
+            AmazonS3ConfigKey::from_str(key).map_err(|source| StoreError::Open { url: display.clone(), source })?;
         builder = builder.with_config(key, value.clone());
     }
     if let Some(endpoint) = &options.endpoint {
@@ -248,10 +214,7 @@ fn open_s3(url: &Url, options: &S3Options, display: String) -> Result<Lake, Stor
     if let Some(token) = &options.session_token {
         builder = builder.with_token(token.clone());
     }
-    let store = builder.build().map_err(|source| StoreError::Open {
-        url: display.clone(),
-        source,
-    })?;
+    let store = builder.build().map_err(|source| StoreError::Open { url: display.clone(), source })?;
     let root = Path::from_url_path(url.path()).map_err(|source| StoreError::Open {
         url: display.clone(),
         source: object_store::Error::InvalidPath { source },
@@ -271,28 +234,14 @@ mod tests {
         let root = dir.path().join("lake/nested");
         let lake = open_lake(root.to_str().unwrap(), &S3Options::default()).unwrap();
         assert!(root.is_dir());
-        let path = lake
-            .feed_path(
-                FeedKind::Stream,
-                "orders",
-                "year=2024/month=01/day=02/x.parquet",
-            )
-            .unwrap();
-        lake.store()
-            .put(&path, bytes::Bytes::from_static(b"x").into())
-            .await
-            .unwrap();
-        assert!(root
-            .join("streams/orders/year=2024/month=01/day=02/x.parquet")
-            .is_file());
+        let path = lake.feed_path(FeedKind::Stream, "orders", "year=2024/month=01/day=02/x.parquet").unwrap();
+        lake.store().put(&path, bytes::Bytes::from_static(b"x").into()).await.unwrap();
+        assert!(root.join("streams/orders/year=2024/month=01/day=02/x.parquet").is_file());
 
         let url = Url::from_file_path(dir.path().join("other")).unwrap();
         let lake = open_lake(url.as_str(), &S3Options::default()).unwrap();
         assert!(dir.path().join("other").is_dir());
-        assert_eq!(
-            lake.metadata_path(FeedKind::Table, "t").unwrap().as_ref(),
-            "tables/t/_metadata.json"
-        );
+        assert_eq!(lake.metadata_path(FeedKind::Table, "t").unwrap().as_ref(), "tables/t/_metadata.json");
     }
 
     #[test]
@@ -307,25 +256,16 @@ mod tests {
         };
         let lake = open_lake("s3://bucket/some/prefix", &options).unwrap();
         assert_eq!(lake.root().as_ref(), "some/prefix");
-        assert_eq!(
-            lake.feed_dir(FeedKind::Stream, "f").unwrap().as_ref(),
-            "some/prefix/streams/f"
-        );
+        assert_eq!(lake.feed_dir(FeedKind::Stream, "f").unwrap().as_ref(), "some/prefix/streams/f");
         assert!(!format!("{options:?}").contains("very-secret"));
-        assert!(matches!(
-            open_lake("s3:///x", &options),
-            Err(StoreError::InvalidUrl { .. })
-        ));
+        assert!(matches!(open_lake("s3:///x", &options), Err(StoreError::InvalidUrl { .. })));
     }
 
     #[test]
     fn other_schemes_go_through_parse_url_opts() {
         let lake = open_lake("memory:///", &S3Options::default()).unwrap();
         assert_eq!(lake.root().as_ref(), "");
-        assert!(matches!(
-            open_lake("", &S3Options::default()),
-            Err(StoreError::InvalidUrl { .. })
-        ));
+        assert!(matches!(open_lake("", &S3Options::default()), Err(StoreError::InvalidUrl { .. })));
         assert!(open_lake("nosuch://x/y", &S3Options::default()).is_err());
     }
 
