@@ -417,17 +417,8 @@ async fn read_footer(lake: &Lake, kind: FeedKind, feed: &str, meta: &ObjectMeta)
         let text = pairs.get(key).ok_or(FooterError::Missing { key })?;
         text.parse().map_err(|error: std::num::ParseIntError| FooterError::Invalid { key, reason: error.to_string() })
     };
-    let json = |key: &'static str| -> Result<Option<String>, FooterError> { Ok(pairs.get(key).map(|v| v.to_string())) };
-    let positions: Positions = match json(KV_POSITIONS)? {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|error| FooterError::Invalid { key: KV_POSITIONS, reason: error.to_string() })?,
-        None => Positions::new(),
-    };
-    let runs: Runs = match json(KV_RUNS)? {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|error| FooterError::Invalid { key: KV_RUNS, reason: error.to_string() })?,
-        None => Runs::new(),
-    };
+    let positions: Positions = optional_json(&pairs, KV_POSITIONS)?;
+    let runs: Runs = optional_json(&pairs, KV_RUNS)?;
     let records = u64::try_from(file.num_rows())
         .map_err(|_| FooterError::Invalid { key: "num_rows", reason: format!("{} rows", file.num_rows()) })?;
     Ok(Footer {
@@ -438,6 +429,19 @@ async fn read_footer(lake: &Lake, kind: FeedKind, feed: &str, meta: &ObjectMeta)
         runs,
         schema: Arc::clone(loaded.schema()),
     })
+}
+
+/// A JSON footer value, the default when the key is absent.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    pairs: &HashMap<&str, &str>,
+    key: &'static str,
+) -> Result<T, FooterError> {
+    match pairs.get(key) {
+        Some(text) => {
+            serde_json::from_str(text).map_err(|error| FooterError::Invalid { key, reason: error.to_string() })
+        }
+        None => Ok(T::default()),
+    }
 }
 
 /// The manifest and its version, `None` when absent.
