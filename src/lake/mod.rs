@@ -29,6 +29,7 @@ pub mod layout;
 pub mod metadata;
 pub mod parquet;
 pub mod partition;
+pub mod reconcile;
 pub mod store;
 pub mod testing;
 pub mod writer;
@@ -45,6 +46,7 @@ pub use partition::{
     EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, PositionColumns, RoutedBatch, RowRouter,
     RowStats,
 };
+pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport};
 pub use store::{open_lake, Lake, S3Options, StoreError};
 pub use writer::{CommitOutcome, CommittedFile, LakeWriter, RetryPolicy, WriteError, WriterOptions};
 

@@ -84,12 +84,26 @@ pub struct Lake {
     root: Path,
     /// The URL without credentials, for logs.
     display: String,
+    /// The directory of a local lake: LocalFileSystem hides its staged `<name>#<n>` files from
+    /// `list`, so recovery has to look at the disk itself.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl Lake {
     /// A lake over any store (tests use `InMemory`).
     pub fn new(store: Arc<dyn ObjectStore>, root: Path, display: impl Into<String>) -> Self {
-        Lake { store, root, display: display.into() }
+        Lake { store, root, display: display.into(), local_dir: None }
+    }
+
+    /// Marks the lake as a LocalFileSystem rooted at `dir` (what [`open_lake`] does for paths).
+    pub fn with_local_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.local_dir = Some(dir.into());
+        self
+    }
+
+    /// The directory of a local lake, `None` for object stores.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -165,7 +179,7 @@ fn open_local(path: &std::path::Path, display: &str) -> Result<Lake, StoreError>
     let store = LocalFileSystem::new_with_prefix(path)
         .map_err(|source| StoreError::Open { url: display.to_string(), source })?
         .with_fsync(true);
-    Ok(Lake::new(Arc::new(store), Path::default(), display))
+    Ok(Lake::new(Arc::new(store), Path::default(), display).with_local_dir(path))
 }
 
 fn open_s3(url: &Url, options: &S3Options, display: String) -> Result<Lake, StoreError> {

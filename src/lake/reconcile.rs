@@ -1,0 +1,556 @@
+//! Recovery after a crash: make `_metadata.json` agree with the data files again.
+//!
+//! The writer puts a data file first and the manifest second (see [`super::writer`]). A crash
+//! (SIGKILL, power loss) between the two leaves a complete data file the manifest does not
+//! list; on a local lake it may also leave LocalFileSystem's staged `<name>#<n>` file of a put
+//! that never got renamed. On S3, GCS and Azure nothing partial is ever visible.
+//!
+//! - [`reconcile`] removes the staged files and **adopts** every unlisted data file from its
+//!   footer: the file is listed with reason `adopted`, and its exact runs join the committed
+//!   set, so a restart does not write those rows a second time.
+//! - [`rebuild`] writes a new manifest from the data files alone, for a manifest that is lost
+//!   or corrupt; the previous one is kept as `_metadata.json.bak`.
+//!
+//! Both are meant to run while no writer of the feed is active (at start-up, before the feed's
+//! pipeline starts): a staged file of a live writer looks exactly like a crashed one.
+//! A data file whose footer cannot be read is reported and left alone, never deleted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use chrono::Utc;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+use parquet::file::FOOTER_SIZE;
+use tracing::{error, info, warn};
+
+use super::commit::{merge_runs, CommitState, Runs};
+use super::layout::{FeedKind, LayoutError};
+use super::metadata::{columns_of, format_ms, FeedMetadata, FileEntry, SchemaInfo, SchemaVersion};
+use super::parquet::{KV_FEED, KV_KIND, KV_MAX_EVENT_TIME, KV_MIN_EVENT_TIME, KV_POSITIONS, KV_RUNS};
+use super::store::Lake;
+use super::{merge_positions, Positions};
+
+/// `reason` of a file entry added by [`reconcile`].
+pub const ADOPTED_REASON: &str = "adopted";
+/// `reason` of the file entries written by [`rebuild`].
+pub const REBUILT_REASON: &str = "rebuilt";
+/// Name of the copy [`rebuild`] keeps of the manifest it replaces.
+pub const BACKUP_FILE: &str = "_metadata.json.bak";
+
+/// Manifest writes lost to a concurrent writer before [`reconcile`] gives up.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// What [`reconcile`] did; paths are object paths (`streams/<feed>/year=…/data_….parquet`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Data files now listed in the manifest.
+    pub adopted: Vec<String>,
+    /// Staged temp files removed (local lakes only).
+    pub removed_temp: Vec<String>,
+    /// Data files whose footer could not be read; left in place and not listed.
+    pub unreadable: Vec<String>,
+}
+
+impl ReconcileReport {
+    /// True when the lake was changed.
+    pub fn changed(&self) -> bool {
+        !self.adopted.is_empty() || !self.removed_temp.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("listing {path} failed")]
+    List {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("reading {path} failed")]
+    Read {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("writing {path} failed")]
+    Write {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{path} is not a valid manifest (rebuild it from the data files)")]
+    MetadataCorrupt {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("serializing the manifest of {path} failed")]
+    Serialize {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("scanning {path} for staged files failed")]
+    Scan {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} kept changing during {attempts} attempts")]
+    Contended { path: String, attempts: u32 },
+}
+
+/// A data file under the feed directory.
+#[derive(Debug, Clone)]
+struct DataObject {
+    /// Partition folder relative to the feed directory (`year=…/month=…/day=…[/hour=…]`).
+    partition: String,
+    name: String,
+    meta: ObjectMeta,
+}
+
+/// What a data file's footer says about it.
+#[derive(Debug, Clone)]
+struct Footer {
+    records: u64,
+    min_event_ms: i64,
+    max_event_ms: i64,
+    positions: Positions,
+    runs: Runs,
+    schema: SchemaRef,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FooterError {
+    #[error("reading the footer failed: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("not a readable parquet file: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{size} bytes is too small for a parquet file")]
+    TooSmall { size: u64 },
+    #[error("footer key {key} is missing")]
+    Missing { key: &'static str },
+    #[error("footer key {key} is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("the file belongs to {found}, not this feed")]
+    OtherFeed { found: String },
+}
+
+/// Removes staged temp files under the feed and lists every data file the manifest does not,
+/// adopting those whose footer is readable. Writes the manifest only when something was adopted.
+#[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
+pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<ReconcileReport, ReconcileError> {
+    let dir = lake.feed_dir(kind, feed)?;
+    let metadata_path = lake.metadata_path(kind, feed)?;
+    let mut report = ReconcileReport { removed_temp: remove_staged(lake, &dir).await?, ..Default::default() };
+    let objects = list_data_files(lake, &dir).await?;
+    let mut footers: HashMap<Path, Result<Footer, String>> = HashMap::new();
+    let mut conditional = true;
+    let mut attempt = 0;
+    while attempt < MAX_ATTEMPTS {
+        attempt += 1;
+        let (mut metadata, version) = match load_manifest(lake, &metadata_path).await? {
+            Some((metadata, version)) => (metadata, Some(version)),
+            None => (FeedMetadata::new(feed, kind), None),
+        };
+        let mut adopted = Vec::new();
+        let mut unreadable = Vec::new();
+        for object in &objects {
+            if metadata.contains_file(&object.partition, &object.name) {
+                continue;
+            }
+            if !footers.contains_key(&object.meta.location) {
+                let footer = read_footer(lake, kind, feed, &object.meta).await.map_err(|error| error.to_string());
+                footers.insert(object.meta.location.clone(), footer);
+            }
+            match &footers[&object.meta.location] {
+                Ok(footer) => {
+                    adopt(&mut metadata, object, footer);
+                    adopted.push(object.meta.location.to_string());
+                }
+                Err(reason) => unreadable.push((object.meta.location.to_string(), reason.clone())),
+            }
+        }
+        for (path, reason) in &unreadable {
+            error!(path = %path, error = %reason, "data file is not in the manifest and its footer is unreadable; left alone");
+        }
+        report.unreadable = unreadable.into_iter().map(|(path, _)| path).collect();
+        if adopted.is_empty() {
+            return Ok(report);
+        }
+        let body = metadata
+            .to_json()
+            .map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
+        let mode = match version {
+            None => PutMode::Create,
+            Some(version) if conditional => PutMode::Update(version),
+            Some(_) => PutMode::Overwrite,
+        };
+        let options = PutOptions { mode, ..PutOptions::default() };
+        match lake.store().put_opts(&metadata_path, PutPayload::from(body), options).await {
+            Ok(_) => {
+                for path in &adopted {
+                    info!(path = %path, "adopted a data file the manifest did not list");
+                }
+                report.adopted = adopted;
+                return Ok(report);
+            }
+            Err(object_store::Error::NotImplemented { .. }) if conditional => {
+                // LocalFileSystem: a plain put is a staged write plus rename, atomic as well.
+                conditional = false;
+                attempt -= 1;
+            }
+            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                warn!(path = %metadata_path, attempt, "manifest changed while reconciling; retrying");
+            }
+            Err(source) => return Err(ReconcileError::Write { path: metadata_path.to_string(), source }),
+        }
+    }
+    Err(ReconcileError::Contended { path: metadata_path.to_string(), attempts: MAX_ATTEMPTS })
+}
+
+/// Writes a new manifest built from the data files' footers alone, keeping the previous one
+/// (if any) as `_metadata.json.bak`. Files whose footer is unreadable are logged and left out.
+#[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
+pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMetadata, ReconcileError> {
+    let dir = lake.feed_dir(kind, feed)?;
+    let metadata_path = lake.metadata_path(kind, feed)?;
+    let objects = list_data_files(lake, &dir).await?;
+
+    let mut metadata = FeedMetadata::new(feed, kind);
+    let mut state = CommitState::default();
+    let mut legacy_positions = Positions::new();
+    let mut history: Vec<SchemaVersion> = Vec::new();
+    let mut current: Option<SchemaInfo> = None;
+    for object in &objects {
+        let footer = match read_footer(lake, kind, feed, &object.meta).await {
+            Ok(footer) => footer,
+            Err(reason) => {
+                error!(path = %object.meta.location, error = %reason, "data file footer unreadable; left out of the rebuilt manifest");
+                continue;
+            }
+        };
+        let written_at = format_ms(object.meta.last_modified.timestamp_millis());
+        let columns = columns_of(&footer.schema);
+        metadata.record_file(
+            &object.partition,
+            entry(object, &footer, REBUILT_REASON),
+            columns.clone(),
+            object.meta.last_modified,
+        );
+        if footer.runs.is_empty() {
+            merge_positions(&mut legacy_positions, &footer.positions);
+        } else {
+            merge_runs(&mut state.ranges, &footer.runs);
+        }
+        let version = match history.iter().find(|known| known.columns == columns) {
+            Some(known) => known.version,
+            None => {
+                let version = history.len() as u32 + 1;
+                history.push(SchemaVersion { version, columns: columns.clone(), first_seen: written_at });
+                version
+            }
+        };
+        current = Some(SchemaInfo { version, columns });
+    }
+    absorb(&mut state);
+    // Files from before runs existed only tell their highest offset, which was the watermark.
+    for (&partition, &offset) in &legacy_positions {
+        state.raise_low(partition, offset);
+    }
+    metadata.committed_positions = state.low;
+    metadata.committed_ranges = state.ranges;
+    metadata.schema = current;
+    metadata.schema_history = history;
+
+    let backup_path = lake.feed_path(kind, feed, BACKUP_FILE)?;
+    match lake.store().get(&metadata_path).await {
+        Ok(previous) => {
+            let bytes = previous
+                .bytes()
+                .await
+                .map_err(|source| ReconcileError::Read { path: metadata_path.to_string(), source })?;
+            lake.store()
+                .put(&backup_path, PutPayload::from(bytes))
+                .await
+                .map_err(|source| ReconcileError::Write { path: backup_path.to_string(), source })?;
+            info!(path = %backup_path, "kept the previous manifest");
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(source) => return Err(ReconcileError::Read { path: metadata_path.to_string(), source }),
+    }
+    let body =
+        metadata.to_json().map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
+    lake.store()
+        .put(&metadata_path, PutPayload::from(body))
+        .await
+        .map_err(|source| ReconcileError::Write { path: metadata_path.to_string(), source })?;
+    info!(
+        path = %metadata_path,
+        files = metadata.partitions.iter().map(|partition| partition.files.len()).sum::<usize>(),
+        records = metadata.total_records,
+        "rebuilt the manifest from the data files"
+    );
+    Ok(metadata)
+}
+
+/// The manifest entry of a data file, from its footer and object metadata.
+fn entry(object: &DataObject, footer: &Footer, reason: &str) -> FileEntry {
+    FileEntry {
+        name: object.name.clone(),
+        records: footer.records,
+        bytes: object.meta.size,
+        min_event_time: format_ms(footer.min_event_ms),
+        max_event_time: format_ms(footer.max_event_ms),
+        positions: footer.positions.clone(),
+        runs: footer.runs.clone(),
+        written_at: format_ms(object.meta.last_modified.timestamp_millis()),
+        reason: reason.to_string(),
+        late: false,
+    }
+}
+
+/// Lists an orphan: totals and partition through `record_file`; its exact runs join the
+/// committed set instead of raising the watermark to its highest offset (rows below that may
+/// still be missing). A file without runs keeps the old rule: its highest offset is committed.
+fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
+    let low_before = metadata.committed_positions.clone();
+    let schema_before = (metadata.schema.clone(), metadata.schema_history.clone());
+    let columns = columns_of(&footer.schema);
+    // An orphan is older than anything written since the crash: a schema the feed already had
+    // does not become "the most recent" again.
+    let known_schema = metadata.schema_history.iter().any(|known| known.columns == columns);
+    metadata.record_file(&object.partition, entry(object, footer, ADOPTED_REASON), columns, Utc::now());
+    if known_schema {
+        (metadata.schema, metadata.schema_history) = schema_before;
+    }
+    let mut state = CommitState {
+        low: std::mem::take(&mut metadata.committed_positions),
+        ranges: std::mem::take(&mut metadata.committed_ranges),
+    };
+    if !footer.runs.is_empty() {
+        state.low = low_before;
+        merge_runs(&mut state.ranges, &footer.runs);
+    }
+    absorb(&mut state);
+    metadata.committed_positions = state.low;
+    metadata.committed_ranges = state.ranges;
+}
+
+/// Lets the watermark absorb the runs that touch it. A partition without a watermark gets one
+/// when its first run starts at offset 0 (the start of a ksqlDB partition).
+fn absorb(state: &mut CommitState) {
+    let partitions: Vec<u32> = state.ranges.keys().copied().collect();
+    for partition in partitions {
+        match state.low.get(&partition).copied() {
+            Some(low) => state.raise_low(partition, low),
+            None => {
+                if let Some(&(0, last)) = state.ranges.get(&partition).and_then(|ranges| ranges.first()) {
+                    state.raise_low(partition, last);
+                }
+            }
+        }
+    }
+}
+
+/// Data files (`data_*.parquet` inside a partition folder) under `dir`, oldest first.
+async fn list_data_files(lake: &Lake, dir: &Path) -> Result<Vec<DataObject>, ReconcileError> {
+    let listed: Vec<ObjectMeta> = lake
+        .store()
+        .list(Some(dir))
+        .try_collect()
+        .await
+        .map_err(|source| ReconcileError::List { path: dir.to_string(), source })?;
+    let mut objects: Vec<DataObject> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let parts: Vec<String> = meta.location.prefix_match(dir)?.map(|part| part.as_ref().to_string()).collect();
+            let (name, folders) = parts.split_last()?;
+            let data = name.starts_with("data_") && name.ends_with(".parquet") && !folders.is_empty();
+            data.then(|| DataObject { partition: folders.join("/"), name: name.clone(), meta })
+        })
+        .collect();
+    objects.sort_by(|a, b| (a.meta.last_modified, &a.meta.location).cmp(&(b.meta.last_modified, &b.meta.location)));
+    Ok(objects)
+}
+
+/// Reads a data file's footer: two range reads (tail, then the metadata), never the data.
+async fn read_footer(lake: &Lake, kind: FeedKind, feed: &str, meta: &ObjectMeta) -> Result<Footer, FooterError> {
+    let tail_size = FOOTER_SIZE as u64;
+    // The smallest file: magic, metadata length and magic around some metadata.
+    if meta.size < tail_size + 4 {
+        return Err(FooterError::TooSmall { size: meta.size });
+    }
+    let tail = lake.store().get_range(&meta.location, meta.size - tail_size..meta.size).await?;
+    let tail: [u8; FOOTER_SIZE] =
+        tail.as_ref().try_into().map_err(|_| FooterError::TooSmall { size: tail.len() as u64 })?;
+    let length = FooterTail::try_new(&tail)?.metadata_length() as u64;
+    if length + tail_size + 4 > meta.size {
+        return Err(FooterError::Invalid {
+            key: "footer length",
+            reason: format!("{length} bytes in a {} byte file", meta.size),
+        });
+    }
+    let start = meta.size - tail_size - length;
+    let encoded = lake.store().get_range(&meta.location, start..meta.size - tail_size).await?;
+    let decoded = ParquetMetaDataReader::decode_metadata(&encoded)?;
+    let loaded = ArrowReaderMetadata::try_new(Arc::new(decoded), ArrowReaderOptions::new())?;
+    let file = loaded.metadata().file_metadata();
+    let pairs: HashMap<&str, &str> = file
+        .key_value_metadata()
+        .map(|pairs| pairs.iter().filter_map(|pair| Some((pair.key.as_str(), pair.value.as_deref()?))).collect())
+        .unwrap_or_default();
+    if let Some(found) = pairs.get(KV_FEED).filter(|found| **found != feed) {
+        return Err(FooterError::OtherFeed { found: format!("feed {found}") });
+    }
+    if let Some(found) = pairs.get(KV_KIND).filter(|found| **found != kind.as_str()) {
+        return Err(FooterError::OtherFeed { found: format!("a {found} feed") });
+    }
+    let millis = |key: &'static str| -> Result<i64, FooterError> {
+        let text = pairs.get(key).ok_or(FooterError::Missing { key })?;
+        text.parse().map_err(|error: std::num::ParseIntError| FooterError::Invalid { key, reason: error.to_string() })
+    };
+    let positions: Positions = optional_json(&pairs, KV_POSITIONS)?;
+    let runs: Runs = optional_json(&pairs, KV_RUNS)?;
+    let records = u64::try_from(file.num_rows())
+        .map_err(|_| FooterError::Invalid { key: "num_rows", reason: format!("{} rows", file.num_rows()) })?;
+    Ok(Footer {
+        records,
+        min_event_ms: millis(KV_MIN_EVENT_TIME)?,
+        max_event_ms: millis(KV_MAX_EVENT_TIME)?,
+        positions,
+        runs,
+        schema: Arc::clone(loaded.schema()),
+    })
+}
+
+/// A JSON footer value, the default when the key is absent.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    pairs: &HashMap<&str, &str>,
+    key: &'static str,
+) -> Result<T, FooterError> {
+    match pairs.get(key) {
+        Some(text) => {
+            serde_json::from_str(text).map_err(|error| FooterError::Invalid { key, reason: error.to_string() })
+        }
+        None => Ok(T::default()),
+    }
+}
+
+/// The manifest and its version, `None` when absent.
+async fn load_manifest(lake: &Lake, path: &Path) -> Result<Option<(FeedMetadata, UpdateVersion)>, ReconcileError> {
+    let result = match lake.store().get(path).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(ReconcileError::Read { path: path.to_string(), source }),
+    };
+    let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+    let bytes = result.bytes().await.map_err(|source| ReconcileError::Read { path: path.to_string(), source })?;
+    let metadata = FeedMetadata::from_json(&bytes)
+        .map_err(|source| ReconcileError::MetadataCorrupt { path: path.to_string(), source })?;
+    Ok(Some((metadata, version)))
+}
+
+/// True for LocalFileSystem's staging names: `<name>#<digits>` (object_store's `local.rs`
+/// hides exactly these from `list`).
+pub fn is_staged_name(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(base, suffix)| {
+        !base.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Deletes staged files below the feed directory of a local lake; returns their object paths.
+async fn remove_staged(lake: &Lake, dir: &Path) -> Result<Vec<String>, ReconcileError> {
+    let Some(local) = lake.local_dir() else {
+        return Ok(Vec::new());
+    };
+    let mut disk_dir = local.to_path_buf();
+    disk_dir.extend(dir.parts().map(|part| part.as_ref().to_string()));
+    let prefix = dir.to_string();
+    let scan_dir = disk_dir.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        scan_staged(&scan_dir, &scan_dir, &mut found).map(|()| found)
+    })
+    .await
+    .map_err(|error| ReconcileError::Scan {
+        path: disk_dir.display().to_string(),
+        source: std::io::Error::other(error),
+    })?
+    .map_err(|source| ReconcileError::Scan { path: disk_dir.display().to_string(), source })?;
+    let mut removed = Vec::new();
+    for (file, relative) in found {
+        let path = if prefix.is_empty() { relative } else { format!("{prefix}/{relative}") };
+        match tokio::fs::remove_file(&file).await {
+            Ok(()) => {
+                info!(path = %path, "removed a staged temp file left by an interrupted put");
+                removed.push(path);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ReconcileError::Scan { path, source }),
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Collects staged files below `dir` as (disk path, `/`-separated path relative to `base`).
+fn scan_staged(
+    base: &std::path::Path,
+    dir: &std::path::Path,
+    found: &mut Vec<(std::path::PathBuf, String)>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            scan_staged(base, &path, found)?;
+        } else if entry.file_name().to_str().is_some_and(is_staged_name) {
+            let relative = path.strip_prefix(base).unwrap_or(&path);
+            let relative: Vec<String> =
+                relative.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
+            found.push((path, relative.join("/")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::layout::METADATA_FILE;
+
+    #[test]
+    fn staged_names_are_name_hash_digits_only() {
+        assert!(is_staged_name("data_1.parquet#3"));
+        assert!(is_staged_name("_metadata.json#12"));
+        assert!(!is_staged_name("data_1.parquet"));
+        assert!(!is_staged_name("data#x1"));
+        assert!(!is_staged_name("data#"));
+        assert!(!is_staged_name("#3"));
+        assert!(!is_staged_name(METADATA_FILE));
+    }
+
+    #[test]
+    fn absorbing_starts_a_watermark_only_at_offset_zero() {
+        let mut state = CommitState::default();
+        merge_runs(&mut state.ranges, &Runs::from([(0, vec![(0, 9), (11, 20)]), (1, vec![(5, 9)])]));
+        state.low.insert(2, 4);
+        merge_runs(&mut state.ranges, &Runs::from([(2, vec![(5, 7), (9, 9)])]));
+        absorb(&mut state);
+        assert_eq!(state.low, Positions::from([(0, 9), (2, 7)]));
+        assert_eq!(state.ranges, Runs::from([(0, vec![(11, 20)]), (1, vec![(5, 9)]), (2, vec![(9, 9)])]));
+    }
+}
