@@ -100,3 +100,23 @@ pub async fn demo(duration: &str, lake: &str, rate: u32) -> anyhow::Result<()> {
     let duration = parse_duration(duration).map_err(anyhow::Error::msg).context("--duration")?;
     ksql_lake::pipeline::demo::run_demo(lake, duration, rate, shutdown_on_signal()).await
 }
+
+pub async fn rebuild_metadata(config_path: &Path, feed: &str) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(feed_config) = config.feed(feed) else {
+        bail!("no feed named `{feed}` in {}", config_path.display());
+    };
+    let lake = ksql_lake::lake::open_lake(&config.lake.url, &ksql_lake::pipeline::s3_options(&config.lake))?;
+    let kind = match feed_config.kind {
+        ksql_lake::config::FeedKind::Stream => ksql_lake::lake::FeedKind::Stream,
+        ksql_lake::config::FeedKind::Table => ksql_lake::lake::FeedKind::Table,
+    };
+    let metadata = ksql_lake::lake::rebuild(&lake, kind, feed).await?;
+    let files: usize = metadata.partitions.iter().map(|partition| partition.files.len()).sum();
+    println!(
+        "rebuilt _metadata.json of {feed}: {} rows in {files} files over {} partitions (previous kept as _metadata.json.bak)",
+        metadata.total_records,
+        metadata.partitions.len()
+    );
+    Ok(())
+}

@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage a feed's `_metadata.json`.
+    Metadata {
+        #[command(subcommand)]
+        command: MetadataCommand,
+    },
     /// Serve the ksqlDB-compatible simulator (for trying ksql-lake without ksqlDB).
     Simulator {
         #[arg(long, default_value = "127.0.0.1:8088")]
@@ -63,6 +68,18 @@ enum Command {
         demo_data: bool,
         #[arg(long, default_value_t = 2000)]
         rate: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetadataCommand {
+    /// Rebuild `_metadata.json` from the feed's data files alone (the old one is kept as
+    /// `_metadata.json.bak`). Run it while ksql-lake is stopped.
+    Rebuild {
+        #[arg(long, short, env = "KSQL_LAKE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        feed: String,
     },
 }
 
@@ -90,6 +107,9 @@ fn main() -> ExitCode {
             Command::Config { command: ConfigCommand::Default } => {
                 print!("{}", ksql_lake::config::DEFAULT_CONFIG);
                 Ok(())
+            }
+            Command::Metadata { command: MetadataCommand::Rebuild { config, feed } } => {
+                cli::rebuild_metadata(&config, &feed).await
             }
             Command::Simulator { listen, demo_data, rate } => cli::simulator(&listen, demo_data, rate).await,
         }

@@ -334,6 +334,7 @@ fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
     let mut state = CommitState {
         low: std::mem::take(&mut metadata.committed_positions),
         ranges: std::mem::take(&mut metadata.committed_ranges),
+        token: None,
     };
     if !footer.runs.is_empty() {
         state.low = low_before;

@@ -116,6 +116,14 @@ pub async fn run_with(
     let mut sources = tokio::task::JoinSet::new();
     for feed in config.feeds.iter().filter(|feed| feed.enabled) {
         let kind = lake_kind(feed.kind);
+        // A crash may have left a written file the metadata does not list, or a temp file.
+        let report = lake::reconcile(&lake, kind, &feed.name)
+            .await
+            .with_context(|| format!("reconciling feed {} with its files", feed.name))?;
+        if report.changed() {
+            tracing::warn!(feed = %feed.name, adopted = ?report.adopted, removed_temp = ?report.removed_temp,
+                unreadable = ?report.unreadable, "recovered from an interrupted run");
+        }
         let writer = Arc::new(LakeWriter::new(lake.clone(), writer_options(&feed.settings, &options)));
         let committed = writer
             .read_metadata(kind, &feed.name)

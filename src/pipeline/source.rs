@@ -49,6 +49,10 @@ pub struct SourceSettings {
     pub backoff: Backoff,
 }
 
+/// In `continuation-token` mode, rows are held until the token that follows them; without any
+/// token after this many batches the server is assumed not to send them.
+const HELD_BATCHES_WITHOUT_TOKEN: usize = 16;
+
 /// Exponential backoff with jitter between reconnect attempts.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -138,11 +142,11 @@ impl FeedSource {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            // Exactly-once also skips what it handed on in this run; at-least-once starts over
-            // from what is committed, so buffered rows may come again (overlap).
             resume.committed = committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-            if self.settings.delivery != Delivery::ExactlyOnce {
-                resume.seen.clear();
+            if self.settings.delivery == Delivery::AtLeastOnce {
+                // At-least-once resumes after the watermark only: committed runs above it (rows
+                // written ahead of older buffered ones) may come again after a restart.
+                resume.committed.ranges.clear();
             }
             let ended = match self.stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt).await {
                 Ok(ended) => ended,
@@ -223,7 +227,7 @@ impl FeedSource {
         let mut decoder = RowDecoder::new(&header_columns);
         let mut batch_positions = lake::Positions::new();
         let mut linger_deadline: Option<Instant> = None;
-        let received = self.metrics.rows_received.with_label_values(&[&settings.feed]);
+        let mut hold_for_token = settings.delivery == Delivery::ContinuationToken;
         let rejected = self.metrics.rows_rejected.with_label_values(&[&settings.feed]);
         let ended = loop {
             let idle_deadline = Instant::now() + settings.idle_timeout;
@@ -256,7 +260,7 @@ impl FeedSource {
                         resume.observe(partition, offset);
                     }
                     match decoder.append(&values) {
-                        Ok(()) => received.inc(),
+                        Ok(()) => {}
                         Err(error) => {
                             rejected.inc();
                             tracing::warn!(feed = %settings.feed, column = %error.column, reason = %error.reason,
@@ -264,6 +268,17 @@ impl FeedSource {
                         }
                     }
                     *attempt = 0;
+                    if hold_for_token {
+                        // Rows wait for the token that follows them: after a cut the query
+                        // resumes from the last token and sends them again.
+                        if decoder.len() >= settings.batch_rows.saturating_mul(HELD_BATCHES_WITHOUT_TOKEN) {
+                            tracing::warn!(feed = %settings.feed,
+                                "no continuation token after many rows: is ksql.query.push.v2.continuation.tokens.enabled \
+                                 set on the server? sending rows on (at-least-once)");
+                            hold_for_token = false;
+                        }
+                        continue;
+                    }
                     if decoder.len() >= settings.batch_rows {
                         if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
                             break Ended::Shutdown;
@@ -298,8 +313,13 @@ impl FeedSource {
                 Err(error) => return Err(error),
             }
         };
-        // Whatever was decoded goes on to the buffer; nothing received is dropped.
-        self.send_batch(&mut decoder, &mut batch_positions, sender).await;
+        if hold_for_token {
+            // Not covered by a token: the next query (from the last token) sends them again.
+            decoder.finish();
+        } else {
+            // Whatever was decoded goes on to the buffer; nothing received is dropped.
+            self.send_batch(&mut decoder, &mut batch_positions, sender).await;
+        }
         drop(stream);
         if let Some(query_id) = query_id {
             self.client.close_query(&query_id).await;
@@ -318,6 +338,7 @@ impl FeedSource {
             return true;
         }
         let batch = decoder.finish();
+        self.metrics.rows_received.with_label_values(&[&self.settings.feed]).inc_by(batch.num_rows() as u64);
         let positions = std::mem::take(positions);
         let waited = Instant::now();
         let sent = sender.send(SourceMessage::Batch { batch, positions }).await.is_ok();
