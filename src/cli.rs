@@ -107,11 +107,7 @@ pub async fn rebuild_metadata(config_path: &Path, feed: &str) -> anyhow::Result<
         bail!("no feed named `{feed}` in {}", config_path.display());
     };
     let lake = ksql_lake::lake::open_lake(&config.lake.url, &ksql_lake::pipeline::s3_options(&config.lake))?;
-    let kind = match feed_config.kind {
-        ksql_lake::config::FeedKind::Stream => ksql_lake::lake::FeedKind::Stream,
-        ksql_lake::config::FeedKind::Table => ksql_lake::lake::FeedKind::Table,
-    };
-    let metadata = ksql_lake::lake::rebuild(&lake, kind, feed).await?;
+    let metadata = ksql_lake::lake::rebuild(&lake, feed_config.kind, feed).await?;
     let files: usize = metadata.partitions.iter().map(|partition| partition.files.len()).sum();
     println!(
         "rebuilt _metadata.json of {feed}: {} rows in {files} files over {} partitions (previous kept as _metadata.json.bak)",

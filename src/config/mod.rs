@@ -20,6 +20,10 @@ pub use default_file::DEFAULT_CONFIG;
 pub use raw::RawConfig;
 pub use validate::validate;
 
+/// The domain types the config is parsed into, re-exported so config users need only this module.
+pub use crate::ksqldb::client::Http2Mode;
+pub use crate::lake::{Compression, FeedKind, Partitioning};
+
 /// The environment prefix of config overrides.
 pub const ENV_PREFIX: &str = "KSQL_LAKE_";
 
@@ -54,13 +58,6 @@ pub struct Config {
     pub feeds: Vec<FeedConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Http2Mode {
-    Auto,
-    Always,
-    Never,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct KsqldbConfig {
     pub url: url::Url,
@@ -93,27 +90,6 @@ pub struct LakeConfig {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedKind {
-    Stream,
-    Table,
-}
-
-impl FeedKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeedKind::Stream => "stream",
-            FeedKind::Table => "table",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Partitioning {
-    Daily,
-    Hourly,
-}
-
 /// Where a row's event time comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventTime {
@@ -123,15 +99,6 @@ pub enum EventTime {
     Column(String),
     /// The time ksql-lake received the row.
     ProcessingTime,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Zstd(i32),
-    Snappy,
-    Lz4,
-    Gzip(u32),
-    None,
 }
 
 /// What survives a disconnect, a crash or a restart.

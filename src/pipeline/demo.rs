@@ -89,7 +89,7 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
     let writer = LakeWriter::new(lake, WriterOptions::default());
     println!("\nwrote {} rows in {} files:", summary.rows_written, summary.files_written);
     for feed in &feeds {
-        let kind = super::lake_kind(feed.kind);
+        let kind = feed.kind;
         let Some(metadata) = writer.read_metadata(kind, &feed.name).await? else {
             println!("  {}: nothing committed", feed.name);
             continue;

@@ -115,7 +115,7 @@ pub async fn run_with(
     let mut sinks = tokio::task::JoinSet::new();
     let mut sources = tokio::task::JoinSet::new();
     for feed in config.feeds.iter().filter(|feed| feed.enabled) {
-        let kind = lake_kind(feed.kind);
+        let kind = feed.kind;
         // A crash may have left a written file the metadata does not list, or a temp file.
         let report = lake::reconcile(&lake, kind, &feed.name)
             .await
@@ -211,13 +211,7 @@ fn build_sink(
     committed: Arc<std::sync::Mutex<CommitState>>,
 ) -> FeedSink {
     let settings = &feed.settings;
-    let spec = PartitionSpec::new(
-        match settings.partitioning {
-            config::Partitioning::Daily => lake::Partitioning::Daily,
-            config::Partitioning::Hourly => lake::Partitioning::Hourly,
-        },
-        settings.timezone,
-    );
+    let spec = PartitionSpec::new(settings.partitioning, settings.timezone);
     let event_time = match &settings.event_time {
         config::EventTime::Rowtime => lake::EventTime::Column(query::ROWTIME.to_string()),
         config::EventTime::Column(name) => lake::EventTime::Column(name.clone()),
@@ -238,7 +232,7 @@ fn build_sink(
     };
     let watermark = Arc::new(WatermarkClock::default());
     let buffers =
-        PartitionBuffers::new(feed.name.clone(), lake_kind(feed.kind), spec, policy, budget.clone(), watermark.clone());
+        PartitionBuffers::new(feed.name.clone(), feed.kind, spec, policy, budget.clone(), watermark.clone());
     FeedSink {
         feed: feed.name.clone(),
         router,
@@ -257,24 +251,10 @@ fn build_sink(
 
 /// Each feed has its own writer: compression and row groups are per-feed settings.
 fn writer_options(settings: &config::FeedSettings, options: &RunOptions) -> WriterOptions {
-    let compression = match settings.compression {
-        config::Compression::Zstd(level) => lake::Compression::Zstd(level),
-        config::Compression::Snappy => lake::Compression::Snappy,
-        config::Compression::Lz4 => lake::Compression::Lz4,
-        config::Compression::Gzip(level) => lake::Compression::Gzip(level),
-        config::Compression::None => lake::Compression::None,
-    };
     WriterOptions {
-        parquet: lake::ParquetOptions { compression, row_group_rows: settings.row_group_rows, dictionary: true },
+        parquet: lake::ParquetOptions { compression: settings.compression, row_group_rows: settings.row_group_rows, dictionary: true },
         retry: options.write_retry.clone(),
         ..WriterOptions::default()
-    }
-}
-
-fn lake_kind(kind: config::FeedKind) -> lake::FeedKind {
-    match kind {
-        config::FeedKind::Stream => lake::FeedKind::Stream,
-        config::FeedKind::Table => lake::FeedKind::Table,
     }
 }
 
@@ -286,11 +266,7 @@ pub fn client_config(ksqldb: &config::KsqldbConfig) -> ksql_client::ClientConfig
     client.ca_file = ksqldb.ca_file.clone();
     client.client_cert = ksqldb.client_cert.clone();
     client.client_key = ksqldb.client_key.clone();
-    client.http2 = match ksqldb.http2 {
-        config::Http2Mode::Auto => ksql_client::Http2Mode::Auto,
-        config::Http2Mode::Always => ksql_client::Http2Mode::Always,
-        config::Http2Mode::Never => ksql_client::Http2Mode::Never,
-    };
+    client.http2 = ksqldb.http2;
     client.connect_timeout = ksqldb.connect_timeout;
     client
 }
@@ -328,7 +304,7 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
             let writer = LakeWriter::new(lake, WriterOptions::default());
             for feed in &config.feeds {
                 let label = format!("feed {} metadata", feed.name);
-                match writer.read_metadata(lake_kind(feed.kind), &feed.name).await {
+                match writer.read_metadata(feed.kind, &feed.name).await {
                     Ok(Some(metadata)) => report.push((label, Ok(format!("{} rows committed", metadata.total_records)))),
                     Ok(None) => report.push((label, Ok("new feed".into()))),
                     Err(error) => report.push((label, Err(format!("{error:#}")))),
