@@ -96,6 +96,23 @@ async fn sigterm_flushes_every_buffer_commits_and_exits_zero() {
         .map(|file| file["reason"].as_str().unwrap())
         .collect();
     assert!(!reasons.is_empty() && reasons.iter().all(|reason| *reason == "shutdown"), "{reasons:?}");
+
+    // `metadata rebuild` recreates the manifest from the files alone and keeps the old one.
+    let manifest = dir.path().join("lake/streams/everything/_metadata.json");
+    std::fs::write(&manifest, b"{ not json").unwrap();
+    let output = Command::new(BINARY)
+        .args(["metadata", "rebuild", "--feed", "everything", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("{rows} rows")));
+    let rebuilt: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(rebuilt["total_records"], metadata["total_records"]);
+    assert_eq!(rebuilt["total_bytes"], metadata["total_bytes"]);
+    assert_eq!(rebuilt["committed_positions"], metadata["committed_positions"], "same committed set");
+    assert_eq!(std::fs::read(manifest.with_extension("json.bak")).unwrap(), b"{ not json");
     server.shutdown().await;
 }
 

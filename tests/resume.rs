@@ -389,3 +389,78 @@ async fn continuation_tokens_resume_a_scalable_push_query_across_cuts_and_restar
     assert_eq!(ids, (0..1800).collect::<Vec<_>>(), "every row once across cuts and a restart");
     server.shutdown().await;
 }
+
+/// A simulator with the every-type stream and its first `count` of `rows` rows.
+async fn simulator_with(
+    config: SimulatorConfig,
+    count: i64,
+    rows: i64,
+) -> (Simulator, ksql_lake::simulator::SimulatorHandle) {
+    let simulator = Simulator::new(config);
+    simulator.create_stream(SOURCE, parse_schema(SCHEMA).unwrap(), 3).unwrap();
+    produce(&simulator, 0..count, rows);
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (simulator, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_rejects_the_resume_filter_is_still_read_exactly_once() {
+    let rows = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config_sim = SimulatorConfig { reject_offset_filters: true, ..SimulatorConfig::default() };
+    let (simulator, server) = simulator_with(config_sim, rows / 2, rows).await;
+    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    let running = start(config, fast_reconnects());
+    running.wait_until("first half", Duration::from_secs(30), |r| r.written() == (rows / 2) as u64).await;
+    // The reconnect carries a resume filter, which this server refuses: the client falls back.
+    simulator.inject(Fault::CutAfterRows(1));
+    produce(&simulator, rows / 2..rows, rows);
+    running.wait_until("every row", Duration::from_secs(30), |r| r.written() == rows as u64).await;
+    assert_eq!(running.health.report().1["feeds"]["everything"]["state"], "streaming");
+    running.shutdown().await;
+    verify_feed(&feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await, rows, false);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_query_is_reopened_after_the_idle_timeout() {
+    let rows = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, server) = simulator_with(SimulatorConfig::default(), rows / 2, rows).await;
+    let mut config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    config.ksqldb.idle_timeout = Duration::from_millis(500);
+    let running = start(config, fast_reconnects());
+    running.wait_until("first half", Duration::from_secs(30), |r| r.received() == (rows / 2) as u64).await;
+    // The server stops sending but keeps the connection open, with rows waiting.
+    simulator.inject(Fault::Stall(Duration::from_secs(120)));
+    produce(&simulator, rows / 2..rows, rows);
+    running
+        .wait_until("a stall reconnect", Duration::from_secs(30), |r| {
+            r.metrics.push_query_reconnects.with_label_values(&["everything", "stall"]).get() >= 1
+        })
+        .await;
+    running.wait_until("every row", Duration::from_secs(30), |r| r.written() == rows as u64).await;
+    running.shutdown().await;
+    verify_feed(&feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await, rows, false);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_ksqldb_answering_503_is_retried_until_ready() {
+    let rows = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, server) = simulator_with(SimulatorConfig::default(), rows, rows).await;
+    simulator.set_ready(false);
+    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    let running = start(config, fast_reconnects());
+    running.wait_until("retries while starting", Duration::from_secs(30), |r| reconnects(r) >= 3).await;
+    assert_eq!(running.received(), 0);
+    let (ready, body) = running.health.report();
+    assert!(!ready && body["feeds"]["everything"]["state"] == "reconnecting", "{body}");
+    simulator.set_ready(true);
+    running.wait_until("every row", Duration::from_secs(30), |r| r.written() == rows as u64).await;
+    assert!(running.health.report().0, "ready once streaming");
+    running.shutdown().await;
+    verify_feed(&feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await, rows, false);
+    server.shutdown().await;
+}

@@ -16,18 +16,27 @@ pub const ROWOFFSET: &str = "ROWOFFSET";
 
 /// What a feed's source skips when it (re)opens its push query: the committed set, and for
 /// exactly-once also every row already handed to the buffers in this run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Resume {
     pub committed: CommitState,
     /// Highest offset seen per partition in this run (handed on, or skipped as committed).
     pub seen: lake::Positions,
     /// The newest continuation token received in this run.
     pub token: Option<String>,
+    /// False once the server rejected the resume WHERE clause: the client-side check alone
+    /// then keeps rows from coming twice.
+    pub server_filter: bool,
+}
+
+impl Default for Resume {
+    fn default() -> Self {
+        Resume::new(CommitState::default())
+    }
 }
 
 impl Resume {
     pub fn new(committed: CommitState) -> Self {
-        Resume { committed, seen: lake::Positions::new(), token: None }
+        Resume { committed, seen: lake::Positions::new(), token: None, server_filter: true }
     }
 
     /// True when the row was committed or already handed on in this run.
@@ -40,8 +49,12 @@ impl Resume {
         *entry = (*entry).max(offset);
     }
 
-    /// Per partition, the offset the query may start after.
+    /// Per partition, the offset the query may start after (nothing when the server does not
+    /// take the filter).
     pub fn start_after(&self) -> lake::Positions {
+        if !self.server_filter {
+            return lake::Positions::new();
+        }
         let mut start = self.committed.low.clone();
         lake::merge_positions(&mut start, &self.seen);
         start

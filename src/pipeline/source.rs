@@ -148,8 +148,17 @@ impl FeedSource {
                 // written ahead of older buffered ones) may come again after a restart.
                 resume.committed.ranges.clear();
             }
+            let filtered = !resume.start_after().is_empty();
             let ended = match self.stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt).await {
                 Ok(ended) => ended,
+                Err(error) if filtered && error.error_code() == Some(40001) => {
+                    // A server that refuses ROWPARTITION/ROWOFFSET in WHERE: resume without the
+                    // server-side filter; the client-side check still skips committed rows.
+                    tracing::warn!(feed = %feed, %error,
+                        "ksqlDB rejected the resume filter; reading from earliest and skipping committed rows client-side");
+                    resume.server_filter = false;
+                    continue;
+                }
                 Err(error) if !error.is_retryable() => {
                     up.set(0);
                     tracing::error!(feed = %feed, %error, "push query failed permanently; feed stopped");

@@ -104,6 +104,9 @@ pub struct SimulatorConfig {
     /// A scalable push query writes a continuation token at least every this many rows,
     /// and after the last row of every read batch.
     pub continuation_token_every_rows: usize,
+    /// Emulates a server that selects ROWPARTITION/ROWOFFSET but rejects them in WHERE
+    /// (400 statement error), for clients' fallback paths. Default false.
+    pub reject_offset_filters: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -118,6 +121,7 @@ impl Default for SimulatorConfig {
             push_v2_enabled: false,
             continuation_tokens_enabled: false,
             continuation_token_every_rows: 100,
+            reject_offset_filters: false,
         }
     }
 }

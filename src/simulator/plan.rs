@@ -134,6 +134,12 @@ impl Plan {
     /// Whether the query reads ROWPARTITION or ROWOFFSET anywhere (which rules out a
     /// scalable push query).
     pub fn uses_offset_columns(&self) -> bool {
+        self.projection.iter().any(|p| matches!(p, Proj::Rowpartition | Proj::Rowoffset))
+            || self.filters_on_offset_columns()
+    }
+
+    /// Whether the WHERE clause reads ROWPARTITION or ROWOFFSET.
+    pub fn filters_on_offset_columns(&self) -> bool {
         fn in_filter(filter: &Filter) -> bool {
             match filter {
                 Filter::And(a, b) | Filter::Or(a, b) => in_filter(a) || in_filter(b),
@@ -144,10 +150,7 @@ impl Plan {
                     .any(|term| matches!(term, Term::Field(Proj::Rowpartition | Proj::Rowoffset))),
             }
         }
-        self.projection
-            .iter()
-            .any(|p| matches!(p, Proj::Rowpartition | Proj::Rowoffset))
-            || self.filter.as_ref().is_some_and(in_filter)
+        self.filter.as_ref().is_some_and(in_filter)
     }
 
     /// Whether a row passes the WHERE clause.

@@ -460,6 +460,9 @@ fn start_query(
         Ok(plan) => plan,
         Err(error) => return statement_failure(&error.0),
     };
+    if sim.config().reject_offset_filters && plan.filters_on_offset_columns() {
+        return statement_failure("WHERE clause on ROWPARTITION or ROWOFFSET is not supported.");
+    }
     let mut writer = Writer::new(framing, plan.kind);
     let streaming = |rx: mpsc::Receiver<Chunk>| {
         let mut response = Response::new(ChannelBody { rx }.boxed());
