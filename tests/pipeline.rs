@@ -84,8 +84,15 @@ async fn s3_lake_holds_every_row_once_and_duckdb_reads_it_from_s3() {
         "endpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"",
         moto.endpoint
     );
-    // Nothing flushes on its own: every file is written by the shutdown flush.
-    let config = config(&server.url(), "s3://lake/warehouse", "daily", &lake_section, "flush_max_age = \"1h\"");
+    // Nothing flushes on its own (no age, and days never close): every file is written by the
+    // shutdown flush.
+    let config = config(
+        &server.url(),
+        "s3://lake/warehouse",
+        "daily",
+        &lake_section,
+        "flush_max_age = \"1h\"\nallowed_lateness = \"3650d\"",
+    );
     let running = start(config, fast_options());
     running.wait_until("every row received", Duration::from_secs(60), |r| r.received() == ROWS as u64).await;
     assert_eq!(running.written(), 0);
@@ -121,7 +128,7 @@ async fn memory_budget_bounds_buffers_under_a_flood() {
         &format!("file://{}", dir.path().display()),
         "daily",
         "[memory]\nbudget = \"1MiB\"",
-        "flush_max_age = \"1h\"\nbatch_rows = 256",
+        "flush_max_age = \"1h\"\nallowed_lateness = \"3650d\"\nbatch_rows = 256",
     );
     let running = start(config, fast_options());
     let mut peak = 0.0f64;

@@ -38,8 +38,9 @@ async fn sigterm_flushes_every_buffer_commits_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (simulator, server) = simulator_with_rows(rows).await;
     let port = free_port();
-    // Nothing would flush for an hour: every row reaches the lake through the SIGTERM flush.
-    let config = write_config(dir.path(), &server.url(), port, "flush_max_age = \"1h\"");
+    // Nothing would flush for an hour and no day closes: every row reaches the lake through the
+    // SIGTERM flush.
+    let config = write_config(dir.path(), &server.url(), port, "flush_max_age = \"1h\"\nallowed_lateness = \"3650d\"");
     let mut child = Command::new(BINARY)
         .args(["run", "--config"])
         .arg(&config)
