@@ -102,6 +102,21 @@ async fn read_lines(response: &mut reqwest::Response, text: &mut String, lines: 
     }
 }
 
+/// Opens `SELECT * FROM PAGEVIEWS EMIT CHANGES` on /query (StreamedRow) and reads its header line.
+async fn open_pageviews_push_query(handle: &SimulatorHandle) -> (reqwest::Response, String) {
+    let mut response = post(
+        &h1(),
+        handle,
+        "/query",
+        Some(V1_JSON),
+        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
+    )
+    .await;
+    let mut text = String::new();
+    read_lines(&mut response, &mut text, 1).await;
+    (response, text)
+}
+
 /// Replaces the random query id in a body by `<ID>` (and returns it).
 fn strip_id(body: &str) -> (String, String) {
     let start = body.find("\"queryId\":\"").unwrap() + 11;
@@ -831,16 +846,7 @@ async fn fault_in_band_error_in_each_framing() {
 #[tokio::test]
 async fn fault_terminate_ends_like_completion() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    let mut response = post(
-        &h1(),
-        &handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
-    let mut text = String::new();
-    read_lines(&mut response, &mut text, 1).await;
+    let (response, _header) = open_pageviews_push_query(&handle).await;
     let id = sim.query_ids().pop().unwrap();
     assert!(sim.inject_query(&id, Fault::Terminate));
     let rest = timeout(WAIT, response.text()).await.unwrap().unwrap();
@@ -956,16 +962,7 @@ async fn value_types_render_in_rows() {
 #[tokio::test]
 async fn shutdown_cuts_open_queries_abruptly() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    let mut response = post(
-        &h1(),
-        &handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
-    let mut text = String::new();
-    read_lines(&mut response, &mut text, 1).await;
+    let (response, _header) = open_pageviews_push_query(&handle).await;
     timeout(WAIT, handle.shutdown()).await.unwrap();
     // no final message: the body fails instead of ending
     let rest = timeout(WAIT, response.text()).await.unwrap();
