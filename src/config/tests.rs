@@ -124,7 +124,7 @@ fn invalid_values_name_the_key_and_what_is_allowed() {
     }
     let unknown = load(&format!("{MINIMAL}flush_max_rowz = 5\n"), &[]).unwrap_err().to_string();
     assert!(unknown.contains("unknown field `flush_max_rowz`"), "{unknown}");
-    let unknown_section = load(&format!("[ksqldb]\nurl = \"http://a\"\nuser = \"x\"\n[lake]\nurl = \"/tmp\"\n"), &[])
+    let unknown_section = load("[ksqldb]\nurl = \"http://a\"\nuser = \"x\"\n[lake]\nurl = \"/tmp\"\n", &[])
         .unwrap_err()
         .to_string();
     assert!(unknown_section.contains("unknown field `user`"), "{unknown_section}");

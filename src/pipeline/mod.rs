@@ -223,7 +223,7 @@ fn build_sink(
     };
     // Scalable push queries cannot select ROWPARTITION/ROWOFFSET.
     let positions = (settings.delivery != config::Delivery::ContinuationToken).then_some(positions);
-    let router = RowRouter::new(spec.clone(), event_time, positions);
+    let router = RowRouter::new(spec, event_time, positions);
     let policy = lake::FlushPolicy {
         max_rows: settings.flush_max_rows as usize,
         max_bytes: settings.flush_max_bytes,

@@ -48,7 +48,7 @@ pub struct RunTracker {
 
 impl RunTracker {
     /// Records rows that were just buffered in `key`, in arrival order per ksqlDB partition.
-    pub fn record(&mut self, rows: &mut Vec<(u32, u64, PartitionKey)>) {
+    pub fn record(&mut self, rows: &mut [(u32, u64, PartitionKey)]) {
         rows.sort_unstable_by_key(|&(partition, offset, _)| (partition, offset));
         for &(partition, offset, key) in rows.iter() {
             let runs = self.pending.entry(key).or_default().entry(partition).or_default();
@@ -188,10 +188,10 @@ mod tests {
     #[test]
     fn a_run_continues_across_batches_until_its_buffer_is_written() {
         let mut tracker = RunTracker::default();
-        tracker.record(&mut vec![(0, 1, key(1)), (0, 2, key(1))]);
-        tracker.record(&mut vec![(0, 3, key(1))]);
+        tracker.record(&mut [(0, 1, key(1)), (0, 2, key(1))]);
+        tracker.record(&mut [(0, 3, key(1))]);
         assert_eq!(tracker.take(&key(1))[&0], vec![(1, 3)]);
-        tracker.record(&mut vec![(0, 4, key(1))]);
+        tracker.record(&mut [(0, 4, key(1))]);
         assert_eq!(tracker.take(&key(1))[&0], vec![(4, 4)]);
     }
 }
