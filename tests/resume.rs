@@ -308,16 +308,19 @@ async fn a_new_column_after_reconnect_flushes_and_records_a_new_schema_version()
     let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1h\"");
     let running = start(config, fast_reconnects());
     running.wait_until("old rows", Duration::from_secs(30), |r| r.received() == 100).await;
-    // CREATE OR REPLACE adds a column; the open query keeps its schema until it ends.
+    // CREATE OR REPLACE adds a column; the open query keeps its schema until it ends, so end it
+    // and let ksql-lake reopen it before the new rows come.
     simulator
         .replace_columns(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING, `EXTRA` DOUBLE").unwrap())
         .unwrap();
+    simulator.inject(Fault::Terminate);
+    running.wait_until("the query reopened", Duration::from_secs(30), |r| reconnects(r) >= 1).await;
+    wait_for("the new query open", Duration::from_secs(30), || simulator.running_push_queries() == 1).await;
     for id in 100..150 {
         simulator
             .produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("b"), Value::Double(0.5)])
             .unwrap();
     }
-    simulator.inject(Fault::Terminate);
     running.wait_until("new rows", Duration::from_secs(30), |r| r.received() == 150).await;
     let by_schema = running.metrics.files_written.with_label_values(&["everything", "schema_change"]).get();
     running.shutdown().await;
