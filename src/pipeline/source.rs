@@ -235,22 +235,35 @@ impl FeedSource {
 
         let mut decoder = RowDecoder::new(&header_columns);
         let mut batch_positions = lake::Positions::new();
-        let mut linger_deadline: Option<Instant> = None;
         let mut hold_for_token = settings.delivery == Delivery::ContinuationToken;
         let rejected = self.metrics.rows_rejected.with_label_values(&[&settings.feed]);
+        // Two timers made once and reset sparingly (not one per row): the linger of a partly
+        // filled batch, and the stall detector, which fires between 7/8 and all of
+        // `idle_timeout` after the last event.
+        let linger = tokio::time::sleep(settings.linger);
+        tokio::pin!(linger);
+        let mut lingering = false;
+        let idle = tokio::time::sleep(settings.idle_timeout);
+        tokio::pin!(idle);
+        let mut idle_armed_at = Instant::now();
+        let idle_slack = settings.idle_timeout / 8;
         let ended = loop {
-            let idle_deadline = Instant::now() + settings.idle_timeout;
+            let now = Instant::now();
+            if now.duration_since(idle_armed_at) >= idle_slack {
+                idle.as_mut().reset(now + settings.idle_timeout);
+                idle_armed_at = now;
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ended::Shutdown,
-                _ = sleep_until_some(linger_deadline) => {
+                _ = &mut linger, if lingering => {
                     if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
                         break Ended::Shutdown;
                     }
-                    linger_deadline = None;
+                    lingering = false;
                     continue;
                 }
-                _ = tokio::time::sleep_until(idle_deadline) => {
+                _ = &mut idle => {
                     break Ended::Reopen(EndReason::Stall, format!("no data for {:?}", settings.idle_timeout));
                 }
                 event = stream.next_event() => event,
@@ -292,9 +305,10 @@ impl FeedSource {
                         if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
                             break Ended::Shutdown;
                         }
-                        linger_deadline = None;
-                    } else if linger_deadline.is_none() && !decoder.is_empty() {
-                        linger_deadline = Some(Instant::now() + settings.linger);
+                        lingering = false;
+                    } else if !lingering && !decoder.is_empty() {
+                        linger.as_mut().reset(Instant::now() + settings.linger);
+                        lingering = true;
                     }
                 }
                 Ok(Some(Event::Header(_))) => {}
@@ -305,7 +319,7 @@ impl FeedSource {
                     {
                         break Ended::Shutdown;
                     }
-                    linger_deadline = None;
+                    lingering = false;
                     resume.token = Some(token);
                 }
                 Ok(Some(Event::FinalMessage(message))) => {
@@ -359,12 +373,6 @@ impl FeedSource {
     }
 }
 
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
 
 #[cfg(test)]
 mod tests {
