@@ -48,7 +48,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
 pub async fn run(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
     if let Some(url) = ksqldb {
-        config.ksqldb.url = url::Url::parse(&url).with_context(|| format!("--ksqldb `{url}` is not a URL"))?;
+        config.ksqldb.client.url = url::Url::parse(&url).with_context(|| format!("--ksqldb `{url}` is not a URL"))?;
     }
     if let Some(url) = lake {
         config.lake.url = url;
@@ -106,7 +106,7 @@ pub async fn rebuild_metadata(config_path: &Path, feed: &str) -> anyhow::Result<
     let Some(feed_config) = config.feed(feed) else {
         bail!("no feed named `{feed}` in {}", config_path.display());
     };
-    let lake = ksql_lake::lake::open_lake(&config.lake.url, &ksql_lake::pipeline::s3_options(&config.lake))?;
+    let lake = ksql_lake::lake::open_lake(&config.lake.url, &config.lake.store)?;
     let metadata = ksql_lake::lake::rebuild(&lake, feed_config.kind, feed).await?;
     let files: usize = metadata.partitions.iter().map(|partition| partition.files.len()).sum();
     println!(

@@ -21,7 +21,8 @@ pub use raw::RawConfig;
 pub use validate::validate;
 
 /// The domain types the config is parsed into, re-exported so config users need only this module.
-pub use crate::ksqldb::client::Http2Mode;
+pub use crate::ksqldb::client::{ClientConfig, Http2Mode};
+pub use crate::lake::S3Options;
 pub use crate::lake::{Compression, FeedKind, Partitioning};
 
 /// The environment prefix of config overrides.
@@ -60,14 +61,8 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KsqldbConfig {
-    pub url: url::Url,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub http2: Http2Mode,
-    pub connect_timeout: Duration,
+    /// How to reach the server: URL, auth, TLS, HTTP version, connect timeout.
+    pub client: ClientConfig,
     /// A push query that sends no byte for this long is treated as stalled and reopened.
     pub idle_timeout: Duration,
     /// Reconnect delays grow exponentially (with jitter) from the first to the largest.
@@ -79,15 +74,8 @@ pub struct KsqldbConfig {
 pub struct LakeConfig {
     /// Local path, file://, s3://bucket/prefix, gs://, az://.
     pub url: String,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub allow_http: bool,
-    pub virtual_hosted_style: bool,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub session_token: Option<String>,
-    /// One request to the object store may take this long before it is retried.
-    pub request_timeout: Duration,
+    /// Endpoint, region, credentials and the request timeout (`extra` key `timeout`).
+    pub store: S3Options,
 }
 
 /// Where a row's event time comes from.

@@ -23,8 +23,8 @@ fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 #[test]
 fn minimal_file_gets_every_default() {
     let config = Config::from_toml(MINIMAL, "test.toml", no_env()).unwrap();
-    assert_eq!(config.ksqldb.url.as_str(), "http://127.0.0.1:8088/");
-    assert_eq!(config.ksqldb.http2, Http2Mode::Auto);
+    assert_eq!(config.ksqldb.client.url.as_str(), "http://127.0.0.1:8088/");
+    assert_eq!(config.ksqldb.client.http2, Http2Mode::Auto);
     assert_eq!(config.memory_budget_bytes, 512 << 20);
     assert_eq!(config.shutdown_grace, Duration::from_secs(25));
     assert_eq!(config.http_listen.to_string(), "0.0.0.0:9464");
@@ -95,8 +95,8 @@ fn environment_overrides_any_key() {
         ],
     )
     .unwrap();
-    assert_eq!(config.ksqldb.url.as_str(), "https://ksql.example:8443/");
-    assert_eq!(config.ksqldb.password.as_deref(), Some("secret"));
+    assert_eq!(config.ksqldb.client.url.as_str(), "https://ksql.example:8443/");
+    assert_eq!(config.ksqldb.client.password.as_deref(), Some("secret"));
     assert_eq!(config.memory_budget_bytes, 64 << 20);
     assert_eq!(config.feeds[0].settings.partitioning, Partitioning::Hourly);
     assert_eq!(config.feeds[0].settings.flush_max_rows, 1000);

@@ -127,14 +127,16 @@ fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigEr
         ));
     }
     Ok(KsqldbConfig {
-        url,
-        username: raw.username.clone(),
-        password: raw.password.clone(),
-        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
-        client_cert: raw.client_cert.as_ref().map(PathBuf::from),
-        client_key: raw.client_key.as_ref().map(PathBuf::from),
-        http2,
-        connect_timeout,
+        client: ClientConfig {
+            url,
+            username: raw.username.clone(),
+            password: raw.password.clone(),
+            ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+            client_cert: raw.client_cert.as_ref().map(PathBuf::from),
+            client_key: raw.client_key.as_ref().map(PathBuf::from),
+            http2,
+            connect_timeout,
+        },
         idle_timeout,
         reconnect_backoff_initial,
         reconnect_backoff_max,
@@ -154,16 +156,19 @@ fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
             ));
         }
     }
+    let request_timeout = duration("lake.request_timeout", raw.request_timeout.as_deref(), DEFAULT_REQUEST_TIMEOUT)?;
     Ok(LakeConfig {
         url: url.to_string(),
-        endpoint: raw.endpoint.clone(),
-        region: raw.region.clone(),
-        allow_http: raw.allow_http.unwrap_or(false),
-        virtual_hosted_style: raw.virtual_hosted_style.unwrap_or(false),
-        access_key_id: raw.access_key_id.clone(),
-        secret_access_key: raw.secret_access_key.clone(),
-        session_token: raw.session_token.clone(),
-        request_timeout: duration("lake.request_timeout", raw.request_timeout.as_deref(), DEFAULT_REQUEST_TIMEOUT)?,
+        store: S3Options {
+            endpoint: raw.endpoint.clone(),
+            region: raw.region.clone(),
+            allow_http: raw.allow_http.unwrap_or(false),
+            virtual_hosted_style: raw.virtual_hosted_style.unwrap_or(false),
+            access_key_id: raw.access_key_id.clone(),
+            secret_access_key: raw.secret_access_key.clone(),
+            session_token: raw.session_token.clone(),
+            extra: vec![("timeout".to_string(), humantime::format_duration(request_timeout).to_string())],
+        },
     })
 }
 

@@ -45,7 +45,7 @@ pub enum Http2Mode {
 }
 
 /// How to reach one ksqlDB server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     /// Base URL, e.g. `http://ksqldb:8088` (a path prefix is kept).
     pub url: Url,

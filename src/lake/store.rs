@@ -23,7 +23,7 @@ use super::layout::{validate_feed_name, FeedKind, LayoutError, METADATA_FILE};
 
 /// Connection options for S3-compatible stores. `None` fields fall back to the `AWS_*`
 /// environment variables (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, …).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct S3Options {
     /// e.g. `http://127.0.0.1:9000` for MinIO or moto; `None` means AWS.
     pub endpoint: Option<String>,

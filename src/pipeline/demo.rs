@@ -85,7 +85,7 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
     server.shutdown().await;
     let summary = summary?;
 
-    let lake = lake::open_lake(&lake_config.url, &super::s3_options(&lake_config))?;
+    let lake = lake::open_lake(&lake_config.url, &lake_config.store)?;
     let writer = LakeWriter::new(lake, WriterOptions::default());
     println!("\nwrote {} rows in {} files:", summary.rows_written, summary.files_written);
     for feed in &feeds {

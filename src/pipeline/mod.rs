@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, FeedConfig};
-use crate::ksqldb::client::{self as ksql_client, KsqlClient};
+use crate::ksqldb::client::KsqlClient;
 use crate::lake::{self, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
 use crate::metrics::{Health, Metrics};
 use sink::{FeedSink, WatermarkClock};
@@ -98,14 +98,14 @@ pub async fn run_with(
     }
     let _stop_http = http_stop.drop_guard();
 
-    let client = Arc::new(KsqlClient::new(client_config(&config.ksqldb)).context("ksqlDB client")?);
+    let client = Arc::new(KsqlClient::new(config.ksqldb.client.clone()).context("ksqlDB client")?);
     match client.info().await {
-        Ok(info) => tracing::info!(version = %info.version, url = %config.ksqldb.url, "connected to ksqlDB"),
-        Err(error) => tracing::warn!(%error, url = %config.ksqldb.url, "ksqlDB /info failed; feeds will retry"),
+        Ok(info) => tracing::info!(version = %info.version, url = %config.ksqldb.client.url, "connected to ksqlDB"),
+        Err(error) => tracing::warn!(%error, url = %config.ksqldb.client.url, "ksqlDB /info failed; feeds will retry"),
     }
     let lake = match options.lake.clone() {
         Some(lake) => lake,
-        None => lake::open_lake(&config.lake.url, &s3_options(&config.lake)).context("opening the lake")?,
+        None => lake::open_lake(&config.lake.url, &config.lake.store).context("opening the lake")?,
     };
     let budget = MemoryBudget::new(config.memory_budget_bytes);
     metrics.memory_budget_bytes.set(config.memory_budget_bytes as f64);
@@ -259,43 +259,18 @@ fn writer_options(settings: &config::FeedSettings, options: &RunOptions) -> Writ
 }
 
 
-pub fn client_config(ksqldb: &config::KsqldbConfig) -> ksql_client::ClientConfig {
-    let mut client = ksql_client::ClientConfig::new(ksqldb.url.clone());
-    client.username = ksqldb.username.clone();
-    client.password = ksqldb.password.clone();
-    client.ca_file = ksqldb.ca_file.clone();
-    client.client_cert = ksqldb.client_cert.clone();
-    client.client_key = ksqldb.client_key.clone();
-    client.http2 = ksqldb.http2;
-    client.connect_timeout = ksqldb.connect_timeout;
-    client
-}
-
-pub fn s3_options(lake: &config::LakeConfig) -> lake::S3Options {
-    lake::S3Options {
-        endpoint: lake.endpoint.clone(),
-        region: lake.region.clone(),
-        allow_http: lake.allow_http,
-        virtual_hosted_style: lake.virtual_hosted_style,
-        access_key_id: lake.access_key_id.clone(),
-        secret_access_key: lake.secret_access_key.clone(),
-        session_token: lake.session_token.clone(),
-        extra: vec![("timeout".to_string(), humantime::format_duration(lake.request_timeout).to_string())],
-    }
-}
-
 /// `ksql-lake check`: each line is what was tried and how it went.
 pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
     let mut report = Vec::new();
-    let client = KsqlClient::new(client_config(&config.ksqldb));
+    let client = KsqlClient::new(config.ksqldb.client.clone());
     match &client {
         Ok(client) => match client.info().await {
-            Ok(info) => report.push((format!("ksqlDB {}", config.ksqldb.url), Ok(format!("version {}", info.version)))),
-            Err(error) => report.push((format!("ksqlDB {}", config.ksqldb.url), Err(error.to_string()))),
+            Ok(info) => report.push((format!("ksqlDB {}", config.ksqldb.client.url), Ok(format!("version {}", info.version)))),
+            Err(error) => report.push((format!("ksqlDB {}", config.ksqldb.client.url), Err(error.to_string()))),
         },
         Err(error) => report.push(("ksqlDB client".into(), Err(error.to_string()))),
     }
-    match lake::open_lake(&config.lake.url, &s3_options(&config.lake)) {
+    match lake::open_lake(&config.lake.url, &config.lake.store) {
         Ok(lake) => {
             match probe(&lake).await {
                 Ok(()) => report.push((format!("lake {}", config.lake.url), Ok("writable and readable".into()))),
