@@ -314,21 +314,7 @@ impl Simulator {
         source: &str,
         rows: impl IntoIterator<Item = (Option<u32>, i64, Vec<Value>)>,
     ) -> Result<Vec<(u32, i64)>, SimulatorError> {
-        let source = self.source(&canonical_name(source))?;
-        let pending = rows
-            .into_iter()
-            .map(|(partition, rowtime, values)| {
-                let (text, ends) = source.render(&values)?;
-                Ok(Pending {
-                    partition,
-                    rowtime,
-                    text,
-                    ends,
-                    tombstone: false,
-                })
-            })
-            .collect::<Result<Vec<_>, SimulatorError>>()?;
-        source.append(pending)
+        self.append_with(source, rows, |source, values: Vec<Value>| source.render(&values))
     }
 
     /// Appends rows whose column values are already JSON text (one string per column, as
@@ -338,18 +324,22 @@ impl Simulator {
         source: &str,
         rows: impl IntoIterator<Item = (Option<u32>, i64, &'a [&'a str])>,
     ) -> Result<Vec<(u32, i64)>, SimulatorError> {
+        self.append_with(source, rows, |source, columns: &[&str]| source.join_rendered(columns))
+    }
+
+    /// Renders each row with `render` (to its JSON text and column ends) and appends them all.
+    fn append_with<T>(
+        &self,
+        source: &str,
+        rows: impl IntoIterator<Item = (Option<u32>, i64, T)>,
+        render: impl Fn(&Source, T) -> Result<(String, Vec<u32>), SimulatorError>,
+    ) -> Result<Vec<(u32, i64)>, SimulatorError> {
         let source = self.source(&canonical_name(source))?;
         let pending = rows
             .into_iter()
-            .map(|(partition, rowtime, columns)| {
-                let (text, ends) = source.join_rendered(columns)?;
-                Ok(Pending {
-                    partition,
-                    rowtime,
-                    text,
-                    ends,
-                    tombstone: false,
-                })
+            .map(|(partition, rowtime, row)| {
+                let (text, ends) = render(&source, row)?;
+                Ok(Pending { partition, rowtime, text, ends, tombstone: false })
             })
             .collect::<Result<Vec<_>, SimulatorError>>()?;
         source.append(pending)

@@ -122,6 +122,36 @@ const STATEMENT_KEYWORDS: &[&str] = &[
 const EXPECTING_STATEMENT: &str = "{<EOF>, 'SELECT', 'CREATE', 'INSERT', 'DESCRIBE', 'PRINT', \
 'EXPLAIN', 'SHOW', 'LIST', 'TERMINATE', 'DROP', 'SET', 'UNSET'}";
 
+/// Reads a token quoted with `quote` starting at `chars[*i]` (a doubled quote stands for one),
+/// leaving `*i` after the closing quote.
+fn quoted(chars: &[char], i: &mut usize, quote: char, line: usize, col: usize) -> Result<String, SqlError> {
+    let start = *i;
+    let mut text = String::new();
+    *i += 1;
+    loop {
+        match chars.get(*i) {
+            None => {
+                return Err(SqlError::Syntax(format!(
+                    "line {line}:{col}: token recognition error at: '{}'",
+                    chars[start..].iter().collect::<String>()
+                )))
+            }
+            Some(&ch) if ch == quote && chars.get(*i + 1) == Some(&quote) => {
+                text.push(quote);
+                *i += 2;
+            }
+            Some(&ch) if ch == quote => {
+                *i += 1;
+                return Ok(text);
+            }
+            Some(&ch) => {
+                text.push(ch);
+                *i += 1;
+            }
+        }
+    }
+}
+
 fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
     let chars: Vec<char> = sql.chars().collect();
     let mut tokens = Vec::new();
@@ -144,57 +174,11 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
                 }
             }
             '`' => {
-                let mut text = String::new();
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => {
-                            return Err(SqlError::Syntax(format!(
-                                "line {line}:{col}: token recognition error at: '{}'",
-                                chars[start..].iter().collect::<String>()
-                            )))
-                        }
-                        Some('`') if chars.get(i + 1) == Some(&'`') => {
-                            text.push('`');
-                            i += 2;
-                        }
-                        Some('`') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(ch) => {
-                            text.push(*ch);
-                            i += 1;
-                        }
-                    }
-                }
+                let text = quoted(&chars, &mut i, '`', line, col)?;
                 push(&mut tokens, Tok::Ident { text, quoted: true });
             }
             '\'' => {
-                let mut text = String::new();
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => {
-                            return Err(SqlError::Syntax(format!(
-                                "line {line}:{col}: token recognition error at: '{}'",
-                                chars[start..].iter().collect::<String>()
-                            )))
-                        }
-                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
-                            text.push('\'');
-                            i += 2;
-                        }
-                        Some('\'') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(ch) => {
-                            text.push(*ch);
-                            i += 1;
-                        }
-                    }
-                }
+                let text = quoted(&chars, &mut i, '\'', line, col)?;
                 push(&mut tokens, Tok::Str(text));
             }
             c if c.is_ascii_digit() => {
