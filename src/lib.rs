@@ -12,7 +12,9 @@
 //! - [`ksqldb`]: the HTTP query protocol: response decoder, client, errors.
 //! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
 
+pub mod backoff;
 pub mod config;
+pub mod defaults;
 pub mod demo;
 pub mod http;
 pub mod ksqldb;

@@ -29,8 +29,14 @@ pub struct Metrics {
     pub rows_rejected: IntCounterVec,
     /// Rows whose partition was already closed when they arrived.
     pub late_rows: IntCounterVec,
-    /// Time to encode and commit one file.
+    /// Rows without a usable event time, routed by processing time.
+    pub null_event_time_rows: IntCounterVec,
+    /// Time to encode one file and commit it (its successful attempt): encode + put.
     pub flush_duration: HistogramVec,
+    /// Time to encode one file as Parquet.
+    pub encode_duration: HistogramVec,
+    /// Time of the successful put of one data file and its manifest update.
+    pub put_duration: HistogramVec,
     /// Size of committed files, in encoded bytes.
     pub file_size: HistogramVec,
     pub buffered_rows: IntGaugeVec,
@@ -61,6 +67,10 @@ const SIZE_BUCKETS: [f64; 10] = [
     65_536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0, 33_554_432.0, 67_108_864.0,
     134_217_728.0, 268_435_456.0, 536_870_912.0,
 ];
+
+fn seconds_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets")
+}
 
 impl Metrics {
     pub fn new(registry: Registry) -> Self {
@@ -103,10 +113,25 @@ impl Metrics {
             files_written: counter("ksql_lake_files_written_total", "Parquet files committed", &["feed", "reason"]),
             rows_rejected: counter("ksql_lake_rows_rejected_total", "Rows that could not be decoded", &["feed"]),
             late_rows: counter("ksql_lake_late_rows_total", "Rows for an already closed partition", &["feed"]),
+            null_event_time_rows: counter(
+                "ksql_lake_null_event_time_rows_total",
+                "Rows without a usable event time, routed by processing time",
+                &["feed"],
+            ),
             flush_duration: histogram(
                 "ksql_lake_flush_duration_seconds",
-                "Time to encode and commit one file",
-                prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets"),
+                "Time to encode one file and commit it, without queue wait and failed attempts",
+                seconds_buckets(),
+            ),
+            encode_duration: histogram(
+                "ksql_lake_encode_duration_seconds",
+                "Time to encode one file as Parquet",
+                seconds_buckets(),
+            ),
+            put_duration: histogram(
+                "ksql_lake_put_duration_seconds",
+                "Time of the successful put of one data file and its manifest",
+                seconds_buckets(),
             ),
             file_size: histogram("ksql_lake_file_size_bytes", "Size of committed files", SIZE_BUCKETS.to_vec()),
             buffered_rows: gauge_vec("ksql_lake_buffered_rows", "Rows buffered, not yet committed", &["feed"]),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use ksql_lake::lake::testing::TestFeed;
 use ksql_lake::lake::{
-    open_lake, CommitOutcome, FeedKind, FlushReason, Lake, LakeWriter, ManualClock, MemoryBudget, PartitionSpec,
+    open_lake, CommitOutcome, FeedKind, FlushPolicy, FlushReason, Lake, LakeWriter, MemoryBudget, PartitionSpec,
     Partitioning, Positions, S3Options, WriterOptions,
 };
 use lake_support::*;
@@ -60,20 +61,18 @@ async fn an_idle_partition_flushes_by_age_and_the_budget_is_released_after_commi
     let writer = LakeWriter::new(Lake::new(Arc::clone(&store), Path::from(""), "memory"), WriterOptions::default());
     let budget = MemoryBudget::new(1 << 30);
     let spec = PartitionSpec::new(Partitioning::Daily, chrono_tz::UTC);
-    let mut buffers = buffers(spec, Arc::clone(&budget), ManualClock::new(DAY_MS + HOUR_MS));
-    for routed in router(spec).route(&orders(&[DAY_MS + 60_000], 0), DAY_MS).unwrap() {
-        buffers.push(routed);
-    }
+    let mut feed = TestFeed::new(spec, FlushPolicy::default(), Arc::clone(&budget), DAY_MS + HOUR_MS);
+    assert!(feed.push(&orders(&[DAY_MS + 60_000], 0)).is_empty());
     assert!(budget.used() > 0);
     tokio::time::advance(Duration::from_secs(299)).await;
-    assert!(buffers.drain_ready(tokio::time::Instant::now()).is_empty());
+    assert!(feed.drain_ready().is_empty());
     tokio::time::advance(Duration::from_secs(1)).await;
-    let jobs = buffers.drain_ready(tokio::time::Instant::now());
+    let jobs = feed.drain_ready();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].reason, FlushReason::Age);
     let committed = writer.write(&jobs[0]).await.unwrap();
-    buffers.learn_compression(committed.in_memory_bytes, committed.bytes);
-    assert_ne!(buffers.compression_ratio(), 0.25);
+    feed.buffers.learn_compression(committed.in_memory_bytes, committed.bytes);
+    assert_ne!(feed.buffers.compression_ratio(), 0.25);
     assert!(budget.used() > 0, "still reserved until the job is dropped");
     drop(jobs);
     assert_eq!(budget.used(), 0);
@@ -85,11 +84,9 @@ async fn an_idle_partition_flushes_by_age_and_the_budget_is_released_after_commi
 async fn memory_pressure_drains_the_largest_partition_and_wakes_the_reader() {
     let budget = MemoryBudget::new(1);
     let spec = PartitionSpec::new(Partitioning::Hourly, chrono_tz::UTC);
-    let mut buffers = buffers(spec, Arc::clone(&budget), ManualClock::new(DAY_MS));
+    let mut feed = TestFeed::new(spec, FlushPolicy::default(), Arc::clone(&budget), DAY_MS);
     let times: Vec<i64> = (0..40).map(|i| DAY_MS + if i < 30 { 0 } else { HOUR_MS }).collect();
-    for routed in router(spec).route(&orders(&times, 0), DAY_MS).unwrap() {
-        buffers.push(routed);
-    }
+    assert!(feed.push(&orders(&times, 0)).is_empty());
     assert!(budget.over_budget());
     let reader = {
         let budget = Arc::clone(&budget);
@@ -98,13 +95,14 @@ async fn memory_pressure_drains_the_largest_partition_and_wakes_the_reader() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let writer = LakeWriter::new(Lake::new(store, Path::from("x"), "memory"), WriterOptions::default());
     while budget.over_budget() {
-        let Some(job) = buffers.drain_largest() else { break };
+        let Some(mut job) = feed.buffers.drain_largest() else { break };
+        (job.runs, job.commit) = feed.ledger.take(&job.key);
         assert_eq!(job.reason, FlushReason::Memory);
         let committed = writer.write(&job).await.unwrap();
         assert_eq!(committed.reason, FlushReason::Memory);
         drop(job);
     }
-    assert_eq!(buffers.open_partitions(), 0);
+    assert_eq!(feed.buffers.open_partitions(), 0);
     tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
     let metadata = writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
     // The 30-row hour went first.

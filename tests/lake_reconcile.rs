@@ -35,7 +35,7 @@ fn hour_dir(hour: i64) -> String {
 /// Commits `rows` rows (offsets from `first_offset`, partition 0) through the writer, with the
 /// runs and commit state the pipeline would set.
 async fn commit(writer: &LakeWriter, hour: i64, first_offset: u64, rows: i64, low: Option<u64>) {
-    let mut jobs = jobs_for(&orders(&times(hour, rows), first_offset as i64), spec());
+    let mut jobs = jobs_for(&orders(&times(hour, rows), first_offset), spec());
     assert_eq!(jobs.len(), 1);
     let mut job = jobs.remove(0);
     let last = first_offset + rows as u64 - 1;
@@ -45,13 +45,13 @@ async fn commit(writer: &LakeWriter, hour: i64, first_offset: u64, rows: i64, lo
         Some(low) => state.raise_low(0, low),
         None => state.ranges = job.runs.clone(),
     }
-    job.commit = Some(state);
+    job.commit = state;
     writer.write(&job).await.unwrap();
 }
 
 /// Puts a data file WITHOUT updating the manifest, as a crash after the data put leaves it.
 async fn put_orphan(lake: &Lake, feed: &str, hour: i64, first_offset: u64, rows: i64, with_runs: bool) -> Path {
-    let batch = orders(&times(hour, rows), first_offset as i64);
+    let batch = orders(&times(hour, rows), first_offset).batch;
     let last = first_offset + rows as u64 - 1;
     let info = FileInfo {
         feed: feed.into(),

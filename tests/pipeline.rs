@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ksql_lake::lake::testing::FaultyStore;
 use ksql_lake::lake::{open_lake, FeedKind, Lake};
-use ksql_lake::pipeline::source::Backoff;
+use ksql_lake::backoff::Backoff;
 use ksql_lake::simulator::Fault;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -161,8 +161,7 @@ async fn failed_writes_are_retried_and_leave_nothing_visible() {
     let config = config(&server.url(), "memory:///unused", "daily", "", "flush_max_age = \"1s\"");
     let mut options = fast_options();
     options.lake = Some(lake);
-    options.write_retry.initial_backoff = Duration::from_millis(10);
-    options.write_retry.max_attempts = 1;
+    options.write_retry.initial = Duration::from_millis(10);
     let running = start(config, options);
     running.wait_until("every row committed", Duration::from_secs(60), |r| r.written() == ROWS as u64).await;
     let retries = running.metrics.write_retries.with_label_values(&["everything"]).get();

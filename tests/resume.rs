@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ksql_lake::lake::{open_lake, FeedKind};
 use ksql_lake::metrics::FeedState;
-use ksql_lake::pipeline::source::Backoff;
+use ksql_lake::backoff::Backoff;
 use ksql_lake::schema::parse_schema;
 use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, Value};
 use object_store::local::LocalFileSystem;
@@ -52,9 +52,32 @@ async fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) {
     assert!(reached.is_ok(), "{what} not reached within {limit:?}");
 }
 
+/// How a test's rows are timed: the feed's partitioning, and how far (ms) 30% of the rows
+/// arrive early or late (`pipeline_support::rowtime_ms`).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    partitioning: &'static str,
+    lateness_ms: i64,
+}
+
+impl Timing {
+    fn hourly(&self) -> bool {
+        self.partitioning == "hourly"
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
+/// Event time follows the stream, as in a quiet test stream.
+const IN_ORDER: Timing = Timing { partitioning: "hourly", lateness_ms: 0 };
+const IN_ORDER_DAILY: Timing = Timing { partitioning: "daily", lateness_ms: 0 };
+/// Rows off by up to two partitions' width, so several partitions are open at once and a
+/// ksqlDB partition's rows interleave between them.
+const LATE_HOURLY: Timing = Timing { partitioning: "hourly", lateness_ms: 2 * HOUR_MS };
+const LATE_DAILY: Timing = Timing { partitioning: "daily", lateness_ms: 48 * HOUR_MS };
+
 /// 100,000 rows produced in 50 rounds; before each round the simulator is told to cut the
 /// connection a random number of rows into it.
-async fn cut_connections_50_times(delivery: &str) -> u64 {
+async fn cut_connections_50_times(delivery: &str, timing: Timing) -> u64 {
     let rows: i64 = 100_000;
     let rounds: i64 = 50;
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +85,7 @@ async fn cut_connections_50_times(delivery: &str) -> u64 {
     let config = config(
         &server.url(),
         &format!("file://{}", dir.path().display()),
-        "hourly",
+        timing.partitioning,
         "",
         &format!("flush_max_age = \"300ms\"\ndelivery = \"{delivery}\"\nbatch_rows = 1000"),
     );
@@ -74,32 +97,44 @@ async fn cut_connections_50_times(delivery: &str) -> u64 {
         let before = reconnects(&running);
         let cut_after = rng.random_range(1..per_round as u64);
         assert_eq!(simulator.inject(Fault::CutAfterRows(cut_after)), 1);
-        produce(&simulator, round * per_round..(round + 1) * per_round, rows);
+        produce_with_lateness(&simulator, round * per_round..(round + 1) * per_round, rows, timing.lateness_ms);
         running.wait_until("the cut noticed", Duration::from_secs(30), |r| reconnects(r) > before).await;
     }
     assert!(reconnects(&running) >= rounds as u64);
     running.wait_until("every row committed", Duration::from_secs(120), |r| r.received() >= rows as u64).await;
     running.shutdown().await;
     let objects = feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await;
-    let duplicates = verify_feed_rows(&objects, rows, true, delivery == "at-least-once");
+    let duplicates =
+        verify_feed_rows_with_lateness(&objects, rows, timing.hourly(), delivery == "at-least-once", timing.lateness_ms);
     server.shutdown().await;
     duplicates
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_50_cut_connections() {
-    assert_eq!(cut_connections_50_times("exactly-once").await, 0);
+    assert_eq!(cut_connections_50_times("exactly-once", IN_ORDER).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_nothing_across_50_cut_connections() {
-    let duplicates = cut_connections_50_times("at-least-once").await;
+    let duplicates = cut_connections_50_times("at-least-once", IN_ORDER).await;
     println!("at-least-once after 50 cuts: {duplicates} duplicate rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_50_cut_connections_with_late_and_early_rows() {
+    assert_eq!(cut_connections_50_times("exactly-once", LATE_HOURLY).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_across_50_cut_connections_with_late_and_early_rows() {
+    let duplicates = cut_connections_50_times("at-least-once", LATE_DAILY).await;
+    println!("at-least-once after 50 cuts, late and early rows: {duplicates} duplicate rows");
 }
 
 /// The binary is killed with SIGKILL at 20 random moments while rows keep coming, and restarted
 /// each time; a last run commits the rest and stops on SIGTERM.
-async fn kill_the_process_20_times(delivery: &str) -> u64 {
+async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     let rows: i64 = 30_000;
     let dir = tempfile::tempdir().unwrap();
     let (simulator, server) = simulator_with_rows(0).await;
@@ -110,10 +145,11 @@ async fn kill_the_process_20_times(delivery: &str) -> u64 {
             format!(
                 "[ksqldb]\nurl = \"{}\"\nreconnect_backoff_initial = \"10ms\"\nreconnect_backoff_max = \"100ms\"\n\
                  [lake]\nurl = \"file://{}/lake\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-                 [[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\npartitioning = \"hourly\"\n\
+                 [[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\npartitioning = \"{}\"\n\
                  flush_max_age = \"200ms\"\nbatch_rows = 500\ndelivery = \"{delivery}\"\n",
                 server.url(),
-                dir.path().display()
+                dir.path().display(),
+                timing.partitioning,
             ),
         )
         .unwrap();
@@ -135,7 +171,7 @@ async fn kill_the_process_20_times(delivery: &str) -> u64 {
         let simulator = simulator.clone();
         tokio::spawn(async move {
             for chunk in 0..60 {
-                produce(&simulator, chunk * 500..(chunk + 1) * 500, rows);
+                produce_with_lateness(&simulator, chunk * 500..(chunk + 1) * 500, rows, timing.lateness_ms);
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })
@@ -152,45 +188,82 @@ async fn kill_the_process_20_times(delivery: &str) -> u64 {
     // A last run commits what is left, then stops on SIGTERM.
     let port = free_port();
     let mut child = spawn(port);
-    let metadata_path = dir.path().join("lake/streams/everything/_metadata.json");
-    let committed = || {
-        std::fs::read(&metadata_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|metadata| metadata["total_records"].as_i64())
-            .unwrap_or(0)
-    };
+    // Every row in a committed file (duplicates counted once, so at-least-once cannot stop
+    // early on copies while rows are still missing).
+    let lake_store = local_store(&dir.path().join("lake"));
     let all = tokio::time::timeout(Duration::from_secs(90), async {
-        while committed() < rows {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            let distinct = distinct_positions(&feed_objects(&lake_store, &Path::from("streams/everything")).await);
+            if distinct >= rows as usize {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
     .await;
-    assert!(all.is_ok(), "only {} of {rows} rows committed after the restarts", committed());
+    let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
+    assert!(all.is_ok(), "only {} of {rows} rows committed after the restarts", distinct_positions(&objects));
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success());
-    let objects = feed_objects(&local_store(&dir.path().join("lake")), &Path::from("streams/everything")).await;
-    let duplicates = verify_feed_rows(&objects, rows, true, delivery == "at-least-once");
+    let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
+    let duplicates =
+        verify_feed_rows_with_lateness(&objects, rows, timing.hourly(), delivery == "at-least-once", timing.lateness_ms);
     server.shutdown().await;
     duplicates
 }
 
+/// Distinct (ROWPARTITION, ROWOFFSET) pairs in the Parquet files of `objects`.
+fn distinct_positions(objects: &[(String, bytes::Bytes)]) -> usize {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int32Type, Int64Type};
+    let mut positions = std::collections::BTreeSet::new();
+    for (name, bytes) in objects.iter().filter(|(name, _)| name.ends_with(".parquet")) {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let partitions = batch.column_by_name("ROWPARTITION").unwrap().as_primitive::<Int32Type>().clone();
+            let offsets = batch.column_by_name("ROWOFFSET").unwrap().as_primitive::<Int64Type>().clone();
+            positions.extend(partitions.values().iter().copied().zip(offsets.values().iter().copied()));
+        }
+    }
+    positions.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_20_sigkills() {
-    assert_eq!(kill_the_process_20_times("exactly-once").await, 0);
+    assert_eq!(kill_the_process_20_times("exactly-once", IN_ORDER).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_nothing_across_20_sigkills() {
-    let duplicates = kill_the_process_20_times("at-least-once").await;
+    let duplicates = kill_the_process_20_times("at-least-once", IN_ORDER).await;
     println!("at-least-once after 20 kills: {duplicates} duplicate rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_20_sigkills_with_late_and_early_rows_hourly() {
+    assert_eq!(kill_the_process_20_times("exactly-once", LATE_HOURLY).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_20_sigkills_with_late_and_early_rows_daily() {
+    assert_eq!(kill_the_process_20_times("exactly-once", LATE_DAILY).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_across_20_sigkills_with_late_and_early_rows() {
+    let duplicates = kill_the_process_20_times("at-least-once", LATE_HOURLY).await;
+    println!("at-least-once after 20 kills, late and early rows: {duplicates} duplicate rows");
 }
 
 /// The S3 server is frozen for 30 s while rows keep coming: the process stays up, /readyz and
 /// the metrics show the outage while it lasts, and afterwards every row is in the lake.
-async fn stop_s3_for_30_seconds(delivery: &str) -> u64 {
+async fn stop_s3_for_30_seconds(delivery: &str, timing: Timing) -> u64 {
     let rows: i64 = 20_000;
     let mut moto = Moto::start("lake").await;
     let (simulator, server) = simulator_with_rows(0).await;
@@ -203,17 +276,16 @@ async fn stop_s3_for_30_seconds(delivery: &str) -> u64 {
     let config = config(
         &server.url(),
         "s3://lake/outage",
-        "daily",
+        timing.partitioning,
         &lake_section,
         &format!("flush_max_age = \"300ms\"\ndelivery = \"{delivery}\""),
     );
     let mut options = fast_reconnects();
     options.serve_http = true;
-    options.write_retry.initial_backoff = Duration::from_millis(100);
-    options.write_retry.max_backoff = Duration::from_secs(1);
-    options.write_retry.max_attempts = 1;
+    options.write_retry.initial = Duration::from_millis(100);
+    options.write_retry.max = Duration::from_secs(1);
     let running = start(config, options);
-    produce(&simulator, 0..rows / 2, rows);
+    produce_with_lateness(&simulator, 0..rows / 2, rows, timing.lateness_ms);
     running.wait_until("the first half committed", Duration::from_secs(60), |r| r.written() >= (rows / 2) as u64).await;
 
     let http = reqwest::Client::new();
@@ -221,7 +293,7 @@ async fn stop_s3_for_30_seconds(delivery: &str) -> u64 {
     assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
     moto.pause();
     let outage = std::time::Instant::now();
-    produce(&simulator, rows / 2..rows, rows);
+    produce_with_lateness(&simulator, rows / 2..rows, rows, timing.lateness_ms);
     // While S3 is down: not ready, store_up 0, retries counted, the process up.
     let seen = tokio::time::timeout(Duration::from_secs(25), async {
         loop {
@@ -254,7 +326,9 @@ async fn stop_s3_for_30_seconds(delivery: &str) -> u64 {
     running.shutdown().await;
     let lake = open_lake("s3://lake/outage", &s3_options(&moto.endpoint)).unwrap();
     let feed = lake.feed_dir(FeedKind::Stream, "everything").unwrap();
-    let duplicates = verify_feed_rows(&feed_objects(lake.store(), &feed).await, rows, false, delivery == "at-least-once");
+    let objects = feed_objects(lake.store(), &feed).await;
+    let duplicates =
+        verify_feed_rows_with_lateness(&objects, rows, timing.hourly(), delivery == "at-least-once", timing.lateness_ms);
     server.shutdown().await;
     moto.stop().await;
     duplicates
@@ -262,12 +336,17 @@ async fn stop_s3_for_30_seconds(delivery: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_a_30_second_s3_outage() {
-    assert_eq!(stop_s3_for_30_seconds("exactly-once").await, 0);
+    assert_eq!(stop_s3_for_30_seconds("exactly-once", IN_ORDER_DAILY).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_a_30_second_s3_outage_with_late_and_early_rows() {
+    assert_eq!(stop_s3_for_30_seconds("exactly-once", LATE_HOURLY).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_nothing_in_a_30_second_s3_outage() {
-    let duplicates = stop_s3_for_30_seconds("at-least-once").await;
+    let duplicates = stop_s3_for_30_seconds("at-least-once", IN_ORDER_DAILY).await;
     println!("at-least-once after the S3 outage: {duplicates} duplicate rows");
 }
 

@@ -9,56 +9,29 @@ use super::raw::{RawConfig, RawFeedSettings};
 use super::units::{parse_byte_size, parse_duration};
 use super::*;
 
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
-pub const DEFAULT_MEMORY_BUDGET: &str = "512MiB";
-pub const DEFAULT_SHUTDOWN_GRACE: &str = "25s";
-pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
-pub const DEFAULT_IDLE_TIMEOUT: &str = "15m";
-pub const DEFAULT_RECONNECT_BACKOFF_INITIAL: &str = "100ms";
-pub const DEFAULT_RECONNECT_BACKOFF_MAX: &str = "30s";
-pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
-pub const DEFAULT_PARTITIONING: &str = "daily";
-pub const DEFAULT_TIMESTAMP_COLUMN: &str = "ROWTIME";
-/// The `timestamp_column` value that partitions by the time ksql-lake received a row.
-pub const PROCESSING_TIME: &str = "processing-time";
-pub const DEFAULT_TIMEZONE: &str = "UTC";
-pub const DEFAULT_COMPRESSION: &str = "zstd";
-pub const DEFAULT_ZSTD_LEVEL: i64 = 3;
-pub const DEFAULT_GZIP_LEVEL: i64 = 6;
-pub const DEFAULT_ROW_GROUP_ROWS: u64 = 1_048_576;
-pub const DEFAULT_BATCH_ROWS: u64 = 8192;
-pub const DEFAULT_FLUSH_MAX_ROWS: u64 = 5_000_000;
-pub const DEFAULT_FLUSH_MAX_BYTES: &str = "128MiB";
-pub const DEFAULT_FLUSH_MAX_AGE: &str = "5m";
-pub const DEFAULT_ALLOWED_LATENESS: &str = "10m";
-pub const DEFAULT_DELIVERY: &str = "exactly-once";
+use crate::defaults;
 
 /// Validates a raw config into the typed one.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let ksqldb = validate_ksqldb(&raw.ksqldb)?;
     let lake = validate_lake(&raw.lake)?;
-    let listen = raw.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+    let listen = raw.http.listen.as_deref().unwrap_or(defaults::HTTP_LISTEN);
     let http_listen = listen.parse().map_err(|_| {
         ConfigError::invalid("http.listen", format!("`{listen}` is not an address such as 0.0.0.0:9464"))
     })?;
-    let memory_budget_bytes = size("memory.budget", raw.memory.budget.as_deref(), DEFAULT_MEMORY_BUDGET)?;
+    let memory_budget_bytes = size("memory.budget", raw.memory.budget.as_deref(), defaults::MEMORY_BUDGET_BYTES)?;
     if memory_budget_bytes < 1 << 20 {
         return Err(ConfigError::invalid("memory.budget", "must be at least 1MiB"));
     }
     let shutdown_grace =
-        duration("shutdown.grace_period", raw.shutdown.grace_period.as_deref(), DEFAULT_SHUTDOWN_GRACE)?;
+        duration("shutdown.grace_period", raw.shutdown.grace_period.as_deref(), defaults::SHUTDOWN_GRACE)?;
 
     let mut names = HashSet::new();
     let mut feeds = Vec::with_capacity(raw.feeds.len());
     for (index, feed) in raw.feeds.iter().enumerate() {
         let key = |field: &str| format!("feeds[{index}].{field}");
-        if feed.name.is_empty()
-            || !feed.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(ConfigError::invalid(
-                key("name"),
-                format!("`{}` must be letters, digits, `_` or `-` (it names a folder)", feed.name),
-            ));
+        if let Err(error) = crate::lake::layout::validate_feed_name(&feed.name) {
+            return Err(ConfigError::invalid(key("name"), error.to_string()));
         }
         if !names.insert(feed.name.to_ascii_lowercase()) {
             return Err(ConfigError::invalid(key("name"), format!("feed `{}` is defined twice", feed.name)));
@@ -108,18 +81,18 @@ fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigEr
         return Err(ConfigError::invalid("ksqldb.client_cert", "`client_cert` and `client_key` go together"));
     }
     let connect_timeout =
-        duration("ksqldb.connect_timeout", raw.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT)?;
-    let idle_timeout = duration("ksqldb.idle_timeout", raw.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT)?;
+        duration("ksqldb.connect_timeout", raw.connect_timeout.as_deref(), defaults::CONNECT_TIMEOUT)?;
+    let idle_timeout = duration("ksqldb.idle_timeout", raw.idle_timeout.as_deref(), defaults::IDLE_TIMEOUT)?;
     if idle_timeout.is_zero() {
         return Err(ConfigError::invalid("ksqldb.idle_timeout", "must be greater than zero"));
     }
     let reconnect_backoff_initial = duration(
         "ksqldb.reconnect_backoff_initial",
         raw.reconnect_backoff_initial.as_deref(),
-        DEFAULT_RECONNECT_BACKOFF_INITIAL,
+        defaults::RECONNECT_BACKOFF_INITIAL,
     )?;
     let reconnect_backoff_max =
-        duration("ksqldb.reconnect_backoff_max", raw.reconnect_backoff_max.as_deref(), DEFAULT_RECONNECT_BACKOFF_MAX)?;
+        duration("ksqldb.reconnect_backoff_max", raw.reconnect_backoff_max.as_deref(), defaults::RECONNECT_BACKOFF_MAX)?;
     if reconnect_backoff_initial.is_zero() || reconnect_backoff_max < reconnect_backoff_initial {
         return Err(ConfigError::invalid(
             "ksqldb.reconnect_backoff_max",
@@ -156,7 +129,7 @@ fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
             ));
         }
     }
-    let request_timeout = duration("lake.request_timeout", raw.request_timeout.as_deref(), DEFAULT_REQUEST_TIMEOUT)?;
+    let request_timeout = duration("lake.request_timeout", raw.request_timeout.as_deref(), defaults::REQUEST_TIMEOUT)?;
     Ok(LakeConfig {
         url: url.to_string(),
         store: S3Options {
@@ -187,16 +160,16 @@ fn validate_settings(
         };
     }
     let (partitioning, key) = pick!(partitioning);
-    let partitioning = match partitioning.as_deref().unwrap_or(DEFAULT_PARTITIONING) {
+    let partitioning = match partitioning.as_deref().unwrap_or(defaults::PARTITIONING) {
         "daily" => Partitioning::Daily,
         "hourly" => Partitioning::Hourly,
         other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: daily, hourly"))),
     };
     let (timestamp_column, key) = pick!(timestamp_column);
-    let timestamp_column = timestamp_column.unwrap_or_else(|| DEFAULT_TIMESTAMP_COLUMN.to_string());
+    let timestamp_column = timestamp_column.unwrap_or_else(|| defaults::TIMESTAMP_COLUMN.to_string());
     let event_time = if timestamp_column.eq_ignore_ascii_case("ROWTIME") {
         EventTime::Rowtime
-    } else if timestamp_column == PROCESSING_TIME {
+    } else if timestamp_column == defaults::PROCESSING_TIME {
         EventTime::ProcessingTime
     } else if timestamp_column.trim().is_empty() {
         return Err(ConfigError::invalid(key, "allowed: ROWTIME, a column name, or `processing-time`"));
@@ -204,22 +177,22 @@ fn validate_settings(
         EventTime::Column(timestamp_column)
     };
     let (timezone, key) = pick!(timezone);
-    let timezone_name = timezone.unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
+    let timezone_name = timezone.unwrap_or_else(|| defaults::TIMEZONE.to_string());
     let timezone: chrono_tz::Tz = timezone_name.parse().map_err(|_| {
         ConfigError::invalid(key, format!("`{timezone_name}` is not an IANA time zone such as UTC or Europe/Paris"))
     })?;
     let (compression, key) = pick!(compression);
     let (level, level_key) = pick!(compression_level);
-    let compression = match compression.as_deref().unwrap_or(DEFAULT_COMPRESSION) {
+    let compression = match compression.as_deref().unwrap_or(defaults::COMPRESSION) {
         "zstd" => {
-            let level = level.unwrap_or(DEFAULT_ZSTD_LEVEL);
+            let level = level.unwrap_or(defaults::ZSTD_LEVEL.into());
             if !(1..=22).contains(&level) {
                 return Err(ConfigError::invalid(level_key, format!("{level}: zstd levels are 1 to 22")));
             }
             Compression::Zstd(level as i32)
         }
         "gzip" => {
-            let level = level.unwrap_or(DEFAULT_GZIP_LEVEL);
+            let level = level.unwrap_or(defaults::GZIP_LEVEL.into());
             if !(0..=9).contains(&level) {
                 return Err(ConfigError::invalid(level_key, format!("{level}: gzip levels are 0 to 9")));
             }
@@ -236,25 +209,25 @@ fn validate_settings(
         }
     };
     let (row_group_rows, key) = pick!(row_group_rows);
-    let row_group_rows = positive(&key, row_group_rows.unwrap_or(DEFAULT_ROW_GROUP_ROWS))?;
+    let row_group_rows = positive(&key, row_group_rows.unwrap_or(defaults::ROW_GROUP_ROWS as u64))?;
     let (batch_rows, key) = pick!(batch_rows);
-    let batch_rows = positive(&key, batch_rows.unwrap_or(DEFAULT_BATCH_ROWS))?;
+    let batch_rows = positive(&key, batch_rows.unwrap_or(defaults::BATCH_ROWS as u64))?;
     let (flush_max_rows, key) = pick!(flush_max_rows);
-    let flush_max_rows = positive(&key, flush_max_rows.unwrap_or(DEFAULT_FLUSH_MAX_ROWS))?;
+    let flush_max_rows = positive(&key, flush_max_rows.unwrap_or(defaults::FLUSH_MAX_ROWS as u64))?;
     let (flush_max_bytes, key) = pick!(flush_max_bytes);
-    let flush_max_bytes = size(&key, flush_max_bytes.as_deref(), DEFAULT_FLUSH_MAX_BYTES)?;
+    let flush_max_bytes = size(&key, flush_max_bytes.as_deref(), defaults::FLUSH_MAX_BYTES)?;
     if flush_max_bytes < 1024 {
         return Err(ConfigError::invalid(key, "must be at least 1KiB"));
     }
     let (flush_max_age, key) = pick!(flush_max_age);
-    let flush_max_age = duration(&key, flush_max_age.as_deref(), DEFAULT_FLUSH_MAX_AGE)?;
+    let flush_max_age = duration(&key, flush_max_age.as_deref(), defaults::FLUSH_MAX_AGE)?;
     if flush_max_age.is_zero() {
         return Err(ConfigError::invalid(key, "must be greater than zero"));
     }
     let (allowed_lateness, key) = pick!(allowed_lateness);
-    let allowed_lateness = duration(&key, allowed_lateness.as_deref(), DEFAULT_ALLOWED_LATENESS)?;
+    let allowed_lateness = duration(&key, allowed_lateness.as_deref(), defaults::ALLOWED_LATENESS)?;
     let (delivery, key) = pick!(delivery);
-    let delivery = match delivery.as_deref().unwrap_or(DEFAULT_DELIVERY) {
+    let delivery = match delivery.as_deref().unwrap_or(defaults::DELIVERY) {
         "exactly-once" => Delivery::ExactlyOnce,
         "at-least-once" => Delivery::AtLeastOnce,
         "latest" => Delivery::Latest,
@@ -288,10 +261,10 @@ fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
     Ok(value)
 }
 
-fn size(key: &str, value: Option<&str>, default: &str) -> Result<u64, ConfigError> {
-    parse_byte_size(value.unwrap_or(default)).map_err(|message| ConfigError::invalid(key, message))
+fn size(key: &str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+    value.map_or(Ok(default), |text| parse_byte_size(text).map_err(|message| ConfigError::invalid(key, message)))
 }
 
-fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
-    parse_duration(value.unwrap_or(default)).map_err(|message| ConfigError::invalid(key, message))
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    value.map_or(Ok(default), |text| parse_duration(text).map_err(|message| ConfigError::invalid(key, message)))
 }

@@ -9,16 +9,17 @@
 //!   `memory`), across feeds largest first;
 //! - at shutdown, [`PartitionBuffers::drain_all`] with [`FlushReason::Shutdown`].
 //!
-//! Ages use `tokio::time::Instant` (tests pause and advance tokio's clock); partition close uses
-//! an injectable [`WallClock`] because it compares event-time partition bounds with real time.
+//! Ages use `tokio::time::Instant` (tests pause and advance tokio's clock). Partition close
+//! compares partition bounds with the feed's event-time **watermark**, which the caller passes
+//! to [`PartitionBuffers::push`] and [`PartitionBuffers::drain_ready`] (epoch ms): the buffers
+//! read no clock of their own.
 //!
 //! Late rows: rows for a partition that is already closed (end + allowed lateness has passed)
 //! open a buffer marked `late`. It does not flush on partition close again (that would write a
 //! file per tick) but by rows, bytes or age, so late data lands as one extra file per
-//! `max_age` in the old folder. Late rows are counted in [`PartitionBuffers::late_rows_total`].
+//! `max_age` in the old folder. [`PartitionBuffers::push`] says how many rows were late.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,46 +31,8 @@ use super::commit::{CommitState, Runs};
 use super::budget::{MemoryBudget, Reservation};
 use super::layout::{data_file_name, ulid, FeedKind};
 use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
-use super::{merge_positions, Position, Positions};
-
-/// Wall-clock time in epoch milliseconds, injectable for tests.
-pub trait WallClock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl WallClock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis()
-    }
-}
-
-/// A clock tests set by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(now_ms: i64) -> Arc<Self> {
-        Arc::new(ManualClock(AtomicI64::new(now_ms)))
-    }
-
-    pub fn set(&self, now_ms: i64) {
-        self.0.store(now_ms, Ordering::SeqCst);
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
-    }
-}
-
-impl WallClock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use super::Position;
+use crate::defaults;
 
 /// Why a file was written; `as_str()` is the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,16 +76,25 @@ pub struct FlushPolicy {
 impl Default for FlushPolicy {
     fn default() -> Self {
         FlushPolicy {
-            max_rows: 1_000_000,
-            max_bytes: 128 * 1024 * 1024,
-            max_age: Duration::from_secs(300),
-            allowed_lateness: Duration::from_secs(600),
+            max_rows: defaults::FLUSH_MAX_ROWS,
+            max_bytes: defaults::FLUSH_MAX_BYTES,
+            max_age: defaults::FLUSH_MAX_AGE,
+            allowed_lateness: defaults::ALLOWED_LATENESS,
         }
     }
 }
 
 /// Encoded/in-memory ratio assumed before the first flush teaches a better one.
 pub const INITIAL_COMPRESSION_RATIO: f64 = 0.25;
+
+/// What [`PartitionBuffers::push`] did.
+#[derive(Debug)]
+pub struct Pushed {
+    /// Buffers drained before the rows were added (a schema change).
+    pub drained: Vec<FlushJob>,
+    /// Rows added to a partition that had already closed.
+    pub late_rows: usize,
+}
 
 /// The rows of one partition, ready to be written as one file.
 #[derive(Debug)]
@@ -141,17 +113,15 @@ pub struct FlushJob {
     pub min_event_ms: i64,
     pub max_event_ms: i64,
     pub first_position: Option<Position>,
-    /// Highest offset per ksqlDB partition among the rows of this job.
-    pub positions: Positions,
     pub null_event_time_rows: usize,
     /// Rows that arrived after their partition closed.
     pub late: bool,
-    /// Exact runs of ksqlDB offsets in this file (see [`super::commit`]); set by the caller,
-    /// which sees the order rows arrived in.
+    /// Exact runs of ksqlDB offsets in this file, from the feed's
+    /// [`CommitLedger`](super::commit::CommitLedger).
     pub runs: Runs,
-    /// The feed's commit state once this file is committed; set by the caller. `None` keeps the
-    /// simple rule: the committed position is the highest offset written.
-    pub commit: Option<CommitState>,
+    /// The feed's commit state once this file is committed, from the ledger: the manifest
+    /// records it as it is.
+    pub commit: CommitState,
     /// Released when the job is dropped, i.e. after the caller is done with it.
     reservation: Reservation,
 }
@@ -177,9 +147,8 @@ struct PartitionBuffer {
     min_event_ms: i64,
     max_event_ms: i64,
     first_position: Option<Position>,
-    positions: Positions,
     null_event_time_rows: usize,
-    /// Wall-clock ms at which the partition closes (end + allowed lateness).
+    /// Watermark (ms) at which the partition closes (end + allowed lateness).
     closes_at_ms: i64,
     late: bool,
     reservation: Reservation,
@@ -193,12 +162,9 @@ pub struct PartitionBuffers {
     spec: PartitionSpec,
     policy: FlushPolicy,
     budget: Arc<MemoryBudget>,
-    clock: Arc<dyn WallClock>,
     schema: Option<SchemaRef>,
     buffers: BTreeMap<PartitionKey, PartitionBuffer>,
     compression_ratio: f64,
-    late_rows_total: u64,
-    null_event_time_rows_total: u64,
 }
 
 impl PartitionBuffers {
@@ -208,7 +174,6 @@ impl PartitionBuffers {
         spec: PartitionSpec,
         policy: FlushPolicy,
         budget: Arc<MemoryBudget>,
-        clock: Arc<dyn WallClock>,
     ) -> Self {
         PartitionBuffers {
             feed: feed.into(),
@@ -216,18 +181,16 @@ impl PartitionBuffers {
             spec,
             policy,
             budget,
-            clock,
             schema: None,
             buffers: BTreeMap::new(),
             compression_ratio: INITIAL_COMPRESSION_RATIO,
-            late_rows_total: 0,
-            null_event_time_rows_total: 0,
         }
     }
 
-    /// Buffers routed rows. If their schema differs from the buffered one, every partition is
-    /// drained first (reason `schema_change`) and returned: one file never mixes schemas.
-    pub fn push(&mut self, routed: RoutedBatch) -> Vec<FlushJob> {
+    /// Buffers routed rows; a partition already closed at `watermark_ms` gets a `late` buffer.
+    /// If their schema differs from the buffered one, every partition is drained first (reason
+    /// `schema_change`) and returned: one file never mixes schemas.
+    pub fn push(&mut self, routed: RoutedBatch, watermark_ms: i64) -> Pushed {
         let mut jobs = Vec::new();
         let schema = routed.batch.schema();
         if let Some(current) = &self.schema {
@@ -238,11 +201,9 @@ impl PartitionBuffers {
         self.schema = Some(schema);
         let stats = routed.stats;
         if stats.rows == 0 {
-            return jobs;
+            return Pushed { drained: jobs, late_rows: 0 };
         }
         let bytes = routed.batch.get_array_memory_size() as u64;
-        self.null_event_time_rows_total += stats.null_event_time_rows as u64;
-        let now_wall = self.clock.now_ms();
         let buffer = match self.buffers.get_mut(&routed.key) {
             Some(buffer) => buffer,
             None => {
@@ -257,18 +218,15 @@ impl PartitionBuffers {
                     min_event_ms: stats.min_event_ms,
                     max_event_ms: stats.max_event_ms,
                     first_position: stats.first_position,
-                    positions: Positions::new(),
                     null_event_time_rows: 0,
                     closes_at_ms,
-                    late: closes_at_ms <= now_wall,
+                    late: closes_at_ms <= watermark_ms,
                     reservation: self.budget.reserve(0),
                 };
                 self.buffers.entry(routed.key).or_insert(buffer)
             }
         };
-        if buffer.late {
-            self.late_rows_total += stats.rows as u64;
-        }
+        let late_rows = if buffer.late { stats.rows } else { 0 };
         buffer.batches.push(routed.batch);
         buffer.rows += stats.rows;
         buffer.in_memory_bytes += bytes;
@@ -278,18 +236,16 @@ impl PartitionBuffers {
         if buffer.first_position.is_none() {
             buffer.first_position = stats.first_position;
         }
-        merge_positions(&mut buffer.positions, &stats.max_positions);
         buffer.null_event_time_rows += stats.null_event_time_rows;
-        jobs
+        Pushed { drained: jobs, late_rows }
     }
 
-    /// Drains every partition whose flush predicate holds at `now` (and the wall clock).
-    pub fn drain_ready(&mut self, now: Instant) -> Vec<FlushJob> {
-        let now_wall = self.clock.now_ms();
+    /// Drains every partition whose flush predicate holds at `now` and `watermark_ms`.
+    pub fn drain_ready(&mut self, now: Instant, watermark_ms: i64) -> Vec<FlushJob> {
         let ready: Vec<(PartitionKey, FlushReason)> = self
             .buffers
             .iter()
-            .filter_map(|(key, buffer)| self.flush_reason(buffer, now, now_wall).map(|reason| (*key, reason)))
+            .filter_map(|(key, buffer)| self.flush_reason(buffer, now, watermark_ms).map(|reason| (*key, reason)))
             .collect();
         ready.into_iter().filter_map(|(key, reason)| self.take(key, reason)).collect()
     }
@@ -340,22 +296,14 @@ impl PartitionBuffers {
         self.buffers.len()
     }
 
-    pub fn late_rows_total(&self) -> u64 {
-        self.late_rows_total
-    }
-
-    pub fn null_event_time_rows_total(&self) -> u64 {
-        self.null_event_time_rows_total
-    }
-
     /// The predicates, checked in this order: rows, bytes, partition close, age.
-    fn flush_reason(&self, buffer: &PartitionBuffer, now: Instant, now_wall_ms: i64) -> Option<FlushReason> {
+    fn flush_reason(&self, buffer: &PartitionBuffer, now: Instant, watermark_ms: i64) -> Option<FlushReason> {
         let estimated_encoded = (buffer.in_memory_bytes as f64 * self.compression_ratio) as u64;
         if buffer.rows >= self.policy.max_rows {
             Some(FlushReason::Rows)
         } else if estimated_encoded >= self.policy.max_bytes {
             Some(FlushReason::Bytes)
-        } else if !buffer.late && buffer.closes_at_ms <= now_wall_ms {
+        } else if !buffer.late && buffer.closes_at_ms <= watermark_ms {
             Some(FlushReason::PartitionClose)
         } else if now.saturating_duration_since(buffer.oldest_arrival) >= self.policy.max_age {
             Some(FlushReason::Age)
@@ -367,9 +315,9 @@ impl PartitionBuffers {
     fn take(&mut self, key: PartitionKey, reason: FlushReason) -> Option<FlushJob> {
         let buffer = self.buffers.remove(&key)?;
         let schema = self.schema.clone()?;
-        let now_wall = self.clock.now_ms();
-        let file_name = data_file_name(buffer.first_event_ms, self.spec.timezone, buffer.first_position, now_wall)
-            .unwrap_or_else(|_| format!("data_00000000_000000_{}.parquet", ulid(now_wall)));
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let file_name = data_file_name(buffer.first_event_ms, self.spec.timezone, buffer.first_position, now_ms)
+            .unwrap_or_else(|_| format!("data_00000000_000000_{}.parquet", ulid(now_ms)));
         Some(FlushJob {
             feed: self.feed.clone(),
             kind: self.kind,
@@ -384,11 +332,10 @@ impl PartitionBuffers {
             min_event_ms: buffer.min_event_ms,
             max_event_ms: buffer.max_event_ms,
             first_position: buffer.first_position,
-            positions: buffer.positions,
             null_event_time_rows: buffer.null_event_time_rows,
             late: buffer.late,
             runs: Runs::new(),
-            commit: None,
+            commit: CommitState::default(),
             reservation: buffer.reservation,
         })
     }

@@ -14,12 +14,17 @@
 //!
 //! On a (re)connect the query resumes after the low watermark, and every row inside a committed
 //! run is skipped: nothing committed is written twice, nothing uncommitted is skipped.
+//!
+//! [`CommitLedger`] is the one owner of this bookkeeping for a feed while it runs: the buffer
+//! stage tells it where every arriving row went, takes a file's runs from it when the file is
+//! flushed, and writes what it answers into the manifest. Nothing else computes commit state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::Positions;
+use super::partition::PartitionKey;
+use super::{Position, Positions};
 
 /// Per ksqlDB partition, sorted disjoint inclusive offset ranges.
 pub type Runs = BTreeMap<u32, Vec<(u64, u64)>>;
@@ -93,6 +98,154 @@ impl CommitState {
             }
         }
     }
+}
+
+
+impl CommitState {
+    /// Adds the runs of a data file found in the lake but missing from the manifest (a crash
+    /// between the two writes): the committed set becomes exactly what it was plus that file.
+    pub fn adopt(&mut self, runs: &Runs) {
+        merge_runs(&mut self.ranges, runs);
+        self.absorb();
+    }
+
+    /// Lets the watermark absorb the runs that touch it. A partition without a watermark gets
+    /// one when its first run starts at offset 0 (the start of a ksqlDB partition).
+    pub fn absorb(&mut self) {
+        let partitions: Vec<u32> = self.ranges.keys().copied().collect();
+        for partition in partitions {
+            match self.low.get(&partition).copied() {
+                Some(low) => self.raise_low(partition, low),
+                None => {
+                    if let Some(&(0, last)) = self.ranges.get(&partition).and_then(|ranges| ranges.first()) {
+                        self.raise_low(partition, last);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where one arriving row went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// Buffered in this time partition, to be written with its next file.
+    Buffered(PartitionKey),
+    /// Not buffered: skipped because it was committed already, or rejected as undecodable.
+    Passed,
+}
+
+/// The commit bookkeeping of one running feed: what is committed, what is buffered where, and
+/// so what the manifest may record after each file.
+///
+/// Rows of one ksqlDB partition arrive in offset order. A run of a time partition grows only
+/// while consecutive arrivals of a ksqlDB partition go to that same time partition; any row
+/// that goes elsewhere (another time partition, or passed) ends it. So a run never spans a row
+/// the file does not hold, however event times jump between partitions.
+#[derive(Debug, Default)]
+pub struct CommitLedger {
+    /// The commit state once every file handed on so far is committed.
+    projected: CommitState,
+    /// Buffered rows per time partition, as runs.
+    pending: BTreeMap<PartitionKey, Runs>,
+    /// Per ksqlDB partition: the latest offset that arrived, and where it went.
+    last: BTreeMap<u32, (u64, Destination)>,
+    /// Arrival order of buffered rows and tokens, for continuation tokens: a token is committed
+    /// once every buffer holding rows from before it has been written.
+    next_sequence: u64,
+    /// Per time partition, the arrival sequence of its oldest buffered rows.
+    oldest_sequence: BTreeMap<PartitionKey, u64>,
+    /// Tokens not yet superseded by a committed one, with their arrival sequence.
+    tokens: VecDeque<(u64, String)>,
+}
+
+impl CommitLedger {
+    /// A ledger that starts from the manifest's commit state.
+    pub fn new(committed: CommitState) -> Self {
+        CommitLedger { projected: committed, ..CommitLedger::default() }
+    }
+
+    /// Records where the rows of one source batch went. Their order in `arrivals` does not
+    /// matter: within a ksqlDB partition, offset order is arrival order. A position at or below
+    /// one already recorded is a row seen before and changes nothing.
+    pub fn record(&mut self, arrivals: &mut [(Position, Destination)]) {
+        arrivals.sort_unstable_by_key(|(position, _)| *position);
+        for &(Position { partition, offset }, destination) in arrivals.iter() {
+            let previous = self.last.get(&partition).copied();
+            if previous.is_some_and(|(last, _)| offset <= last) {
+                continue;
+            }
+            if let Destination::Buffered(key) = destination {
+                let runs = self.pending.entry(key).or_default().entry(partition).or_default();
+                match (previous, runs.last_mut()) {
+                    (Some((last, Destination::Buffered(last_key))), Some(run)) if last_key == key && run.1 == last => {
+                        run.1 = offset;
+                    }
+                    _ => runs.push((offset, offset)),
+                }
+            }
+            self.last.insert(partition, (offset, destination));
+        }
+    }
+
+    /// Notes that rows were buffered in `key` (before any token that arrives later).
+    pub fn arrived(&mut self, key: PartitionKey) {
+        self.oldest_sequence.entry(key).or_insert(self.next_sequence);
+        self.next_sequence += 1;
+    }
+
+    /// A continuation token: every row that arrived before it precedes it.
+    pub fn token(&mut self, token: String) {
+        self.tokens.push_back((self.next_sequence, token));
+        self.next_sequence += 1;
+    }
+
+    /// Takes the runs of a time partition whose buffer is flushed, and returns them with the
+    /// commit state the manifest may record once this file, and every file taken before it,
+    /// is committed. Files must be committed in the order they were taken.
+    pub fn take(&mut self, key: &PartitionKey) -> (Runs, CommitState) {
+        let runs = self.pending.remove(key).unwrap_or_default();
+        self.oldest_sequence.remove(key);
+        merge_runs(&mut self.projected.ranges, &runs);
+        let horizon = self.oldest_sequence.values().min().copied().unwrap_or(u64::MAX);
+        while self.tokens.len() >= 2 && self.tokens[1].0 < horizon {
+            self.tokens.pop_front();
+        }
+        if let Some((_, token)) = self.tokens.front().filter(|(sequence, _)| *sequence < horizon) {
+            self.projected.token = Some(token.clone());
+        }
+        for (&partition, &(last, _)) in &self.last {
+            let oldest_pending = self
+                .pending
+                .values()
+                .filter_map(|runs| runs.get(&partition).and_then(|ranges| ranges.first()).map(|range| range.0))
+                .min();
+            match oldest_pending {
+                Some(0) => {}
+                Some(first) => self.projected.raise_low(partition, first - 1),
+                None => self.projected.raise_low(partition, last),
+            }
+        }
+        (runs, self.projected.clone())
+    }
+
+    /// True when the row is committed, on its way to the lake, or buffered.
+    pub fn covers(&self, partition: u32, offset: u64) -> bool {
+        self.projected.covers(partition, offset)
+            || self.pending.values().any(|runs| {
+                runs.get(&partition).is_some_and(|ranges| ranges.iter().any(|&(first, last)| first <= offset && offset <= last))
+            })
+    }
+
+    /// The commit state once every file taken so far is committed.
+    pub fn projected(&self) -> &CommitState {
+        &self.projected
+    }
+}
+
+/// The highest offset per partition of `runs`.
+pub fn highest_offsets(runs: &Runs) -> Positions {
+    runs.iter().filter_map(|(&partition, ranges)| Some((partition, ranges.last()?.1))).collect()
 }
 
 #[cfg(test)]

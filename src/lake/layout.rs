@@ -55,24 +55,29 @@ pub enum LayoutError {
     TimeOutOfRange { event_ms: i64 },
 }
 
-/// Feed names become one path segment, so they are restricted to `[A-Za-z0-9_.-]`, must not
-/// start with `.` or `_` (hidden/metadata names for most readers) and are at most 200 bytes.
+/// The one rule for feed names, checked when the config is loaded and again wherever a path is
+/// built from a name. A name becomes a folder, a metric label and often a table name in
+/// Trino or Spark, so it is 1 to 128 ASCII letters, digits, `_` and `-`, starting with a
+/// letter or digit (names starting with `_` or `.` are hidden from most lake readers).
 pub fn validate_feed_name(name: &str) -> Result<(), LayoutError> {
     let invalid = |reason| Err(LayoutError::InvalidFeedName { name: name.to_string(), reason });
     if name.is_empty() {
         return invalid("it is empty");
     }
-    if name.len() > 200 {
-        return invalid("it is longer than 200 bytes");
+    if name.len() > MAX_FEED_NAME_BYTES {
+        return invalid("it is longer than 128 characters");
     }
-    if name.starts_with('.') || name.starts_with('_') {
-        return invalid("it starts with `.` or `_`");
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return invalid("only letters, digits, `_` and `-` are allowed");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
-        return invalid("only letters, digits, `_`, `-` and `.` are allowed");
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return invalid("it must start with a letter or digit");
     }
     Ok(())
 }
+
+/// The longest feed name.
+pub const MAX_FEED_NAME_BYTES: usize = 128;
 
 /// The data file name for a file whose first row has `first_event_ms` and, if known,
 /// `first_position`. `creation_ms` feeds the ULID when there is no position.
@@ -119,8 +124,10 @@ mod tests {
 
     #[test]
     fn feed_names_are_single_safe_segments() {
-        assert!(validate_feed_name("orders_v2.eu-1").is_ok());
-        for bad in ["", "_x", ".x", "a/b", "a b", "é"] {
+        assert!(validate_feed_name("orders_v2-eu1").is_ok());
+        assert!(validate_feed_name(&"a".repeat(MAX_FEED_NAME_BYTES)).is_ok());
+        let long = "a".repeat(MAX_FEED_NAME_BYTES + 1);
+        for bad in ["", "_x", "-x", ".x", "a.b", "a/b", "a b", "é", "..", long.as_str()] {
             assert!(validate_feed_name(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 
 use super::commit::Runs;
 use super::layout::FeedKind;
-use super::{merge_positions, Positions};
+use super::commit::CommitState;
+use super::Positions;
 use crate::schema::types::KSQL_TYPE_METADATA_KEY;
 
 /// Version of this manifest format.
@@ -183,18 +184,63 @@ impl FeedMetadata {
         self.partitions.iter().find(|partition| partition.path == path)
     }
 
+    /// The commit state this manifest records.
+    pub fn commit_state(&self) -> CommitState {
+        CommitState {
+            low: self.committed_positions.clone(),
+            ranges: self.committed_ranges.clone(),
+            token: self.continuation_token.clone(),
+        }
+    }
+
+    /// Records `state` as the committed set, replacing the previous one (a token is kept when
+    /// `state` has none).
+    pub fn set_commit_state(&mut self, state: CommitState) {
+        self.committed_positions = state.low;
+        self.committed_ranges = state.ranges;
+        if state.token.is_some() {
+            self.continuation_token = state.token;
+        }
+    }
+
     /// Whether `name` is already committed in partition `path`.
     pub fn contains_file(&self, path: &str, name: &str) -> bool {
         self.partition(path).is_some_and(|partition| partition.files.iter().any(|file| file.name == name))
     }
 
-    /// Records a committed file: totals, partition entry, schema version and positions.
+    /// Records a committed file: totals, partition entry and schema version. The commit state
+    /// is not derived from files: the caller sets it ([`FeedMetadata::set_commit_state`]).
     /// Recording a file that is already listed changes nothing (replays count once).
     pub fn record_file(&mut self, partition_path: &str, file: FileEntry, columns: Vec<ColumnInfo>, now: DateTime<Utc>) {
         if self.contains_file(partition_path, &file.name) {
             return;
         }
         let now_text = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        self.record_schema(columns, &now_text);
+        self.add_file(partition_path, file, now_text);
+    }
+
+    /// Records a data file a crash left unlisted (see `reconcile`). It is older than anything
+    /// written since, so a schema the feed already had does not become the current one again.
+    pub fn record_adopted_file(
+        &mut self,
+        partition_path: &str,
+        file: FileEntry,
+        columns: Vec<ColumnInfo>,
+        now: DateTime<Utc>,
+    ) {
+        if self.contains_file(partition_path, &file.name) {
+            return;
+        }
+        let now_text = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        if !self.schema_history.iter().any(|known| known.columns == columns) {
+            self.record_schema(columns, &now_text);
+        }
+        self.add_file(partition_path, file, now_text);
+    }
+
+    /// Totals and the partition entry.
+    fn add_file(&mut self, partition_path: &str, file: FileEntry, now_text: String) {
         // Manifests from before `total_bytes` existed only have MiB; start from those.
         if self.total_bytes == 0 && self.total_size_mb > 0.0 {
             self.total_bytes = (self.total_size_mb * BYTES_PER_MB) as u64;
@@ -202,9 +248,7 @@ impl FeedMetadata {
         self.total_records += file.records;
         self.total_bytes += file.bytes;
         self.total_size_mb = size_mb(self.total_bytes);
-        self.last_export = Some(now_text.clone());
-        merge_positions(&mut self.committed_positions, &file.positions);
-        self.record_schema(columns, &now_text);
+        self.last_export = Some(now_text);
 
         let index = match self.partitions.iter().position(|partition| partition.path == partition_path) {
             Some(index) => index,
@@ -283,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn recording_files_updates_totals_partitions_positions_and_schema_versions() {
+    fn recording_files_updates_totals_partitions_and_schema_versions() {
         let now = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
         let mut meta = FeedMetadata::new("orders", FeedKind::Stream);
         meta.record_file(
@@ -315,7 +359,7 @@ mod tests {
         assert_eq!(meta.total_records, 16);
         assert_eq!(meta.total_bytes, 1_572_864);
         assert_eq!(meta.total_size_mb, 1.5);
-        assert_eq!(meta.committed_positions, Positions::from([(0, 12), (1, 4)]));
+        assert!(meta.committed_positions.is_empty(), "the commit state is the caller's, never derived from files");
         let paths: Vec<&str> = meta.partitions.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["year=2024/month=01/day=01", "year=2024/month=01/day=02"]);
         let day2 = &meta.partitions[1];

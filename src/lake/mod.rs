@@ -31,24 +31,25 @@ pub mod parquet;
 pub mod partition;
 pub mod reconcile;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod writer;
 
 use std::collections::BTreeMap;
 
 pub use budget::{MemoryBudget, Reservation};
-pub use commit::{CommitState, Runs};
-pub use buffer::{FlushJob, FlushPolicy, FlushReason, ManualClock, PartitionBuffers, SystemClock, WallClock};
+pub use commit::{CommitLedger, CommitState, Destination, Runs};
+pub use buffer::{FlushJob, FlushPolicy, FlushReason, PartitionBuffers, Pushed};
 pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};
 pub use partition::{
-    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, PositionColumns, RoutedBatch, RowRouter,
+    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter,
     RowStats,
 };
 pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport};
 pub use store::{open_lake, Lake, S3Options, StoreError};
-pub use writer::{CommitOutcome, CommittedFile, LakeWriter, RetryPolicy, WriteError, WriterOptions};
+pub use writer::{CommitOutcome, CommittedFile, LakeWriter, WriteError, WriterOptions};
 
 /// Highest offset seen per ksqlDB partition (`ROWPARTITION` → `ROWOFFSET`). A BTreeMap so JSON
 /// output and comparisons are deterministic.

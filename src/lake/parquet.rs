@@ -21,8 +21,18 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::Serialize;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+use parquet::file::FOOTER_SIZE;
+
+use super::commit::Runs;
 use super::layout::FeedKind;
 use super::Positions;
+use crate::defaults;
 use crate::schema::types::KSQL_TYPE_METADATA_KEY;
 
 pub const KV_COLUMNS: &str = "ksql.columns";
@@ -43,14 +53,14 @@ pub enum Compression {
     Zstd(i32),
     Snappy,
     Lz4,
-    /// gzip at a level (0–10).
+    /// gzip at a level (0–9).
     Gzip(u32),
     None,
 }
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression::Zstd(3)
+        Compression::Zstd(defaults::ZSTD_LEVEL)
     }
 }
 
@@ -85,7 +95,7 @@ pub struct ParquetOptions {
 
 impl Default for ParquetOptions {
     fn default() -> Self {
-        ParquetOptions { compression: Compression::default(), row_group_rows: 1_000_000, dictionary: true }
+        ParquetOptions { compression: Compression::default(), row_group_rows: defaults::ROW_GROUP_ROWS, dictionary: true }
     }
 }
 
@@ -95,7 +105,7 @@ pub struct FileInfo {
     pub feed: String,
     pub kind: FeedKind,
     pub positions: Positions,
-    pub runs: super::commit::Runs,
+    pub runs: Runs,
     pub min_event_ms: i64,
     pub max_event_ms: i64,
 }
@@ -181,18 +191,104 @@ fn key_values(schema: &SchemaRef, info: &FileInfo, rows: usize) -> Result<Vec<Ke
     Ok(pairs)
 }
 
-/// Reads the `ksql_lake.positions` and row count of an existing file's footer (used to check
-/// whether a file found under a deterministic name holds the same rows).
-pub fn footer_summary(bytes: &Bytes) -> Result<(i64, Option<Positions>), EncodeError> {
-    let metadata = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(bytes)?;
-    let file = metadata.file_metadata();
-    let positions = file
+/// What a data file's footer says about it: enough to list it in a manifest, or to tell
+/// whether a file found under a name holds a job's rows, without reading its data.
+#[derive(Debug, Clone)]
+pub struct Footer {
+    pub records: u64,
+    pub min_event_ms: i64,
+    pub max_event_ms: i64,
+    pub positions: Positions,
+    pub runs: Runs,
+    pub schema: SchemaRef,
+    feed: Option<String>,
+    kind: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FooterError {
+    #[error("reading the footer failed: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("not a readable parquet file: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{size} bytes is too small for a parquet file")]
+    TooSmall { size: u64 },
+    #[error("footer key {key} is missing")]
+    Missing { key: &'static str },
+    #[error("footer key {key} is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("the file belongs to {found}, not this feed")]
+    OtherFeed { found: String },
+}
+
+impl Footer {
+    /// An error unless the footer names `feed` and `kind` (or names none).
+    pub fn belongs_to(&self, feed: &str, kind: FeedKind) -> Result<(), FooterError> {
+        if let Some(found) = self.feed.as_deref().filter(|found| *found != feed) {
+            return Err(FooterError::OtherFeed { found: format!("feed {found}") });
+        }
+        if let Some(found) = self.kind.as_deref().filter(|found| *found != kind.as_str()) {
+            return Err(FooterError::OtherFeed { found: format!("a {found} feed") });
+        }
+        Ok(())
+    }
+}
+
+/// Reads a data file's footer: two range reads (the tail, then the metadata), never the data.
+pub async fn read_footer_of(store: &dyn ObjectStore, meta: &ObjectMeta) -> Result<Footer, FooterError> {
+    let tail_size = FOOTER_SIZE as u64;
+    // The smallest file: magic, metadata length and magic around some metadata.
+    if meta.size < tail_size + 4 {
+        return Err(FooterError::TooSmall { size: meta.size });
+    }
+    let tail = store.get_range(&meta.location, meta.size - tail_size..meta.size).await?;
+    let tail: [u8; FOOTER_SIZE] =
+        tail.as_ref().try_into().map_err(|_| FooterError::TooSmall { size: tail.len() as u64 })?;
+    let length = FooterTail::try_new(&tail)?.metadata_length() as u64;
+    if length + tail_size + 4 > meta.size {
+        return Err(FooterError::Invalid {
+            key: "footer length",
+            reason: format!("{length} bytes in a {} byte file", meta.size),
+        });
+    }
+    let start = meta.size - tail_size - length;
+    let encoded = store.get_range(&meta.location, start..meta.size - tail_size).await?;
+    let decoded = ParquetMetaDataReader::decode_metadata(&encoded)?;
+    let loaded = ArrowReaderMetadata::try_new(Arc::new(decoded), ArrowReaderOptions::new())?;
+    let file = loaded.metadata().file_metadata();
+    let pairs: HashMap<&str, &str> = file
         .key_value_metadata()
-        .and_then(|pairs| pairs.iter().find(|pair| pair.key == KV_POSITIONS))
-        .and_then(|pair| pair.value.as_deref())
-        .map(serde_json::from_str::<Positions>)
-        .transpose()?;
-    Ok((file.num_rows(), positions))
+        .map(|pairs| pairs.iter().filter_map(|pair| Some((pair.key.as_str(), pair.value.as_deref()?))).collect())
+        .unwrap_or_default();
+    let millis = |key: &'static str| -> Result<i64, FooterError> {
+        let text = pairs.get(key).ok_or(FooterError::Missing { key })?;
+        text.parse().map_err(|error: std::num::ParseIntError| FooterError::Invalid { key, reason: error.to_string() })
+    };
+    let records = u64::try_from(file.num_rows())
+        .map_err(|_| FooterError::Invalid { key: "num_rows", reason: format!("{} rows", file.num_rows()) })?;
+    Ok(Footer {
+        records,
+        min_event_ms: millis(KV_MIN_EVENT_TIME)?,
+        max_event_ms: millis(KV_MAX_EVENT_TIME)?,
+        positions: optional_json(&pairs, KV_POSITIONS)?,
+        runs: optional_json(&pairs, KV_RUNS)?,
+        schema: Arc::clone(loaded.schema()),
+        feed: pairs.get(KV_FEED).map(|found| found.to_string()),
+        kind: pairs.get(KV_KIND).map(|found| found.to_string()),
+    })
+}
+
+/// A JSON footer value, the default when the key is absent.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    pairs: &HashMap<&str, &str>,
+    key: &'static str,
+) -> Result<T, FooterError> {
+    match pairs.get(key) {
+        Some(text) => {
+            serde_json::from_str(text).map_err(|error| FooterError::Invalid { key, reason: error.to_string() })
+        }
+        None => Ok(T::default()),
+    }
 }
 
 #[cfg(test)]

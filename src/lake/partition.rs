@@ -13,14 +13,14 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
+use arrow::array::{Array, AsArray, Int64Array, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 use arrow::record_batch::RecordBatch;
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 
-use super::{Position, Positions};
+use super::Position;
 
 /// Event times beyond ±8e15 ms (about year 255,000) have no calendar date in chrono and are
 /// treated like nulls.
@@ -84,8 +84,6 @@ pub enum PartitionError {
     UnsupportedType { column: String, data_type: DataType },
     #[error("could not split the batch by partition: {reason}")]
     Split { reason: String },
-    #[error("position column `{column}` could not be read: {reason}")]
-    BadPositionColumn { column: String, reason: String },
 }
 
 /// Grain plus timezone: everything needed to map an instant to a partition and back.
@@ -161,13 +159,6 @@ pub enum EventTime {
     ProcessingTime,
 }
 
-/// The columns carrying each row's ksqlDB position (`ROWPARTITION`, `ROWOFFSET`), any integer type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PositionColumns {
-    pub partition: String,
-    pub offset: String,
-}
-
 /// What the buffer needs to know about the rows of one routed batch.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RowStats {
@@ -178,7 +169,6 @@ pub struct RowStats {
     pub max_event_ms: i64,
     /// Position of the first row with one: it makes the file name deterministic.
     pub first_position: Option<Position>,
-    pub max_positions: Positions,
     /// Rows whose event time was null (or unrepresentable) and were routed by processing time.
     pub null_event_time_rows: usize,
 }
@@ -189,6 +179,8 @@ pub struct RoutedBatch {
     pub key: PartitionKey,
     pub batch: RecordBatch,
     pub stats: RowStats,
+    /// The ksqlDB positions of its rows that have one, in row order.
+    pub positions: Vec<Position>,
 }
 
 /// Splits batches by partition.
@@ -196,23 +188,32 @@ pub struct RoutedBatch {
 pub struct RowRouter {
     pub spec: PartitionSpec,
     pub event_time: EventTime,
-    pub positions: Option<PositionColumns>,
 }
 
 impl RowRouter {
-    pub fn new(spec: PartitionSpec, event_time: EventTime, positions: Option<PositionColumns>) -> Self {
-        RowRouter { spec, event_time, positions }
+    pub fn new(spec: PartitionSpec, event_time: EventTime) -> Self {
+        RowRouter { spec, event_time }
     }
 
-    /// Routes every row of `batch`. Output is ordered by partition; rows keep their order within
-    /// each output batch. When all rows fall into one partition the batch is passed through
-    /// without copying.
-    pub fn route(&self, batch: &RecordBatch, processing_ms: i64) -> Result<Vec<RoutedBatch>, PartitionError> {
+    /// Routes every row of `batch`; `positions` has one entry per row (its ksqlDB position, read
+    /// where the row was decoded) or is empty when no row has one. Output is ordered by
+    /// partition; rows keep their order within each output batch. When all rows fall into one
+    /// partition the batch is passed through without copying.
+    pub fn route(
+        &self,
+        batch: &RecordBatch,
+        positions: &[Option<Position>],
+        processing_ms: i64,
+    ) -> Result<Vec<RoutedBatch>, PartitionError> {
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
+        if !positions.is_empty() && positions.len() != batch.num_rows() {
+            return Err(PartitionError::Split {
+                reason: format!("{} positions for {} rows", positions.len(), batch.num_rows()),
+            });
+        }
         let (times, null_rows) = self.event_times(batch, processing_ms)?;
-        let positions = self.position_arrays(batch)?;
 
         // Rows usually arrive in time order, so remember the current partition's range and only
         // do the timezone lookup when a row leaves it.
@@ -234,8 +235,8 @@ impl RowRouter {
         let single = row_keys.iter().all(|key| *key == row_keys[0]);
         if single {
             let all: Vec<u32> = (0..times.len() as u32).collect();
-            let stats = stats_for(&all, &times, &null_rows, positions.as_ref());
-            return Ok(vec![RoutedBatch { key: row_keys[0], batch: batch.clone(), stats }]);
+            let (stats, positions) = stats_for(&all, &times, &null_rows, positions);
+            return Ok(vec![RoutedBatch { key: row_keys[0], batch: batch.clone(), stats, positions }]);
         }
         for (row, key) in row_keys.iter().enumerate() {
             groups.entry(*key).or_default().push(row as u32);
@@ -245,8 +246,8 @@ impl RowRouter {
             let indices = UInt32Array::from(rows.clone());
             let part = take_record_batch(batch, &indices)
                 .map_err(|error| PartitionError::Split { reason: error.to_string() })?;
-            let stats = stats_for(&rows, &times, &null_rows, positions.as_ref());
-            routed.push(RoutedBatch { key, batch: part, stats });
+            let (stats, positions) = stats_for(&rows, &times, &null_rows, positions);
+            routed.push(RoutedBatch { key, batch: part, stats, positions });
         }
         Ok(routed)
     }
@@ -281,23 +282,9 @@ impl RowRouter {
         let values = (0..millis.len()).map(|row| if nulls[row] { processing_ms } else { millis.value(row) }).collect();
         Ok((values, nulls))
     }
-
-    fn position_arrays(&self, batch: &RecordBatch) -> Result<Option<(Int64Array, Int64Array)>, PartitionError> {
-        let Some(columns) = &self.positions else { return Ok(None) };
-        let read = |name: &str| -> Result<Int64Array, PartitionError> {
-            let column: &ArrayRef =
-                batch.column_by_name(name).ok_or_else(|| PartitionError::MissingColumn { column: name.to_string() })?;
-            let as_i64 = cast(column, &DataType::Int64).map_err(|error| PartitionError::BadPositionColumn {
-                column: name.to_string(),
-                reason: error.to_string(),
-            })?;
-            Ok(as_i64.as_primitive::<Int64Type>().clone())
-        };
-        Ok(Some((read(&columns.partition)?, read(&columns.offset)?)))
-    }
 }
 
-fn stats_for(rows: &[u32], times: &[i64], nulls: &[bool], positions: Option<&(Int64Array, Int64Array)>) -> RowStats {
+fn stats_for(rows: &[u32], times: &[i64], nulls: &[bool], positions: &[Option<Position>]) -> (RowStats, Vec<Position>) {
     let mut stats = RowStats {
         rows: rows.len(),
         first_event_ms: times[rows[0] as usize],
@@ -305,6 +292,7 @@ fn stats_for(rows: &[u32], times: &[i64], nulls: &[bool], positions: Option<&(In
         max_event_ms: i64::MIN,
         ..RowStats::default()
     };
+    let mut known = Vec::with_capacity(if positions.is_empty() { 0 } else { rows.len() });
     for &row in rows {
         let row = row as usize;
         stats.min_event_ms = stats.min_event_ms.min(times[row]);
@@ -312,21 +300,13 @@ fn stats_for(rows: &[u32], times: &[i64], nulls: &[bool], positions: Option<&(In
         if nulls[row] {
             stats.null_event_time_rows += 1;
         }
-        let Some((partitions, offsets)) = positions else { continue };
-        if partitions.is_null(row) || offsets.is_null(row) {
-            continue;
-        }
-        let (Ok(partition), Ok(offset)) = (u32::try_from(partitions.value(row)), u64::try_from(offsets.value(row)))
-        else {
-            continue;
-        };
+        let Some(&Some(position)) = positions.get(row) else { continue };
         if stats.first_position.is_none() {
-            stats.first_position = Some(Position { partition, offset });
+            stats.first_position = Some(position);
         }
-        let entry = stats.max_positions.entry(partition).or_insert(offset);
-        *entry = (*entry).max(offset);
+        known.push(position);
     }
-    stats
+    (stats, known)
 }
 
 #[cfg(test)]

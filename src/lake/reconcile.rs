@@ -16,22 +16,17 @@
 //! A data file whose footer cannot be read is reported and left alone, never deleted.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
 use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
-use parquet::file::FOOTER_SIZE;
 use tracing::{error, info, warn};
 
-use super::commit::{merge_runs, CommitState, Runs};
+use super::commit::{merge_runs, CommitState};
 use super::layout::{FeedKind, LayoutError};
 use super::metadata::{columns_of, format_ms, FeedMetadata, FileEntry, SchemaInfo, SchemaVersion};
-use super::parquet::{KV_FEED, KV_KIND, KV_MAX_EVENT_TIME, KV_MIN_EVENT_TIME, KV_POSITIONS, KV_RUNS};
+use super::parquet::{read_footer_of, Footer, FooterError};
 use super::store::Lake;
 use super::{merge_positions, Positions};
 
@@ -114,33 +109,6 @@ struct DataObject {
     partition: String,
     name: String,
     meta: ObjectMeta,
-}
-
-/// What a data file's footer says about it.
-#[derive(Debug, Clone)]
-struct Footer {
-    records: u64,
-    min_event_ms: i64,
-    max_event_ms: i64,
-    positions: Positions,
-    runs: Runs,
-    schema: SchemaRef,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum FooterError {
-    #[error("reading the footer failed: {0}")]
-    Store(#[from] object_store::Error),
-    #[error("not a readable parquet file: {0}")]
-    Parquet(#[from] parquet::errors::ParquetError),
-    #[error("{size} bytes is too small for a parquet file")]
-    TooSmall { size: u64 },
-    #[error("footer key {key} is missing")]
-    Missing { key: &'static str },
-    #[error("footer key {key} is invalid: {reason}")]
-    Invalid { key: &'static str, reason: String },
-    #[error("the file belongs to {found}, not this feed")]
-    OtherFeed { found: String },
 }
 
 /// Removes staged temp files under the feed and lists every data file the manifest does not,
@@ -260,13 +228,12 @@ pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMeta
         };
         current = Some(SchemaInfo { version, columns });
     }
-    absorb(&mut state);
+    state.absorb();
     // Files from before runs existed only tell their highest offset, which was the watermark.
     for (&partition, &offset) in &legacy_positions {
         state.raise_low(partition, offset);
     }
-    metadata.committed_positions = state.low;
-    metadata.committed_ranges = state.ranges;
+    metadata.set_commit_state(state);
     metadata.schema = current;
     metadata.schema_history = history;
 
@@ -318,47 +285,20 @@ fn entry(object: &DataObject, footer: &Footer, reason: &str) -> FileEntry {
 }
 
 /// Lists an orphan: totals and partition through `record_file`; its exact runs join the
-/// committed set instead of raising the watermark to its highest offset (rows below that may
-/// still be missing). A file without runs keeps the old rule: its highest offset is committed.
+/// committed set (never its highest offset: rows below that may still be missing). A file
+/// from before runs existed keeps the old rule: its highest offset was the watermark.
 fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
-    let low_before = metadata.committed_positions.clone();
-    let schema_before = (metadata.schema.clone(), metadata.schema_history.clone());
     let columns = columns_of(&footer.schema);
-    // An orphan is older than anything written since the crash: a schema the feed already had
-    // does not become "the most recent" again.
-    let known_schema = metadata.schema_history.iter().any(|known| known.columns == columns);
-    metadata.record_file(&object.partition, entry(object, footer, ADOPTED_REASON), columns, Utc::now());
-    if known_schema {
-        (metadata.schema, metadata.schema_history) = schema_before;
-    }
-    let mut state = CommitState {
-        low: std::mem::take(&mut metadata.committed_positions),
-        ranges: std::mem::take(&mut metadata.committed_ranges),
-        token: None,
-    };
-    if !footer.runs.is_empty() {
-        state.low = low_before;
-        merge_runs(&mut state.ranges, &footer.runs);
-    }
-    absorb(&mut state);
-    metadata.committed_positions = state.low;
-    metadata.committed_ranges = state.ranges;
-}
-
-/// Lets the watermark absorb the runs that touch it. A partition without a watermark gets one
-/// when its first run starts at offset 0 (the start of a ksqlDB partition).
-fn absorb(state: &mut CommitState) {
-    let partitions: Vec<u32> = state.ranges.keys().copied().collect();
-    for partition in partitions {
-        match state.low.get(&partition).copied() {
-            Some(low) => state.raise_low(partition, low),
-            None => {
-                if let Some(&(0, last)) = state.ranges.get(&partition).and_then(|ranges| ranges.first()) {
-                    state.raise_low(partition, last);
-                }
-            }
+    metadata.record_adopted_file(&object.partition, entry(object, footer, ADOPTED_REASON), columns, Utc::now());
+    let mut state = metadata.commit_state();
+    if footer.runs.is_empty() {
+        for (&partition, &offset) in &footer.positions {
+            state.raise_low(partition, offset);
         }
+    } else {
+        state.adopt(&footer.runs);
     }
+    metadata.set_commit_state(state);
 }
 
 /// Data files (`data_*.parquet` inside a partition folder) under `dir`, oldest first.
@@ -382,67 +322,11 @@ async fn list_data_files(lake: &Lake, dir: &Path) -> Result<Vec<DataObject>, Rec
     Ok(objects)
 }
 
-/// Reads a data file's footer: two range reads (tail, then the metadata), never the data.
+/// The footer of one of this feed's data files.
 async fn read_footer(lake: &Lake, kind: FeedKind, feed: &str, meta: &ObjectMeta) -> Result<Footer, FooterError> {
-    let tail_size = FOOTER_SIZE as u64;
-    // The smallest file: magic, metadata length and magic around some metadata.
-    if meta.size < tail_size + 4 {
-        return Err(FooterError::TooSmall { size: meta.size });
-    }
-    let tail = lake.store().get_range(&meta.location, meta.size - tail_size..meta.size).await?;
-    let tail: [u8; FOOTER_SIZE] =
-        tail.as_ref().try_into().map_err(|_| FooterError::TooSmall { size: tail.len() as u64 })?;
-    let length = FooterTail::try_new(&tail)?.metadata_length() as u64;
-    if length + tail_size + 4 > meta.size {
-        return Err(FooterError::Invalid {
-            key: "footer length",
-            reason: format!("{length} bytes in a {} byte file", meta.size),
-        });
-    }
-    let start = meta.size - tail_size - length;
-    let encoded = lake.store().get_range(&meta.location, start..meta.size - tail_size).await?;
-    let decoded = ParquetMetaDataReader::decode_metadata(&encoded)?;
-    let loaded = ArrowReaderMetadata::try_new(Arc::new(decoded), ArrowReaderOptions::new())?;
-    let file = loaded.metadata().file_metadata();
-    let pairs: HashMap<&str, &str> = file
-        .key_value_metadata()
-        .map(|pairs| pairs.iter().filter_map(|pair| Some((pair.key.as_str(), pair.value.as_deref()?))).collect())
-        .unwrap_or_default();
-    if let Some(found) = pairs.get(KV_FEED).filter(|found| **found != feed) {
-        return Err(FooterError::OtherFeed { found: format!("feed {found}") });
-    }
-    if let Some(found) = pairs.get(KV_KIND).filter(|found| **found != kind.as_str()) {
-        return Err(FooterError::OtherFeed { found: format!("a {found} feed") });
-    }
-    let millis = |key: &'static str| -> Result<i64, FooterError> {
-        let text = pairs.get(key).ok_or(FooterError::Missing { key })?;
-        text.parse().map_err(|error: std::num::ParseIntError| FooterError::Invalid { key, reason: error.to_string() })
-    };
-    let positions: Positions = optional_json(&pairs, KV_POSITIONS)?;
-    let runs: Runs = optional_json(&pairs, KV_RUNS)?;
-    let records = u64::try_from(file.num_rows())
-        .map_err(|_| FooterError::Invalid { key: "num_rows", reason: format!("{} rows", file.num_rows()) })?;
-    Ok(Footer {
-        records,
-        min_event_ms: millis(KV_MIN_EVENT_TIME)?,
-        max_event_ms: millis(KV_MAX_EVENT_TIME)?,
-        positions,
-        runs,
-        schema: Arc::clone(loaded.schema()),
-    })
-}
-
-/// A JSON footer value, the default when the key is absent.
-fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    pairs: &HashMap<&str, &str>,
-    key: &'static str,
-) -> Result<T, FooterError> {
-    match pairs.get(key) {
-        Some(text) => {
-            serde_json::from_str(text).map_err(|error| FooterError::Invalid { key, reason: error.to_string() })
-        }
-        None => Ok(T::default()),
-    }
+    let footer = read_footer_of(lake.store().as_ref(), meta).await?;
+    footer.belongs_to(feed, kind)?;
+    Ok(footer)
 }
 
 /// The manifest and its version, `None` when absent.
@@ -531,6 +415,7 @@ fn scan_staged(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::Runs;
     use crate::lake::layout::METADATA_FILE;
 
     #[test]
@@ -550,7 +435,7 @@ mod tests {
         merge_runs(&mut state.ranges, &Runs::from([(0, vec![(0, 9), (11, 20)]), (1, vec![(5, 9)])]));
         state.low.insert(2, 4);
         merge_runs(&mut state.ranges, &Runs::from([(2, vec![(5, 7), (9, 9)])]));
-        absorb(&mut state);
+        state.absorb();
         assert_eq!(state.low, Positions::from([(0, 9), (2, 7)]));
         assert_eq!(state.ranges, Runs::from([(0, vec![(11, 20)]), (1, vec![(5, 9)]), (2, vec![(9, 9)])]));
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, RetryConfig};
 use url::Url;
 
 use super::layout::{validate_feed_name, FeedKind, LayoutError, METADATA_FILE};
@@ -214,6 +214,10 @@ fn open_s3(url: &Url, options: &S3Options, display: String) -> Result<Lake, Stor
     if let Some(token) = &options.session_token {
         builder = builder.with_token(token.clone());
     }
+    // The pipeline's commit stage is the one place that retries, with its own backoff, and it
+    // shows every failed attempt on /readyz and in the metrics; retries hidden inside the
+    // client would make an outage invisible for minutes.
+    builder = builder.with_retry(RetryConfig { max_retries: 0, ..RetryConfig::default() });
     let store = builder.build().map_err(|source| StoreError::Open { url: display.clone(), source })?;
     let root = Path::from_url_path(url.path()).map_err(|source| StoreError::Open {
         url: display.clone(),

@@ -1,13 +1,22 @@
-//! Test support: an object store wrapper that fails chosen operations, for retry and
-//! shutdown tests (here and in the pipeline's tests).
+//! Test support, built only for tests (feature `test-support`, which the crate's own tests
+//! turn on): an object store wrapper that fails chosen operations, and the one fixture that
+//! turns rows into flush jobs the way the pipeline does (route, buffer, ledger).
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::Schema;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use object_store::path::Path;
+use super::{
+    CommitLedger, Destination, EventTime, FeedKind, FlushJob, FlushPolicy, FlushReason, MemoryBudget, PartitionBuffers,
+    PartitionSpec, Position, RowRouter,
+};
+use crate::schema::types::{arrow_schema, Column, KsqlType};
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult, Result,
@@ -105,5 +114,110 @@ impl ObjectStore for FaultyStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The columns of [`orders`]: what a ksqlDB push query of ksql-lake returns.
+pub fn orders_schema() -> Arc<Schema> {
+    Arc::new(arrow_schema(&[
+        Column::new("ROWTIME", KsqlType::Timestamp),
+        Column::new("ROWPARTITION", KsqlType::Integer),
+        Column::new("ROWOFFSET", KsqlType::Bigint),
+        Column::new("ORDER_ID", KsqlType::String),
+    ]))
+}
+
+/// Decoded rows and their positions, as the source stage sends them.
+#[derive(Debug, Clone)]
+pub struct Rows {
+    pub batch: RecordBatch,
+    pub positions: Vec<Option<Position>>,
+}
+
+/// Rows at event times `times` (ms) in ksqlDB partition `partition`, offsets `first_offset..`,
+/// with `ORDER_ID` = `order-<offset>`.
+pub fn orders(times: &[i64], partition: u32, first_offset: u64) -> Rows {
+    let offsets: Vec<u64> = (first_offset..first_offset + times.len() as u64).collect();
+    let batch = RecordBatch::try_new(
+        orders_schema(),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(times.to_vec()).with_timezone("UTC")),
+            Arc::new(Int32Array::from(vec![partition as i32; times.len()])),
+            Arc::new(Int64Array::from(offsets.iter().map(|&o| o as i64).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(offsets.iter().map(|o| format!("order-{o}")).collect::<Vec<_>>())),
+        ],
+    )
+    .expect("columns match the schema");
+    let positions = offsets.iter().map(|&offset| Some(Position { partition, offset })).collect();
+    Rows { batch, positions }
+}
+
+/// A feed's buffer stage without its tasks: rows go through the router, the buffers and the
+/// ledger exactly as in the pipeline, and come out as flush jobs carrying their runs and
+/// commit state, ready for [`LakeWriter`](super::LakeWriter).
+#[derive(Debug)]
+pub struct TestFeed {
+    pub router: RowRouter,
+    pub buffers: PartitionBuffers,
+    pub ledger: CommitLedger,
+    /// The event-time watermark handed to the buffers (ms).
+    pub watermark_ms: i64,
+}
+
+impl TestFeed {
+    /// Feed `orders`, ROWTIME event time, the given budget, watermark at `watermark_ms`.
+    pub fn new(spec: PartitionSpec, policy: FlushPolicy, budget: Arc<MemoryBudget>, watermark_ms: i64) -> Self {
+        TestFeed {
+            router: RowRouter::new(spec, EventTime::Column("ROWTIME".into())),
+            buffers: PartitionBuffers::new("orders", FeedKind::Stream, spec, policy, budget),
+            ledger: CommitLedger::default(),
+            watermark_ms,
+        }
+    }
+
+    /// Default policy and a large budget.
+    pub fn with_spec(spec: PartitionSpec, watermark_ms: i64) -> Self {
+        TestFeed::new(spec, FlushPolicy::default(), MemoryBudget::new(1 << 30), watermark_ms)
+    }
+
+    /// Routes and buffers `rows`; returns the jobs a schema change drained.
+    pub fn push(&mut self, rows: &Rows) -> Vec<FlushJob> {
+        let routed = self.router.route(&rows.batch, &rows.positions, self.watermark_ms).expect("routable rows");
+        let mut arrivals = Vec::new();
+        let mut drained = Vec::new();
+        for part in routed {
+            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(part.key))));
+            let key = part.key;
+            let pushed = self.buffers.push(part, self.watermark_ms).drained;
+            drained.extend(self.finish(pushed));
+            self.ledger.arrived(key);
+        }
+        self.ledger.record(&mut arrivals);
+        drained
+    }
+
+    /// The jobs whose flush trigger holds now.
+    pub fn drain_ready(&mut self) -> Vec<FlushJob> {
+        let jobs = self.buffers.drain_ready(tokio::time::Instant::now(), self.watermark_ms);
+        self.finish(jobs)
+    }
+
+    /// Every buffer as a job.
+    pub fn drain_all(&mut self, reason: FlushReason) -> Vec<FlushJob> {
+        let jobs = self.buffers.drain_all(reason);
+        self.finish(jobs)
+    }
+
+    /// Pushes `rows` and drains everything: one job per partition.
+    pub fn jobs_for(&mut self, rows: &Rows) -> Vec<FlushJob> {
+        assert!(self.push(rows).is_empty());
+        self.drain_all(FlushReason::Shutdown)
+    }
+
+    fn finish(&mut self, mut jobs: Vec<FlushJob>) -> Vec<FlushJob> {
+        for job in &mut jobs {
+            (job.runs, job.commit) = self.ledger.take(&job.key);
+        }
+        jobs
     }
 }

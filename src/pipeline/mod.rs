@@ -10,8 +10,8 @@
 //! each sink drains its buffers with reason `shutdown` and returns.
 
 pub mod demo;
+mod events;
 pub mod query;
-pub mod runs;
 pub mod sink;
 pub mod source;
 
@@ -22,12 +22,15 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::{self, Config, FeedConfig};
+use crate::defaults;
 use crate::ksqldb::client::KsqlClient;
-use crate::lake::{self, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
+use crate::lake::{self, CommitLedger, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
 use crate::metrics::{Health, Metrics};
-use sink::{FeedSink, WatermarkClock};
-use source::{Backoff, FeedSource, SourceSettings};
+use events::FeedMetrics;
+use sink::FeedSink;
+use source::{FeedSource, SourceSettings};
 
 /// Batches in flight between a feed's source and buffer stages.
 const CHANNEL_BATCHES: usize = 4;
@@ -49,7 +52,7 @@ pub struct RunOptions {
     /// Overrides the config's reconnect backoff (tests use tiny delays).
     pub reconnect_backoff: Option<Backoff>,
     /// Backoff between commit attempts while the lake fails.
-    pub write_retry: lake::RetryPolicy,
+    pub write_retry: Backoff,
     /// Serve /metrics, /healthz, /readyz.
     pub serve_http: bool,
     /// A lake opened by the caller (tests wrap stores with fault injection); else the
@@ -63,10 +66,9 @@ impl Default for RunOptions {
             tick: Duration::from_secs(1),
             linger: Duration::from_millis(200),
             reconnect_backoff: None,
-            write_retry: lake::RetryPolicy {
-                max_attempts: 3,
-                initial_backoff: Duration::from_millis(250),
-                max_backoff: Duration::from_secs(15),
+            write_retry: Backoff {
+                initial: defaults::WRITE_RETRY_INITIAL,
+                max: defaults::WRITE_RETRY_MAX,
                 multiplier: 2.0,
             },
             serve_http: true,
@@ -124,21 +126,16 @@ pub async fn run_with(
             tracing::warn!(feed = %feed.name, adopted = ?report.adopted, removed_temp = ?report.removed_temp,
                 unreadable = ?report.unreadable, "recovered from an interrupted run");
         }
-        let writer = Arc::new(LakeWriter::new(lake.clone(), writer_options(&feed.settings, &options)));
+        let writer = Arc::new(LakeWriter::new(lake.clone(), writer_options(&feed.settings)));
         let committed = writer
             .read_metadata(kind, &feed.name)
             .await
             .with_context(|| format!("reading the metadata of feed {}", feed.name))?
-            .map(|metadata| CommitState {
-                low: metadata.committed_positions,
-                ranges: metadata.committed_ranges,
-                token: metadata.continuation_token,
-            })
+            .map(|metadata| metadata.commit_state())
             .unwrap_or_default();
         if !committed.low.is_empty() {
             tracing::info!(feed = %feed.name, positions = ?committed.low, "resuming after committed positions");
         }
-        let committed = Arc::new(std::sync::Mutex::new(committed));
         let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
         let source = FeedSource {
             settings: SourceSettings {
@@ -155,7 +152,7 @@ pub async fn run_with(
                 }),
             },
             client: client.clone(),
-            metrics: metrics.clone(),
+            metrics: FeedMetrics::new(&metrics, &feed.name),
             health: health.clone(),
         };
         let sink = build_sink(feed, &writer, &budget, &metrics, &health, &options, committed.clone());
@@ -208,7 +205,7 @@ fn build_sink(
     metrics: &Metrics,
     health: &Health,
     options: &RunOptions,
-    committed: Arc<std::sync::Mutex<CommitState>>,
+    committed: CommitState,
 ) -> FeedSink {
     let settings = &feed.settings;
     let spec = PartitionSpec::new(settings.partitioning, settings.timezone);
@@ -217,43 +214,32 @@ fn build_sink(
         config::EventTime::Column(name) => lake::EventTime::Column(name.clone()),
         config::EventTime::ProcessingTime => lake::EventTime::ProcessingTime,
     };
-    let positions = lake::PositionColumns {
-        partition: query::ROWPARTITION.to_string(),
-        offset: query::ROWOFFSET.to_string(),
-    };
-    // Scalable push queries cannot select ROWPARTITION/ROWOFFSET.
-    let positions = (settings.delivery != config::Delivery::ContinuationToken).then_some(positions);
-    let router = RowRouter::new(spec, event_time, positions);
+    let router = RowRouter::new(spec, event_time);
     let policy = lake::FlushPolicy {
         max_rows: settings.flush_max_rows as usize,
         max_bytes: settings.flush_max_bytes,
         max_age: settings.flush_max_age,
         allowed_lateness: settings.allowed_lateness,
     };
-    let watermark = Arc::new(WatermarkClock::default());
-    let buffers =
-        PartitionBuffers::new(feed.name.clone(), feed.kind, spec, policy, budget.clone(), watermark.clone());
+    let buffers = PartitionBuffers::new(feed.name.clone(), feed.kind, spec, policy, budget.clone());
     FeedSink {
         feed: feed.name.clone(),
         router,
         buffers,
+        ledger: CommitLedger::new(committed),
         writer: writer.clone(),
         budget: budget.clone(),
-        watermark,
-        metrics: metrics.clone(),
+        metrics: FeedMetrics::new(metrics, &feed.name),
         health: health.clone(),
-        retry: options.write_retry.clone(),
+        retry: options.write_retry,
         tick: options.tick,
-        committed,
-        tracker: runs::RunTracker::default(),
     }
 }
 
 /// Each feed has its own writer: compression and row groups are per-feed settings.
-fn writer_options(settings: &config::FeedSettings, options: &RunOptions) -> WriterOptions {
+fn writer_options(settings: &config::FeedSettings) -> WriterOptions {
     WriterOptions {
         parquet: lake::ParquetOptions { compression: settings.compression, row_group_rows: settings.row_group_rows, dictionary: true },
-        retry: options.write_retry.clone(),
         ..WriterOptions::default()
     }
 }

@@ -7,19 +7,21 @@
 //! so a server that ignores the filter still cannot produce a duplicate.
 
 use crate::config::Delivery;
-use crate::lake::{self, CommitState};
+use crate::lake::{self, CommitState, Position};
 
 /// Names of the pseudo columns ksql-lake selects in front of the source's own columns.
 pub const ROWTIME: &str = "ROWTIME";
 pub const ROWPARTITION: &str = "ROWPARTITION";
 pub const ROWOFFSET: &str = "ROWOFFSET";
 
-/// What a feed's source skips when it (re)opens its push query: the committed set, and for
-/// exactly-once also every row already handed to the buffers in this run.
+/// What a feed's source skips when it (re)opens its push query: the committed set it started
+/// from, and every row already handed to the buffer stage in this run.
 #[derive(Debug, Clone)]
 pub struct Resume {
+    /// The feed's commit state when the run started.
     pub committed: CommitState,
-    /// Highest offset seen per partition in this run (handed on, or skipped as committed).
+    /// Highest offset per partition handed on in this run (buffered, passed or committed):
+    /// within a partition rows arrive in offset order, so everything at or below it was seen.
     pub seen: lake::Positions,
     /// The newest continuation token received in this run.
     pub token: Option<String>,
@@ -39,14 +41,19 @@ impl Resume {
         Resume { committed, seen: lake::Positions::new(), token: None, server_filter: true }
     }
 
-    /// True when the row was committed or already handed on in this run.
-    pub fn covers(&self, partition: u32, offset: u64) -> bool {
-        self.seen.get(&partition).is_some_and(|&seen| offset <= seen) || self.committed.covers(partition, offset)
+    /// True when the row was already handed on in this run.
+    pub fn handed_on(&self, position: Position) -> bool {
+        self.seen.get(&position.partition).is_some_and(|&seen| position.offset <= seen)
     }
 
-    pub fn observe(&mut self, partition: u32, offset: u64) {
-        let entry = self.seen.entry(partition).or_insert(offset);
-        *entry = (*entry).max(offset);
+    /// True when the row was committed or already handed on in this run.
+    pub fn covers(&self, position: Position) -> bool {
+        self.handed_on(position) || self.committed.covers(position.partition, position.offset)
+    }
+
+    pub fn observe(&mut self, position: Position) {
+        let entry = self.seen.entry(position.partition).or_insert(position.offset);
+        *entry = (*entry).max(position.offset);
     }
 
     /// Per partition, the offset the query may start after (nothing when the server does not
@@ -146,17 +153,18 @@ mod tests {
         committed.low.insert(0, 30);
         lake::commit::add_run(&mut committed.ranges, 0, 45, 50);
         let mut resume = Resume::new(committed);
-        resume.observe(1, 7);
-        resume.observe(0, 41);
-        resume.observe(0, 40);
+        resume.observe(Position { partition: 1, offset: 7 });
+        resume.observe(Position { partition: 0, offset: 41 });
+        resume.observe(Position { partition: 0, offset: 40 });
         let (sql, _) = push_query("ORDERS", Delivery::AtLeastOnce, &resume.start_after());
         assert_eq!(
             sql,
             "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM ORDERS WHERE (ROWPARTITION = 0 AND ROWOFFSET > 41) \
              OR (ROWPARTITION = 1 AND ROWOFFSET > 7) OR (ROWPARTITION <> 0 AND ROWPARTITION <> 1) EMIT CHANGES;"
         );
-        assert!(resume.covers(0, 41) && !resume.covers(0, 42) && !resume.covers(2, 0));
-        assert!(resume.covers(0, 45) && resume.covers(0, 50) && !resume.covers(0, 51), "committed runs are skipped");
+        let at = |partition, offset| Position { partition, offset };
+        assert!(resume.covers(at(0, 41)) && !resume.covers(at(0, 42)) && !resume.covers(at(2, 0)));
+        assert!(resume.covers(at(0, 45)) && resume.covers(at(0, 50)) && !resume.covers(at(0, 51)), "committed runs are skipped");
     }
 
     #[test]

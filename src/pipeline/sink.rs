@@ -1,47 +1,58 @@
 //! The buffer stage of a feed: routes each decoded batch row by row to its partition, buffers
-//! per partition, and commits files when a flush trigger fires (rows, bytes, age, partition
-//! close, memory, schema change, shutdown).
+//! per partition, tells the feed's [`CommitLedger`] where every row went, and hands files to
+//! the commit stage when a flush trigger fires (rows, bytes, age, partition close, memory,
+//! schema change, shutdown).
 //!
-//! A commit that fails with a retryable error is retried with backoff, forever, while the rows
-//! stay buffered: the stage stops taking batches meanwhile, which pauses the source and so the
-//! push query. A permanent failure ends the feed with an error; nothing was committed for those
-//! rows, so a restart re-reads them from ksqlDB.
+//! ```text
+//! source ──SourceMessage──► buffer stage ──Prepared (job + its commit state)──► commit stage
+//!                              ▲                                                  │
+//!                              └───────────────Ack (sizes, reservation freed)─────┘
+//! ```
+//!
+//! The commit stage writes files in the order they were handed on, retrying retryable lake
+//! failures forever while the rows stay reserved: the buffer stage stops taking batches once
+//! the one-slot queue is full, which pauses the source and so the push query. A permanent
+//! failure ends the feed with an error; nothing was committed for those rows, so a restart
+//! re-reads them from ksqlDB.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::runs::{positions_of, RunTracker};
+use super::events::{BatchRouted, CommitAttemptFailed, CommitsRecovered, FeedMetrics, FileCommitted, RowsNotRoutable};
 use super::source::SourceMessage;
+use crate::backoff::Backoff;
 use crate::lake::{
-    CommitState, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, RetryPolicy, RowRouter, WallClock,
+    CommitLedger, Destination, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, Position, RowRouter,
     WriteError,
 };
-use crate::metrics::{Health, Metrics};
+use crate::metrics::Health;
 
 /// Partition close follows the feed's event-time watermark: the highest event time seen, never
 /// ahead of the wall clock. A backfill from `earliest` then closes old days one after another
 /// as it passes them, instead of treating all history as late; an idle feed still flushes on
 /// `flush_max_age`.
-#[derive(Debug, Default)]
-pub struct WatermarkClock {
-    highest_event_ms: AtomicI64,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventWatermark {
+    highest_event_ms: i64,
 }
 
-impl WatermarkClock {
-    pub fn observe(&self, event_ms: i64) {
-        self.highest_event_ms.fetch_max(event_ms, Ordering::Relaxed);
+impl Default for EventWatermark {
+    fn default() -> Self {
+        EventWatermark { highest_event_ms: i64::MIN }
     }
 }
 
-impl WallClock for WatermarkClock {
-    fn now_ms(&self) -> i64 {
-        let wall = chrono::Utc::now().timestamp_millis();
-        self.highest_event_ms.load(Ordering::Relaxed).min(wall)
+impl EventWatermark {
+    pub(crate) fn observe(&mut self, event_ms: i64) {
+        self.highest_event_ms = self.highest_event_ms.max(event_ms);
+    }
+
+    /// The watermark at wall-clock time `wall_ms`.
+    pub(crate) fn at(&self, wall_ms: i64) -> i64 {
+        self.highest_event_ms.min(wall_ms)
     }
 }
 
@@ -62,29 +73,37 @@ pub struct SinkFailed {
     pub source: WriteError,
 }
 
-pub struct FeedSink {
-    pub feed: String,
-    pub router: RowRouter,
-    pub buffers: PartitionBuffers,
-    pub writer: Arc<LakeWriter>,
-    pub budget: Arc<MemoryBudget>,
-    pub watermark: Arc<WatermarkClock>,
-    pub metrics: Metrics,
-    pub health: Health,
+pub(crate) struct FeedSink {
+    pub(crate) feed: String,
+    pub(crate) router: RowRouter,
+    pub(crate) buffers: PartitionBuffers,
+    /// The one owner of the feed's commit state.
+    pub(crate) ledger: CommitLedger,
+    pub(crate) writer: Arc<LakeWriter>,
+    pub(crate) budget: Arc<MemoryBudget>,
+    pub(crate) metrics: FeedMetrics,
+    pub(crate) health: Health,
     /// Backoff between commit attempts while the lake fails.
-    pub retry: RetryPolicy,
+    pub(crate) retry: Backoff,
     /// How often age and partition-close triggers are evaluated.
-    pub tick: Duration,
-    /// The feed's commit state, shared with the source stage (which resumes from it).
-    pub committed: Arc<std::sync::Mutex<CommitState>>,
-    pub tracker: RunTracker,
+    pub(crate) tick: Duration,
 }
 
-/// A file ready to commit, handed from the buffer stage to the commit stage.
+/// A file ready to commit, handed from the buffer stage to the commit stage. The job carries
+/// its runs and the commit state the manifest records with it.
 struct Prepared {
     job: FlushJob,
-    state: CommitState,
     queued: Instant,
+}
+
+/// The commit stage's answer for one file, in hand-on order.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    /// Memory the file held against the budget; released by the time the ack is sent.
+    reserved_bytes: u64,
+    /// The file's rows in memory and encoded, for the compression estimate; `None` when it
+    /// was not committed (the commit stage stopped on a permanent error).
+    sizes: Option<(u64, u64)>,
 }
 
 /// How many prepared files may wait for the commit stage: one queued while one is written, so
@@ -94,30 +113,19 @@ const COMMIT_QUEUE: usize = 1;
 impl FeedSink {
     /// Runs until the source stage closes the channel, then flushes everything (reason
     /// `shutdown`).
-    pub async fn run(mut self, mut receiver: mpsc::Receiver<SourceMessage>) -> Result<SinkSummary, SinkFailed> {
+    pub(crate) async fn run(mut self, mut receiver: mpsc::Receiver<SourceMessage>) -> Result<SinkSummary, SinkFailed> {
         let (jobs, queue) = mpsc::channel::<Prepared>(COMMIT_QUEUE);
-        let in_flight = Arc::new(AtomicU64::new(0));
-        let learned = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let committed_one = Arc::new(tokio::sync::Notify::new());
+        let (ack_sender, acks) = mpsc::unbounded_channel();
         let committer = Committer {
             feed: self.feed.clone(),
             writer: self.writer.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
-            retry: self.retry.clone(),
-            committed: self.committed.clone(),
-            in_flight: in_flight.clone(),
-            learned: learned.clone(),
-            committed_one: committed_one.clone(),
+            retry: self.retry,
+            acks: ack_sender,
         };
         let mut commit_task = tokio::spawn(committer.run(queue));
-        let mut stage = Stage {
-            projected: self.committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
-            jobs: Some(jobs),
-            in_flight,
-            learned,
-            committed_one,
-        };
+        let mut stage = Stage { jobs: Some(jobs), acks, in_flight: 0, watermark: EventWatermark::default() };
         let mut schema_seen = false;
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,17 +144,23 @@ impl FeedSink {
                         sent
                     }
                     Some(SourceMessage::Token(token)) => {
-                        self.tracker.token(token);
+                        self.ledger.token(token);
                         true
                     }
-                    Some(SourceMessage::Batch { batch, positions }) => self.take_batch(&mut stage, batch, positions).await,
+                    Some(SourceMessage::Batch { batch, positions, passed }) => {
+                        self.take_batch(&mut stage, batch, positions, passed).await
+                    }
                 },
+                Some(ack) = stage.acks.recv() => {
+                    stage.apply(ack, &mut self.buffers);
+                    true
+                }
                 _ = ticker.tick() => {
-                    let ready = self.buffers.drain_ready(Instant::now());
+                    let watermark = stage.watermark.at(wall_ms());
+                    let ready = self.buffers.drain_ready(Instant::now(), watermark);
                     self.hand_on(&mut stage, ready).await && !commit_task.is_finished()
                 }
             };
-            stage.apply_learned(&mut self.buffers);
             self.update_gauges();
             if !sent {
                 break true; // the commit stage stopped on a permanent error
@@ -161,47 +175,58 @@ impl FeedSink {
             Ok(result) => result,
             Err(error) => panic!("the commit stage of feed {} panicked: {error}", self.feed),
         };
-        stage.apply_learned(&mut self.buffers);
+        while let Ok(ack) = stage.acks.try_recv() {
+            stage.apply(ack, &mut self.buffers);
+        }
         self.update_gauges();
         summary
     }
 
-    /// Routes one decoded batch row by row into the partition buffers and hands on what must be
-    /// flushed. False when the commit stage has stopped.
-    async fn take_batch(&mut self, stage: &mut Stage, batch: RecordBatch, positions: crate::lake::Positions) -> bool {
-        let processing_ms = chrono::Utc::now().timestamp_millis();
-        let routed = match self.router.route(&batch, processing_ms) {
+    /// Routes one decoded batch row by row into the partition buffers, records where each row
+    /// went, and hands on what must be flushed. False when the commit stage has stopped.
+    async fn take_batch(
+        &mut self,
+        stage: &mut Stage,
+        batch: arrow::record_batch::RecordBatch,
+        positions: Vec<Option<Position>>,
+        passed: Vec<Position>,
+    ) -> bool {
+        let processing_ms = wall_ms();
+        let mut arrivals: Vec<(Position, Destination)> =
+            passed.into_iter().map(|position| (position, Destination::Passed)).collect();
+        let routed = match self.router.route(&batch, &positions, processing_ms) {
             Ok(routed) => routed,
             Err(error) => {
-                // Only a time outside chrono's range gets here; the rows are counted and logged
-                // rather than blocking the feed.
-                self.metrics.errors.with_label_values(&[&self.feed, "partition", "event_time"]).inc();
-                tracing::error!(feed = %self.feed, %error, rows = batch.num_rows(), "rows not routable");
+                // Only a batch the router cannot read gets here (a missing or unusable event-time
+                // column); its rows count as passed so the feed is not stuck on them.
+                RowsNotRoutable { rows: batch.num_rows(), error: &error }.emit(&self.metrics);
+                arrivals.extend(positions.iter().flatten().map(|&position| (position, Destination::Passed)));
+                self.ledger.record(&mut arrivals);
                 return true;
             }
         };
+        let mut event = BatchRouted::default();
         for part in routed {
-            self.watermark.observe(part.stats.max_event_ms);
+            stage.watermark.observe(part.stats.max_event_ms);
             let key = part.key;
-            let mut rows: Vec<_> = positions_of(&part.batch).into_iter().map(|(p, o)| (p, o, key)).collect();
-            // Jobs from a push (a schema change) are handed on before this part's rows count as
-            // buffered, so the two never mix.
-            let drained = self.buffers.push(part);
-            if !self.hand_on(stage, drained).await {
+            event.rows += part.stats.rows;
+            event.null_event_time_rows += part.stats.null_event_time_rows;
+            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(key))));
+            // Jobs from a push (a schema change) are handed on before this batch's rows are
+            // recorded, so the two never mix.
+            let pushed = self.buffers.push(part, stage.watermark.at(processing_ms));
+            event.late_rows += pushed.late_rows;
+            if !self.hand_on(stage, pushed.drained).await {
                 return false;
             }
-            self.tracker.record(&mut rows);
-            self.tracker.arrived(key);
+            self.ledger.arrived(key);
         }
-        // Rows skipped as already committed, or rejected, count as seen.
-        for (&partition, &offset) in &positions {
-            self.tracker.observe(partition, offset);
-        }
+        self.ledger.record(&mut arrivals);
+        event.emit(&self.metrics);
         // Above the budget: flush the largest buffer while buffers alone exceed it; when files on
         // their way out hold the excess, wait for them (reading pauses) rather than grow.
         while self.budget.used() > self.budget.limit() {
-            let in_flight = stage.in_flight.load(Ordering::Relaxed);
-            if self.budget.used().saturating_sub(in_flight) > self.budget.limit() {
+            if self.budget.used().saturating_sub(stage.in_flight) > self.budget.limit() {
                 if let Some(job) = self.buffers.drain_largest() {
                     if !self.hand_on(stage, vec![job]).await {
                         return false;
@@ -209,25 +234,25 @@ impl FeedSink {
                     continue;
                 }
             }
-            if in_flight == 0 || stage.jobs.is_none() {
+            if stage.in_flight == 0 || stage.jobs.is_none() {
                 break; // other feeds hold the memory; they flush their own
             }
-            stage.committed_one.notified().await;
+            match stage.acks.recv().await {
+                Some(ack) => stage.apply(ack, &mut self.buffers),
+                None => return false,
+            }
         }
         true
     }
 
-    /// Prepares files for the commit stage, in order: each carries the commit state that holds
-    /// once it and every file before it are committed. False when the commit stage has stopped.
+    /// Hands files to the commit stage in order, each with its runs and the commit state the
+    /// ledger computes for it. False when the commit stage has stopped.
     async fn hand_on(&mut self, stage: &mut Stage, drained: Vec<FlushJob>) -> bool {
         for mut job in drained {
-            job.runs = self.tracker.take(&job.key);
-            let state = self.tracker.state_after(&stage.projected, &job.runs);
-            stage.projected = state.clone();
-            job.commit = Some(state.clone());
+            (job.runs, job.commit) = self.ledger.take(&job.key);
             let Some(jobs) = &stage.jobs else { return false };
-            stage.in_flight.fetch_add(job.reserved_bytes(), Ordering::Relaxed);
-            if jobs.send(Prepared { job, state, queued: Instant::now() }).await.is_err() {
+            stage.in_flight += job.reserved_bytes();
+            if jobs.send(Prepared { job, queued: Instant::now() }).await.is_err() {
                 return false;
             }
         }
@@ -235,113 +260,104 @@ impl FeedSink {
     }
 
     fn update_gauges(&self) {
-        let feed = self.feed.as_str();
-        self.metrics.buffered_rows.with_label_values(&[feed]).set(self.buffers.buffered_rows() as i64);
-        self.metrics.buffered_bytes.with_label_values(&[feed]).set(self.buffers.buffered_bytes() as i64);
-        self.metrics.open_partitions.with_label_values(&[feed]).set(self.buffers.open_partitions() as i64);
-        self.metrics.late_rows.with_label_values(&[feed]).reset();
-        self.metrics.late_rows.with_label_values(&[feed]).inc_by(self.buffers.late_rows_total());
+        self.metrics.buffered_rows.set(self.buffers.buffered_rows() as i64);
+        self.metrics.buffered_bytes.set(self.buffers.buffered_bytes() as i64);
+        self.metrics.open_partitions.set(self.buffers.open_partitions() as i64);
         self.metrics.memory_used_bytes.set(self.budget.used() as f64);
     }
 }
 
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// The buffer stage's view of the commit stage.
 struct Stage {
-    /// The commit state once every file handed on so far is committed.
-    projected: CommitState,
     /// `None` once the buffer stage is done.
     jobs: Option<mpsc::Sender<Prepared>>,
-    /// Memory reserved by files handed on but not yet committed.
-    in_flight: Arc<AtomicU64>,
-    /// (in-memory, encoded) sizes of committed files, for the compression estimate.
-    learned: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
-    /// Signalled each time the commit stage is done with a file.
-    committed_one: Arc<tokio::sync::Notify>,
+    acks: mpsc::UnboundedReceiver<Ack>,
+    /// Memory reserved by files handed on and not yet acknowledged.
+    in_flight: u64,
+    watermark: EventWatermark,
 }
 
 impl Stage {
-    fn apply_learned(&self, buffers: &mut PartitionBuffers) {
-        let learned = std::mem::take(&mut *self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        for (in_memory, encoded) in learned {
+    fn apply(&mut self, ack: Ack, buffers: &mut PartitionBuffers) {
+        self.in_flight = self.in_flight.saturating_sub(ack.reserved_bytes);
+        if let Some((in_memory, encoded)) = ack.sizes {
             buffers.learn_compression(in_memory, encoded);
         }
     }
 }
 
-/// The commit stage of a feed: writes prepared files in order, retrying retryable failures
-/// forever while the rows stay reserved; a permanent failure ends it with an error.
+/// The commit stage of a feed: writes prepared files in order. It is the one place that
+/// retries lake writes: a file is encoded once, and its put and manifest update are retried
+/// with backoff, forever, while the rows stay reserved; a permanent failure ends it.
 struct Committer {
     feed: String,
     writer: Arc<LakeWriter>,
-    metrics: Metrics,
+    metrics: FeedMetrics,
     health: Health,
-    retry: RetryPolicy,
-    committed: Arc<std::sync::Mutex<CommitState>>,
-    in_flight: Arc<AtomicU64>,
-    learned: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
-    committed_one: Arc<tokio::sync::Notify>,
+    retry: Backoff,
+    acks: mpsc::UnboundedSender<Ack>,
 }
 
 impl Committer {
     async fn run(self, mut queue: mpsc::Receiver<Prepared>) -> Result<SinkSummary, SinkFailed> {
         let mut summary = SinkSummary::default();
         while let Some(prepared) = queue.recv().await {
-            let reserved = prepared.job.reserved_bytes();
+            let reserved_bytes = prepared.job.reserved_bytes();
             let result = self.commit(prepared, &mut summary).await;
-            self.in_flight.fetch_sub(reserved, Ordering::Relaxed);
-            self.committed_one.notify_one();
+            // The job, and with it its reservation, is gone by now.
+            let sizes = result.as_ref().ok().copied();
+            let _ = self.acks.send(Ack { reserved_bytes, sizes });
             result?;
         }
         Ok(summary)
     }
 
-    /// Commits one file, retrying retryable failures until it succeeds.
-    async fn commit(&self, prepared: Prepared, summary: &mut SinkSummary) -> Result<(), SinkFailed> {
-        let Prepared { job, state, queued } = prepared;
+    /// Commits one file, retrying retryable failures until it succeeds. Returns its in-memory
+    /// and encoded sizes.
+    async fn commit(&self, prepared: Prepared, summary: &mut SinkSummary) -> Result<(u64, u64), SinkFailed> {
+        let Prepared { job, queued } = prepared;
+        let failed = |error: WriteError| SinkFailed { feed: self.feed.clone(), rows: job.rows, source: error };
+        let encode_started = Instant::now();
+        let encoded = self.writer.encode(&job).await.map_err(|error| {
+            CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }.emit(&self.metrics, &self.health);
+            failed(error)
+        })?;
+        let encode_seconds = encode_started.elapsed();
         let mut attempt: u32 = 0;
         let committed = loop {
-            match self.writer.write(&job).await {
-                Ok(committed) => break committed,
+            let put_started = Instant::now();
+            match self.writer.commit(&job, &encoded).await {
+                Ok(committed) => break (committed, put_started.elapsed()),
                 Err(error) if error.is_retryable() => {
+                    let delay = self.retry.delay(attempt);
                     attempt = attempt.saturating_add(1);
-                    let delay = self.retry.backoff(attempt);
-                    self.metrics.write_retries.with_label_values(&[&self.feed]).inc();
-                    self.metrics.errors.with_label_values(&[&self.feed, "write", "store"]).inc();
-                    self.metrics.store_up.set(0.0);
-                    self.health.set_store_error(Some(format!("{error}")));
-                    tracing::warn!(feed = %self.feed, error = %format!("{error:#}"), attempt,
-                        retry_in_ms = delay.as_millis() as u64, rows = job.rows, "commit failed; rows stay buffered");
+                    CommitAttemptFailed { error: &error, attempt, retry_in: Some(delay), rows: job.rows }
+                        .emit(&self.metrics, &self.health);
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => {
-                    self.metrics.errors.with_label_values(&[&self.feed, "write", "permanent"]).inc();
-                    self.health.set_store_error(Some(format!("{error}")));
-                    return Err(SinkFailed { feed: self.feed.clone(), rows: job.rows, source: error });
+                    CommitAttemptFailed { error: &error, attempt: attempt + 1, retry_in: None, rows: job.rows }
+                        .emit(&self.metrics, &self.health);
+                    return Err(failed(error));
                 }
             }
         };
-        if attempt > 0 {
-            tracing::info!(feed = %self.feed, attempts = attempt + 1, "lake writes recovered");
+        let (committed, put_seconds) = committed;
+        CommitsRecovered { failed_attempts: attempt }.emit(&self.metrics, &self.health);
+        FileCommitted {
+            file: &committed,
+            max_event_ms: job.max_event_ms,
+            queue_wait: encode_started.duration_since(queued),
+            encode: encode_seconds,
+            put: put_seconds,
         }
-        *self.committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
-        self.health.set_store_error(None);
-        self.metrics.store_up.set(1.0);
-        self.learned
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((committed.in_memory_bytes, committed.bytes));
-        let feed = self.feed.as_str();
-        self.metrics.rows_written.with_label_values(&[feed]).inc_by(committed.rows as u64);
-        self.metrics.bytes_written.with_label_values(&[feed]).inc_by(committed.bytes);
-        self.metrics.files_written.with_label_values(&[feed, committed.reason.as_str()]).inc();
-        self.metrics.flush_duration.with_label_values(&[feed]).observe(queued.elapsed().as_secs_f64());
-        self.metrics.file_size.with_label_values(&[feed]).observe(committed.bytes as f64);
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        self.metrics.last_commit_timestamp.with_label_values(&[feed]).set(now);
-        let watermark = self.metrics.event_time_watermark.with_label_values(&[feed]);
-        watermark.set(watermark.get().max(job.max_event_ms as f64 / 1000.0));
+        .emit(&self.metrics);
         summary.rows_written += committed.rows as u64;
         summary.files_written += 1;
-        Ok(())
+        Ok((committed.in_memory_bytes, committed.bytes))
     }
 }

@@ -13,11 +13,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::query::{leading_position, push_query, Resume};
+use crate::backoff::Backoff;
 use crate::config::Delivery;
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
 use crate::ksqldb::Event;
-use crate::lake::{self, CommitState};
-use crate::metrics::{FeedState, Health, Metrics};
+use crate::lake::{CommitState, Position};
+use super::events::FeedMetrics;
+use crate::metrics::{FeedState, Health};
 use crate::schema::{Column, RowDecoder};
 
 /// What the source stage hands to the buffer stage.
@@ -26,9 +28,11 @@ pub enum SourceMessage {
     /// The columns of the rows that follow. Sent on the first connect and whenever a reconnect
     /// brings different columns (the buffer then flushes with reason `schema_change`).
     Schema(Vec<Column>),
-    /// Decoded rows, and the highest position per partition seen while decoding them
-    /// (including rows skipped because they were already committed).
-    Batch { batch: RecordBatch, positions: lake::Positions },
+    /// Decoded rows with their ksqlDB positions, read once where each row was decoded:
+    /// `positions` has one entry per row of `batch` (empty when the query selects none), and
+    /// `passed` lists the rows that arrived but are not in `batch` (skipped as committed,
+    /// rejected as undecodable).
+    Batch { batch: RecordBatch, positions: Vec<Option<Position>>, passed: Vec<Position> },
     /// A continuation token: every row sent before it precedes it.
     Token(String),
 }
@@ -52,30 +56,6 @@ pub struct SourceSettings {
 /// In `continuation-token` mode, rows are held until the token that follows them; without any
 /// token after this many batches the server is assumed not to send them.
 const HELD_BATCHES_WITHOUT_TOKEN: usize = 16;
-
-/// Exponential backoff with jitter between reconnect attempts.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(30), multiplier: 2.0 }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt` (0-based): full jitter over the exponential bound.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let bound = self.initial.as_secs_f64() * self.multiplier.powi(attempt.min(30) as i32);
-        let bound = bound.min(self.max.as_secs_f64());
-        let jittered = bound * (0.5 + rand::random::<f64>() * 0.5);
-        Duration::from_secs_f64(jittered)
-    }
-}
 
 /// Why a push query ended or was reopened; the values of the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +94,7 @@ pub struct FeedFailed {
 pub struct FeedSource {
     pub settings: SourceSettings,
     pub client: Arc<KsqlClient>,
-    pub metrics: Metrics,
+    pub(crate) metrics: FeedMetrics,
     pub health: Health,
 }
 
@@ -126,27 +106,28 @@ enum Ended {
 
 impl FeedSource {
     /// Runs until shutdown (Ok) or a permanent error (Err). `committed` is the feed's commit
-    /// state, kept current by the buffer stage; committed rows are never sent again.
+    /// state at start: rows in it are never sent again, and neither is any row already sent
+    /// in this run (it is buffered, on its way to the lake, or committed).
     pub async fn run(
         self,
-        committed: Arc<std::sync::Mutex<CommitState>>,
+        committed: CommitState,
         sender: mpsc::Sender<SourceMessage>,
         shutdown: CancellationToken,
     ) -> Result<(), FeedFailed> {
-        let mut resume = Resume::default();
+        let mut committed = committed;
+        if self.settings.delivery == Delivery::AtLeastOnce {
+            // At-least-once resumes after the watermark only: committed runs above it (rows
+            // written ahead of older buffered ones) may come again after a restart.
+            committed.ranges.clear();
+        }
+        let mut resume = Resume::new(committed);
         let feed = self.settings.feed.clone();
-        let up = self.metrics.push_query_up.with_label_values(&[&feed]);
+        let up = &self.metrics.push_query_up;
         let mut columns: Option<Vec<Column>> = None;
         let mut attempt: u32 = 0;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
-            }
-            resume.committed = committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-            if self.settings.delivery == Delivery::AtLeastOnce {
-                // At-least-once resumes after the watermark only: committed runs above it (rows
-                // written ahead of older buffered ones) may come again after a restart.
-                resume.committed.ranges.clear();
             }
             let filtered = !resume.start_after().is_empty();
             let ended = match self.stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt).await {
@@ -176,7 +157,7 @@ impl FeedSource {
                 Ended::Reopen(reason, detail) => {
                     let delay = self.settings.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
-                    self.metrics.push_query_reconnects.with_label_values(&[&feed, reason.as_str()]).inc();
+                    self.metrics.reconnect(reason.as_str());
                     if self.settings.delivery == Delivery::Latest {
                         tracing::warn!(feed = %feed, reason = reason.as_str(), detail = %detail, attempt,
                             delay_ms = delay.as_millis() as u64,
@@ -230,13 +211,15 @@ impl FeedSource {
             }
         }
         self.health.set_feed(&settings.feed, FeedState::Streaming);
-        self.metrics.push_query_up.with_label_values(&[&settings.feed]).set(1);
+        self.metrics.push_query_up.set(1);
         let query_id = stream.query_id().map(str::to_string);
 
         let mut decoder = RowDecoder::new(&header_columns);
-        let mut batch_positions = lake::Positions::new();
+        let mut batch = Pending::default();
+        // Scalable push queries cannot select ROWPARTITION/ROWOFFSET.
+        let positioned = settings.delivery != Delivery::ContinuationToken;
         let mut hold_for_token = settings.delivery == Delivery::ContinuationToken;
-        let rejected = self.metrics.rows_rejected.with_label_values(&[&settings.feed]);
+        let rejected = &self.metrics.rows_rejected;
         // Two timers made once and reset sparingly (not one per row): the linger of a partly
         // filled batch, and the stall detector, which fires between 7/8 and all of
         // `idle_timeout` after the last event.
@@ -257,7 +240,7 @@ impl FeedSource {
                 biased;
                 _ = shutdown.cancelled() => break Ended::Shutdown,
                 _ = &mut linger, if lingering => {
-                    if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
+                    if !self.send_batch(&mut decoder, &mut batch, sender).await {
                         break Ended::Shutdown;
                     }
                     lingering = false;
@@ -270,23 +253,30 @@ impl FeedSource {
             };
             match event {
                 Ok(Some(Event::Row { values, .. })) => {
-                    let position = leading_position(&values).and_then(|(_, partition, offset)| {
-                        Some((u32::try_from(partition).ok()?, u64::try_from(offset).ok()?))
-                    });
-                    if let Some((partition, offset)) = position {
-                        let seen = batch_positions.entry(partition).or_insert(offset);
-                        *seen = (*seen).max(offset);
-                        if settings.delivery != Delivery::Latest && resume.covers(partition, offset) {
-                            continue; // already in the lake or in a buffer: never twice
+                    let position = positioned.then(|| leading_position(&values)).flatten().and_then(
+                        |(_, partition, offset)| {
+                            Some(Position { partition: u32::try_from(partition).ok()?, offset: u64::try_from(offset).ok()? })
+                        },
+                    );
+                    if let Some(position) = position {
+                        if settings.delivery != Delivery::Latest {
+                            if resume.handed_on(position) {
+                                continue; // sent on in this run already: buffered or committed
+                            }
+                            resume.observe(position);
+                            if resume.committed.covers(position.partition, position.offset) {
+                                batch.passed.push(position); // in the lake already: never twice
+                                continue;
+                            }
                         }
-                        resume.observe(partition, offset);
                     }
                     match decoder.append(&values) {
-                        Ok(()) => {}
+                        Ok(()) => batch.positions.push(position),
                         Err(error) => {
                             rejected.inc();
                             tracing::warn!(feed = %settings.feed, column = %error.column, reason = %error.reason,
                                 raw = %error.raw, "row rejected");
+                            batch.passed.extend(position);
                         }
                     }
                     *attempt = 0;
@@ -302,7 +292,7 @@ impl FeedSource {
                         continue;
                     }
                     if decoder.len() >= settings.batch_rows {
-                        if !self.send_batch(&mut decoder, &mut batch_positions, sender).await {
+                        if !self.send_batch(&mut decoder, &mut batch, sender).await {
                             break Ended::Shutdown;
                         }
                         lingering = false;
@@ -314,7 +304,7 @@ impl FeedSource {
                 Ok(Some(Event::Header(_))) => {}
                 Ok(Some(Event::ContinuationToken(token))) => {
                     // Rows before the token go first, so the buffer stage sees them in order.
-                    if !self.send_batch(&mut decoder, &mut batch_positions, sender).await
+                    if !self.send_batch(&mut decoder, &mut batch, sender).await
                         || sender.send(SourceMessage::Token(token.clone())).await.is_err()
                     {
                         break Ended::Shutdown;
@@ -341,7 +331,7 @@ impl FeedSource {
             decoder.finish();
         } else {
             // Whatever was decoded goes on to the buffer; nothing received is dropped.
-            self.send_batch(&mut decoder, &mut batch_positions, sender).await;
+            self.send_batch(&mut decoder, &mut batch, sender).await;
         }
         drop(stream);
         if let Some(query_id) = query_id {
@@ -351,41 +341,31 @@ impl FeedSource {
     }
 
     /// Sends the decoded rows on; false when the buffer stage is gone.
-    async fn send_batch(
-        &self,
-        decoder: &mut RowDecoder,
-        positions: &mut lake::Positions,
-        sender: &mpsc::Sender<SourceMessage>,
-    ) -> bool {
-        if decoder.is_empty() && positions.is_empty() {
+    async fn send_batch(&self, decoder: &mut RowDecoder, pending: &mut Pending, sender: &mpsc::Sender<SourceMessage>) -> bool {
+        if decoder.is_empty() && pending.passed.is_empty() {
             return true;
         }
         let batch = decoder.finish();
-        self.metrics.rows_received.with_label_values(&[&self.settings.feed]).inc_by(batch.num_rows() as u64);
-        let positions = std::mem::take(positions);
+        self.metrics.rows_received.inc_by(batch.num_rows() as u64);
+        let Pending { mut positions, passed } = std::mem::take(pending);
+        if positions.iter().all(Option::is_none) {
+            positions.clear();
+        }
         let waited = Instant::now();
-        let sent = sender.send(SourceMessage::Batch { batch, positions }).await.is_ok();
+        let sent = sender.send(SourceMessage::Batch { batch, positions, passed }).await.is_ok();
         let blocked = waited.elapsed();
         if blocked > Duration::from_millis(1) {
-            self.metrics.backpressure_seconds.with_label_values(&[&self.settings.feed]).inc_by(blocked.as_secs_f64());
+            self.metrics.backpressure_seconds.inc_by(blocked.as_secs_f64());
         }
         sent
     }
 }
 
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0 };
-        for attempt in 0..50 {
-            let delay = backoff.delay(attempt);
-            let bound = (0.1 * 2f64.powi(attempt.min(30) as i32)).min(2.0);
-            assert!(delay.as_secs_f64() <= bound + 1e-9, "attempt {attempt}: {delay:?}");
-            assert!(delay.as_secs_f64() >= bound * 0.5 - 1e-9, "attempt {attempt}: {delay:?}");
-        }
-    }
+/// The positions of the rows decoded since the last batch was sent.
+#[derive(Debug, Default)]
+struct Pending {
+    /// One per decoded row.
+    positions: Vec<Option<Position>>,
+    /// Rows that arrived and were not decoded into the batch.
+    passed: Vec<Position>,
 }

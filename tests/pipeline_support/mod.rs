@@ -37,6 +37,24 @@ pub fn event_ms(id: i64, rows: i64) -> i64 {
     BASE_MS + id * (SPAN_MS / rows.max(1))
 }
 
+/// The ROWTIME of row `id` when 30% of rows arrive early or late by up to `lateness_ms`: what
+/// real streams do at every partition boundary. With 0, event time follows the stream order.
+pub fn rowtime_ms(id: i64, rows: i64, lateness_ms: i64) -> i64 {
+    let in_order = event_ms(id, rows);
+    if lateness_ms == 0 {
+        return in_order;
+    }
+    // SplitMix64: a fixed, well-spread shift per row, the same for producer and checker.
+    let mut mix = (id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    mix = (mix ^ (mix >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    mix = (mix ^ (mix >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    mix ^= mix >> 31;
+    if mix % 10 >= 3 {
+        return in_order;
+    }
+    in_order + ((mix >> 8) % (2 * lateness_ms as u64 + 1)) as i64 - lateness_ms
+}
+
 /// The values of row `id`; nulls at every level for some IDs.
 pub fn row(id: i64, rows: i64) -> Vec<Value> {
     let null_if = |condition: bool, value: Value| if condition { Value::Null } else { value };
@@ -84,8 +102,13 @@ pub async fn simulator_with_rows(rows: i64) -> (Simulator, SimulatorHandle) {
 }
 
 pub fn produce(simulator: &Simulator, ids: std::ops::Range<i64>, rows: i64) {
+    produce_with_lateness(simulator, ids, rows, 0);
+}
+
+/// Like [`produce`], with ROWTIMEs from [`rowtime_ms`].
+pub fn produce_with_lateness(simulator: &Simulator, ids: std::ops::Range<i64>, rows: i64, lateness_ms: i64) {
     simulator
-        .produce_batch(SOURCE, ids.map(|id| (None, event_ms(id, rows), row(id, rows))))
+        .produce_batch(SOURCE, ids.map(|id| (None, rowtime_ms(id, rows, lateness_ms), row(id, rows))))
         .unwrap();
 }
 
@@ -183,6 +206,17 @@ pub fn verify_feed(objects: &[(String, Bytes)], rows: i64, hourly: bool) {
 /// Like [`verify_feed`], but rows may appear more than once (at-least-once); returns how many
 /// extra copies there are. Nothing may be missing.
 pub fn verify_feed_rows(objects: &[(String, Bytes)], rows: i64, hourly: bool, allow_duplicates: bool) -> u64 {
+    verify_feed_rows_with_lateness(objects, rows, hourly, allow_duplicates, 0)
+}
+
+/// Like [`verify_feed_rows`] for rows produced with [`produce_with_lateness`].
+pub fn verify_feed_rows_with_lateness(
+    objects: &[(String, Bytes)],
+    rows: i64,
+    hourly: bool,
+    allow_duplicates: bool,
+    lateness_ms: i64,
+) -> u64 {
     let mut seen_ids = BTreeSet::new();
     let mut seen_positions = BTreeSet::new();
     let mut files = 0;
@@ -220,7 +254,7 @@ pub fn verify_feed_rows(objects: &[(String, Bytes)], rows: i64, hourly: bool, al
                     duplicates += 1;
                 }
                 let rowtime = batch.column_by_name("ROWTIME").unwrap().as_primitive::<Int64Type>().value(index);
-                assert_eq!(rowtime, event_ms(id, rows));
+                assert_eq!(rowtime, rowtime_ms(id, rows, lateness_ms));
                 let expected_dir = partition_dir(rowtime, hourly);
                 assert!(relative.starts_with(&expected_dir), "row {id} at {rowtime} is in {relative}, not {expected_dir}");
             }

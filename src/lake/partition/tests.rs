@@ -68,7 +68,18 @@ fn fall_back_merges_the_repeated_local_hour() {
     assert_eq!(spec.end_ms(&first).unwrap(), ms(2024, 10, 27, 2, 0));
 }
 
-fn batch(times: Vec<Option<i64>>, partitions: Vec<i32>, offsets: Vec<i64>) -> RecordBatch {
+/// A batch and the positions its rows were decoded with.
+struct Input {
+    batch: RecordBatch,
+    positions: Vec<Option<Position>>,
+}
+
+fn batch(times: Vec<Option<i64>>, partitions: Vec<i32>, offsets: Vec<i64>) -> Input {
+    let positions = partitions
+        .iter()
+        .zip(&offsets)
+        .map(|(&partition, &offset)| Some(Position { partition: partition as u32, offset: offset as u64 }))
+        .collect();
     let names: Vec<String> = (0..times.len()).map(|i| format!("row{i}")).collect();
     let schema = Schema::new(vec![
         Field::new("ROWTIME", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
@@ -76,7 +87,7 @@ fn batch(times: Vec<Option<i64>>, partitions: Vec<i32>, offsets: Vec<i64>) -> Re
         Field::new("ROWPARTITION", DataType::Int32, true),
         Field::new("ROWOFFSET", DataType::Int64, true),
     ]);
-    RecordBatch::try_new(
+    let batch = RecordBatch::try_new(
         Arc::new(schema),
         vec![
             Arc::new(TimestampMillisecondArray::from(times).with_timezone("UTC")),
@@ -85,15 +96,16 @@ fn batch(times: Vec<Option<i64>>, partitions: Vec<i32>, offsets: Vec<i64>) -> Re
             Arc::new(Int64Array::from(offsets)),
         ],
     )
-    .unwrap()
+    .unwrap();
+    Input { batch, positions }
 }
 
 fn router(spec: PartitionSpec) -> RowRouter {
-    RowRouter::new(
-        spec,
-        EventTime::Column("ROWTIME".into()),
-        Some(PositionColumns { partition: "ROWPARTITION".into(), offset: "ROWOFFSET".into() }),
-    )
+    RowRouter::new(spec, EventTime::Column("ROWTIME".into()))
+}
+
+fn route(router: &RowRouter, input: &Input, processing_ms: i64) -> Result<Vec<RoutedBatch>, PartitionError> {
+    router.route(&input.batch, &input.positions, processing_ms)
 }
 
 fn names(batch: &RecordBatch) -> Vec<String> {
@@ -111,7 +123,7 @@ fn one_batch_spanning_three_hours_is_split_in_row_order() {
         Some(ms(2024, 5, 1, 11, 45)),
     ];
     let input = batch(times, vec![0, 1, 0, 1, 0], vec![10, 7, 11, 8, 12]);
-    let routed = router(hourly(chrono_tz::UTC)).route(&input, 0).unwrap();
+    let routed = route(&router(hourly(chrono_tz::UTC)), &input, 0).unwrap();
     let hours: Vec<Option<u32>> = routed.iter().map(|r| r.key.hour).collect();
     assert_eq!(hours, vec![Some(10), Some(11), Some(12)]);
     assert_eq!(names(&routed[0].batch), vec!["row0", "row2"]);
@@ -123,25 +135,25 @@ fn one_batch_spanning_three_hours_is_split_in_row_order() {
     assert_eq!(eleven.min_event_ms, ms(2024, 5, 1, 11, 0));
     assert_eq!(eleven.max_event_ms, ms(2024, 5, 1, 11, 45));
     assert_eq!(eleven.first_position, Some(Position { partition: 1, offset: 7 }));
-    assert_eq!(eleven.max_positions, Positions::from([(0, 12), (1, 7)]));
+    assert_eq!(routed[1].positions, [Position { partition: 1, offset: 7 }, Position { partition: 0, offset: 12 }]);
     let total: usize = routed.iter().map(|r| r.batch.num_rows()).sum();
-    assert_eq!(total, input.num_rows());
+    assert_eq!(total, input.batch.num_rows());
 }
 
 #[test]
 fn single_partition_batches_pass_through_unchanged() {
     let input = batch(vec![Some(ms(2024, 5, 1, 10, 1)), Some(ms(2024, 5, 1, 10, 2))], vec![0, 0], vec![1, 2]);
-    let routed = router(PartitionSpec::default()).route(&input, 0).unwrap();
+    let routed = route(&router(PartitionSpec::default()), &input, 0).unwrap();
     assert_eq!(routed.len(), 1);
-    assert_eq!(routed[0].batch, input);
-    assert_eq!(routed[0].stats.max_positions, Positions::from([(0, 2)]));
+    assert_eq!(routed[0].batch, input.batch);
+    assert_eq!(routed[0].positions, [Position { partition: 0, offset: 1 }, Position { partition: 0, offset: 2 }]);
 }
 
 #[test]
 fn null_event_times_use_processing_time_and_are_counted() {
     let processing = ms(2024, 6, 1, 8, 0);
     let input = batch(vec![Some(ms(2024, 5, 1, 10, 1)), None], vec![0, 0], vec![1, 2]);
-    let routed = router(PartitionSpec::default()).route(&input, processing).unwrap();
+    let routed = route(&router(PartitionSpec::default()), &input, processing).unwrap();
     assert_eq!(routed.len(), 2);
     assert_eq!(routed[1].key.relative_path(), "year=2024/month=06/day=01");
     assert_eq!(routed[1].stats.null_event_time_rows, 1);
@@ -167,13 +179,13 @@ fn int64_and_second_timestamps_are_accepted_other_types_are_not() {
     .unwrap();
     for column in ["T_MS", "T_S"] {
         let routed =
-            RowRouter::new(PartitionSpec::default(), EventTime::Column(column.into()), None).route(&input, 0).unwrap();
+            RowRouter::new(PartitionSpec::default(), EventTime::Column(column.into())).route(&input, &[], 0).unwrap();
         assert_eq!(routed[0].key.relative_path(), "year=2024/month=02/day=29", "{column}");
         assert_eq!(routed[0].stats.first_position, None);
     }
-    let wrong = RowRouter::new(PartitionSpec::default(), EventTime::Column("NAME".into()), None).route(&input, 0);
+    let wrong = RowRouter::new(PartitionSpec::default(), EventTime::Column("NAME".into())).route(&input, &[], 0);
     assert!(matches!(wrong, Err(PartitionError::UnsupportedType { .. })));
-    let missing = RowRouter::new(PartitionSpec::default(), EventTime::Column("NOPE".into()), None).route(&input, 0);
+    let missing = RowRouter::new(PartitionSpec::default(), EventTime::Column("NOPE".into())).route(&input, &[], 0);
     assert!(matches!(missing, Err(PartitionError::MissingColumn { .. })));
 }
 
@@ -181,7 +193,7 @@ fn int64_and_second_timestamps_are_accepted_other_types_are_not() {
 fn processing_time_routes_everything_to_now() {
     let input = batch(vec![Some(0), Some(1)], vec![0, 0], vec![1, 2]);
     let now = ms(2025, 12, 31, 23, 0);
-    let routed = RowRouter::new(hourly(chrono_tz::UTC), EventTime::ProcessingTime, None).route(&input, now).unwrap();
+    let routed = route(&RowRouter::new(hourly(chrono_tz::UTC), EventTime::ProcessingTime), &input, now).unwrap();
     assert_eq!(routed.len(), 1);
     assert_eq!(routed[0].key.relative_path(), "year=2025/month=12/day=31/hour=23");
 }
@@ -191,7 +203,7 @@ fn unrepresentable_event_times_are_routed_like_nulls() {
     let processing = ms(2024, 6, 1, 8, 0);
     // Nanoseconds written into a milliseconds column.
     let input = batch(vec![Some(1_714_521_600_000_000_000), Some(ms(2024, 6, 1, 8, 1))], vec![0, 0], vec![1, 2]);
-    let routed = router(PartitionSpec::default()).route(&input, processing).unwrap();
+    let routed = route(&router(PartitionSpec::default()), &input, processing).unwrap();
     assert_eq!(routed.len(), 1);
     assert_eq!(routed[0].stats.null_event_time_rows, 1);
     assert_eq!(routed[0].stats.min_event_ms, processing);

@@ -1,78 +1,37 @@
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
 use super::*;
-use crate::lake::budget::MemoryBudget;
-use crate::lake::buffer::{ManualClock, PartitionBuffers};
-use crate::lake::partition::{EventTime, PartitionSpec, Partitioning, PositionColumns, RowRouter};
-use crate::lake::testing::FaultyStore;
-use crate::lake::FlushPolicy;
+use crate::lake::parquet::Footer;
+use crate::lake::Runs;
+use crate::lake::partition::{PartitionSpec, Partitioning};
+use crate::lake::testing::{orders, FaultyStore, TestFeed};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2024-05-01T00:00:00Z
 const DAY_MS: i64 = 1_714_521_600_000;
 
 /// One job of `rows` rows in hour `hour` of 2024-05-01, offsets from `first_offset`.
-fn job(hour: i64, first_offset: i64, rows: i64) -> FlushJob {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("ROWTIME", DataType::Int64, true),
-        Field::new("V", DataType::Utf8, true),
-        Field::new("ROWPARTITION", DataType::Int64, true),
-        Field::new("ROWOFFSET", DataType::Int64, true),
-    ]));
-    let offsets: Vec<i64> = (first_offset..first_offset + rows).collect();
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(offsets.iter().map(|o| DAY_MS + hour * HOUR_MS + o).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(offsets.iter().map(|o| format!("v{o}")).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(vec![0; rows as usize])),
-            Arc::new(Int64Array::from(offsets.clone())),
-        ],
-    )
-    .unwrap();
-    let spec = PartitionSpec::new(Partitioning::Hourly, chrono_tz::UTC);
-    let router = RowRouter::new(
-        spec,
-        EventTime::Column("ROWTIME".into()),
-        Some(PositionColumns { partition: "ROWPARTITION".into(), offset: "ROWOFFSET".into() }),
-    );
-    let mut buffers = PartitionBuffers::new(
-        "orders",
-        FeedKind::Stream,
-        spec,
-        FlushPolicy::default(),
-        MemoryBudget::new(1 << 30),
-        ManualClock::new(DAY_MS),
-    );
-    for routed in router.route(&batch, 0).unwrap() {
-        assert!(buffers.push(routed).is_empty());
-    }
-    let mut jobs = buffers.drain_all(FlushReason::Rows);
+fn job(hour: i64, first_offset: u64, rows: u64) -> FlushJob {
+    let times: Vec<i64> = (first_offset..first_offset + rows).map(|o| DAY_MS + hour * HOUR_MS + o as i64).collect();
+    let mut feed = TestFeed::with_spec(PartitionSpec::new(Partitioning::Hourly, chrono_tz::UTC), DAY_MS);
+    let mut jobs = feed.jobs_for(&orders(&times, 0, first_offset));
     assert_eq!(jobs.len(), 1);
-    jobs.pop().unwrap()
+    let mut job = jobs.pop().unwrap();
+    job.reason = FlushReason::Rows;
+    job
 }
 
-fn options(max_attempts: u32) -> WriterOptions {
-    WriterOptions {
-        retry: RetryPolicy {
-            max_attempts,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-            multiplier: 2.0,
-        },
-        ..WriterOptions::default()
-    }
+fn writer_over(store: Arc<dyn ObjectStore>) -> LakeWriter {
+    LakeWriter::new(Lake::new(store, Path::from("lake"), "memory://test"), WriterOptions::default())
 }
 
-fn writer_over(store: Arc<dyn ObjectStore>, max_attempts: u32) -> LakeWriter {
-    LakeWriter::new(Lake::new(store, Path::from("lake"), "memory://test"), options(max_attempts))
+async fn footer(store: &Arc<dyn ObjectStore>, path: &Path) -> Footer {
+    let meta = store.head(path).await.unwrap();
+    read_footer_of(store.as_ref(), &meta).await.unwrap()
 }
 
 async fn objects(store: &Arc<dyn ObjectStore>) -> Vec<String> {
@@ -92,11 +51,10 @@ async fn metadata_bytes(store: &Arc<dyn ObjectStore>) -> Option<Bytes> {
 #[tokio::test]
 async fn in_memory_commit_writes_the_data_file_then_the_manifest() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let writer = writer_over(Arc::clone(&store), 3);
+    let writer = writer_over(Arc::clone(&store));
     let first = writer.write(&job(10, 0, 5)).await.unwrap();
     let second = writer.write(&job(11, 5, 3)).await.unwrap();
     assert_eq!(first.outcome, CommitOutcome::Written);
-    assert_eq!(first.attempts, 2);
     assert_eq!(second.committed_positions, Positions::from([(0, 7)]));
     assert_eq!(
         objects(&store).await,
@@ -114,14 +72,16 @@ async fn in_memory_commit_writes_the_data_file_then_the_manifest() {
     assert_eq!(metadata.committed_positions, Positions::from([(0, 7)]));
     let data = store.get(&first.path).await.unwrap().bytes().await.unwrap();
     assert_eq!(data.len() as u64, first.bytes);
-    assert_eq!(footer_summary(&data).unwrap(), (5, Some(Positions::from([(0, 4)]))));
+    let footer = footer(&store, &first.path).await;
+    assert_eq!((footer.records, footer.positions), (5, Positions::from([(0, 4)])));
+    assert_eq!(footer.runs, Runs::from([(0, vec![(0, 4)])]));
 }
 
 #[tokio::test]
 async fn local_filesystem_commit_falls_back_to_atomic_overwrite_for_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let lake = crate::lake::open_lake(dir.path().to_str().unwrap(), &Default::default()).unwrap();
-    let writer = LakeWriter::new(lake, options(3));
+    let writer = LakeWriter::new(lake, WriterOptions::default());
     writer.write(&job(10, 0, 5)).await.unwrap();
     writer.write(&job(10, 5, 5)).await.unwrap();
     let hour = dir.path().join("streams/orders/year=2024/month=05/day=01/hour=10");
@@ -136,14 +96,21 @@ async fn local_filesystem_commit_falls_back_to_atomic_overwrite_for_the_manifest
 }
 
 #[tokio::test]
-async fn failed_puts_are_retried_and_the_file_is_written_once() {
+async fn a_failed_put_is_retryable_and_the_same_encoded_file_is_written_once() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let faulty = FaultyStore::with_filter(Arc::clone(&inner), ".parquet");
     faulty.fail_next_puts(2);
-    let writer = writer_over(faulty.clone(), 5);
-    let committed = writer.write(&job(10, 0, 5)).await.unwrap();
+    let writer = writer_over(faulty.clone());
+    let job = job(10, 0, 5);
+    let encoded = writer.encode(&job).await.unwrap();
+    for _ in 0..2 {
+        let error = writer.commit(&job, &encoded).await.unwrap_err();
+        assert!(matches!(error, WriteError::Put { .. }) && error.is_retryable(), "{error:?}");
+        assert!(objects(&inner).await.is_empty(), "a failed put leaves nothing");
+    }
+    let committed = writer.commit(&job, &encoded).await.unwrap();
     assert_eq!(committed.outcome, CommitOutcome::Written);
-    assert_eq!(committed.attempts, 4, "3 data attempts + 1 manifest");
+    assert_eq!(faulty.puts(), 4, "3 data attempts + 1 manifest");
     assert_eq!(objects(&inner).await.len(), 2);
     assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 5);
 }
@@ -152,7 +119,7 @@ async fn failed_puts_are_retried_and_the_file_is_written_once() {
 async fn a_failed_data_write_leaves_no_file_and_the_manifest_untouched() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let faulty = FaultyStore::with_filter(Arc::clone(&inner), ".parquet");
-    let writer = writer_over(faulty.clone(), 3);
+    let writer = writer_over(faulty.clone());
     writer.write(&job(9, 0, 2)).await.unwrap();
     let before_objects = objects(&inner).await;
     let before_metadata = metadata_bytes(&inner).await.unwrap();
@@ -160,7 +127,7 @@ async fn a_failed_data_write_leaves_no_file_and_the_manifest_untouched() {
     faulty.fail_next_puts(10);
     let pending = job(10, 2, 5);
     let error = writer.write(&pending).await.unwrap_err();
-    assert!(matches!(error, WriteError::Put { attempts: 3, .. }), "{error:?}");
+    assert!(matches!(error, WriteError::Put { .. }), "{error:?}");
     assert!(error.is_retryable());
     assert_eq!(objects(&inner).await, before_objects);
     assert_eq!(metadata_bytes(&inner).await.unwrap(), before_metadata);
@@ -173,20 +140,26 @@ async fn a_failed_data_write_leaves_no_file_and_the_manifest_untouched() {
 }
 
 #[tokio::test]
-async fn manifest_failures_are_retried() {
+async fn a_failed_manifest_update_is_retryable_and_the_retry_reuses_the_data_file() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let faulty = FaultyStore::with_filter(Arc::clone(&inner), "_metadata.json");
     faulty.fail_next_puts(2);
-    let writer = writer_over(faulty.clone(), 5);
-    let committed = writer.write(&job(10, 0, 5)).await.unwrap();
-    assert_eq!(committed.attempts, 4, "1 data attempt + 3 manifest attempts");
+    let writer = writer_over(faulty.clone());
+    let job = job(10, 0, 5);
+    let encoded = writer.encode(&job).await.unwrap();
+    for _ in 0..2 {
+        let error = writer.commit(&job, &encoded).await.unwrap_err();
+        assert!(matches!(error, WriteError::Metadata { .. }) && error.is_retryable(), "{error:?}");
+    }
+    let committed = writer.commit(&job, &encoded).await.unwrap();
+    assert_eq!(committed.outcome, CommitOutcome::ReusedExisting, "found by its footer, not rewritten");
     assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 5);
 }
 
 #[tokio::test]
 async fn replaying_a_committed_job_is_idempotent() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let writer = writer_over(Arc::clone(&store), 3);
+    let writer = writer_over(Arc::clone(&store));
     writer.write(&job(10, 0, 5)).await.unwrap();
     let replay = writer.write(&job(10, 0, 5)).await.unwrap();
     assert_eq!(replay.outcome, CommitOutcome::AlreadyCommitted);
@@ -201,7 +174,7 @@ async fn a_crash_between_data_file_and_manifest_is_repaired_by_the_replay() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let faulty = FaultyStore::with_filter(Arc::clone(&inner), "_metadata.json");
     faulty.fail_next_puts(100);
-    let writer = writer_over(faulty.clone(), 2);
+    let writer = writer_over(faulty.clone());
     let error = writer.write(&job(10, 0, 5)).await.unwrap_err();
     assert!(matches!(error, WriteError::Metadata { .. }), "{error:?}");
     assert_eq!(objects(&inner).await.len(), 1, "orphan data file, no manifest");
@@ -220,7 +193,7 @@ async fn an_uncommitted_file_with_other_rows_is_replaced_but_a_committed_one_is_
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let faulty = FaultyStore::with_filter(Arc::clone(&inner), "_metadata.json");
     faulty.fail_next_puts(100);
-    let writer = writer_over(faulty.clone(), 1);
+    let writer = writer_over(faulty.clone());
     writer.write(&job(10, 0, 3)).await.unwrap_err();
 
     // The replay flushed at a different boundary: same first row, more rows.
@@ -228,8 +201,7 @@ async fn an_uncommitted_file_with_other_rows_is_replaced_but_a_committed_one_is_
     let bigger = job(10, 0, 6);
     let committed = writer.write(&bigger).await.unwrap();
     assert_eq!(committed.outcome, CommitOutcome::ReplacedOrphan);
-    let data = inner.get(&committed.path).await.unwrap().bytes().await.unwrap();
-    assert_eq!(footer_summary(&data).unwrap().0, 6);
+    assert_eq!(footer(&inner, &committed.path).await.records, 6);
     assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 6);
 
     let error = writer.write(&job(10, 0, 2)).await.unwrap_err();
@@ -240,24 +212,13 @@ async fn an_uncommitted_file_with_other_rows_is_replaced_but_a_committed_one_is_
 #[tokio::test]
 async fn large_files_use_a_multipart_upload_and_replays_still_detect_them() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let mut options = options(3);
-    options.multipart_threshold = 0;
+    let options = WriterOptions { multipart_threshold: 0, ..WriterOptions::default() };
     let writer = LakeWriter::new(Lake::new(Arc::clone(&store), Path::from("lake"), "memory://test"), options);
     let committed = writer.write(&job(10, 0, 50)).await.unwrap();
     assert_eq!(committed.outcome, CommitOutcome::Written);
     let data = store.get(&committed.path).await.unwrap().bytes().await.unwrap();
     assert_eq!(data.len() as u64, committed.bytes);
-    assert_eq!(footer_summary(&data).unwrap().0, 50);
+    assert_eq!(footer(&store, &committed.path).await.records, 50);
     let replay = writer.write(&job(10, 0, 50)).await.unwrap();
     assert_eq!(replay.outcome, CommitOutcome::AlreadyCommitted);
-}
-
-#[test]
-fn backoff_grows_exponentially_within_bounds() {
-    let policy = RetryPolicy::default();
-    for attempt in 1..10 {
-        let delay = policy.backoff(attempt);
-        let full = (0.2 * 2f64.powi(attempt as i32 - 1)).min(10.0);
-        assert!(delay.as_secs_f64() <= full + 1e-9 && delay.as_secs_f64() >= full / 2.0 - 1e-9, "{attempt}: {delay:?}");
-    }
 }

@@ -1,0 +1,180 @@
+//! What a feed's stages report, as typed events: each event is emitted once per batch or per
+//! file and is the only place that turns it into metrics, health and log lines. The stages
+//! themselves hold no metric or log statements for these.
+
+use std::time::Duration;
+
+use prometheus::{Counter, Gauge, Histogram, IntCounter, IntGauge};
+
+use crate::lake::{CommittedFile, PartitionError, WriteError};
+use crate::metrics::{Health, Metrics};
+
+/// A feed's metric series, resolved once (label lookups are not free per row or per batch).
+#[derive(Clone)]
+pub(crate) struct FeedMetrics {
+    pub(crate) feed: String,
+    metrics: Metrics,
+    pub(crate) rows_received: IntCounter,
+    pub(crate) rows_rejected: IntCounter,
+    pub(crate) push_query_up: IntGauge,
+    rows_written: IntCounter,
+    bytes_written: IntCounter,
+    late_rows: IntCounter,
+    null_event_time_rows: IntCounter,
+    write_retries: IntCounter,
+    flush_duration: Histogram,
+    encode_duration: Histogram,
+    put_duration: Histogram,
+    file_size: Histogram,
+    last_commit_timestamp: Gauge,
+    event_time_watermark: Gauge,
+    pub(crate) backpressure_seconds: Counter,
+    pub(crate) buffered_rows: IntGauge,
+    pub(crate) buffered_bytes: IntGauge,
+    pub(crate) open_partitions: IntGauge,
+    pub(crate) memory_used_bytes: Gauge,
+    store_up: Gauge,
+}
+
+impl FeedMetrics {
+    pub(crate) fn new(metrics: &Metrics, feed: &str) -> Self {
+        let one = [feed];
+        FeedMetrics {
+            feed: feed.to_string(),
+            rows_received: metrics.rows_received.with_label_values(&one),
+            rows_rejected: metrics.rows_rejected.with_label_values(&one),
+            push_query_up: metrics.push_query_up.with_label_values(&one),
+            rows_written: metrics.rows_written.with_label_values(&one),
+            bytes_written: metrics.bytes_written.with_label_values(&one),
+            late_rows: metrics.late_rows.with_label_values(&one),
+            null_event_time_rows: metrics.null_event_time_rows.with_label_values(&one),
+            write_retries: metrics.write_retries.with_label_values(&one),
+            flush_duration: metrics.flush_duration.with_label_values(&one),
+            encode_duration: metrics.encode_duration.with_label_values(&one),
+            put_duration: metrics.put_duration.with_label_values(&one),
+            file_size: metrics.file_size.with_label_values(&one),
+            last_commit_timestamp: metrics.last_commit_timestamp.with_label_values(&one),
+            event_time_watermark: metrics.event_time_watermark.with_label_values(&one),
+            backpressure_seconds: metrics.backpressure_seconds.with_label_values(&one),
+            buffered_rows: metrics.buffered_rows.with_label_values(&one),
+            buffered_bytes: metrics.buffered_bytes.with_label_values(&one),
+            open_partitions: metrics.open_partitions.with_label_values(&one),
+            memory_used_bytes: metrics.memory_used_bytes.clone(),
+            store_up: metrics.store_up.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    pub(crate) fn reconnect(&self, reason: &str) {
+        self.metrics.push_query_reconnects.with_label_values(&[&self.feed, reason]).inc();
+    }
+
+    fn error(&self, stage: &str, error_type: &str) {
+        self.metrics.errors.with_label_values(&[&self.feed, stage, error_type]).inc();
+    }
+}
+
+/// One source batch routed into the partition buffers.
+#[derive(Debug, Default)]
+pub(crate) struct BatchRouted {
+    pub(crate) rows: usize,
+    /// Rows added to a partition that had already closed.
+    pub(crate) late_rows: usize,
+    /// Rows without a usable event time, routed by processing time.
+    pub(crate) null_event_time_rows: usize,
+}
+
+impl BatchRouted {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        metrics.late_rows.inc_by(self.late_rows as u64);
+        metrics.null_event_time_rows.inc_by(self.null_event_time_rows as u64);
+    }
+}
+
+/// A batch the router could not read (its event-time column is missing or unusable).
+pub(crate) struct RowsNotRoutable<'a> {
+    pub(crate) rows: usize,
+    pub(crate) error: &'a PartitionError,
+}
+
+impl RowsNotRoutable<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        metrics.error("partition", "event_time");
+        tracing::error!(feed = %metrics.feed, error = %self.error, rows = self.rows, "rows not routable");
+    }
+}
+
+/// A commit attempt failed; `retry_in` is `None` when it will not be retried.
+pub(crate) struct CommitAttemptFailed<'a> {
+    pub(crate) error: &'a WriteError,
+    /// Failed attempts of this file so far, this one included.
+    pub(crate) attempt: u32,
+    pub(crate) retry_in: Option<Duration>,
+    pub(crate) rows: usize,
+}
+
+impl CommitAttemptFailed<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
+        health.set_store_error(Some(self.error.to_string()));
+        match self.retry_in {
+            Some(delay) => {
+                metrics.write_retries.inc();
+                metrics.error("write", "store");
+                metrics.store_up.set(0.0);
+                tracing::warn!(feed = %metrics.feed, error = %format!("{:#}", self.error), attempt = self.attempt,
+                    retry_in_ms = delay.as_millis() as u64, rows = self.rows, "commit failed; rows stay buffered");
+            }
+            None => {
+                metrics.error("write", "permanent");
+                tracing::error!(feed = %metrics.feed, error = %format!("{:#}", self.error), rows = self.rows,
+                    "commit failed permanently");
+            }
+        }
+    }
+}
+
+/// A file committed after `failed_attempts` failed attempts.
+pub(crate) struct CommitsRecovered {
+    pub(crate) failed_attempts: u32,
+}
+
+impl CommitsRecovered {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
+        if self.failed_attempts > 0 {
+            tracing::info!(feed = %metrics.feed, attempts = self.failed_attempts + 1, "lake writes recovered");
+        }
+        health.set_store_error(None);
+        metrics.store_up.set(1.0);
+    }
+}
+
+/// A file is in the lake and listed in the manifest.
+pub(crate) struct FileCommitted<'a> {
+    pub(crate) file: &'a CommittedFile,
+    pub(crate) max_event_ms: i64,
+    /// Time the file waited in the commit queue.
+    pub(crate) queue_wait: Duration,
+    pub(crate) encode: Duration,
+    /// The successful put of the data file and the manifest.
+    pub(crate) put: Duration,
+}
+
+impl FileCommitted<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        let file = self.file;
+        metrics.rows_written.inc_by(file.rows as u64);
+        metrics.bytes_written.inc_by(file.bytes);
+        metrics.metrics.files_written.with_label_values(&[&metrics.feed, file.reason.as_str()]).inc();
+        metrics.encode_duration.observe(self.encode.as_secs_f64());
+        metrics.put_duration.observe(self.put.as_secs_f64());
+        metrics.flush_duration.observe((self.encode + self.put).as_secs_f64());
+        metrics.file_size.observe(file.bytes as f64);
+        metrics.last_commit_timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        let watermark = self.max_event_ms as f64 / 1000.0;
+        if watermark > metrics.event_time_watermark.get() {
+            metrics.event_time_watermark.set(watermark);
+        }
+        tracing::debug!(feed = %metrics.feed, queue_wait_ms = self.queue_wait.as_millis() as u64,
+            encode_ms = self.encode.as_millis() as u64, put_ms = self.put.as_millis() as u64, "file committed");
+    }
+}
