@@ -49,8 +49,7 @@ fn generate(count: usize) -> (Vec<u8>, Vec<(usize, usize)>) {
 }
 
 fn main() {
-    let count =
-        std::env::args().skip(1).find_map(|arg| arg.parse::<usize>().ok()).unwrap_or(2_000_000);
+    let count = std::env::args().skip(1).find_map(|arg| arg.parse::<usize>().ok()).unwrap_or(2_000_000);
     let columns = parse_schema(SCHEMA).expect("benchmark schema parses");
     let (text, ranges) = generate(count);
     let mut decoder = RowDecoder::new(&columns);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need (a Python venv with the moto S3 server,
-# DuckDB, pyarrow and pandas), then builds and runs every test.
+# DuckDB, pyarrow and pandas), checks formatting and lints, then builds and runs every test.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh <filter>   # extra arguments go to `cargo test`
@@ -22,6 +22,10 @@ export KSQL_LAKE_VENV="$venv"
 if [ -z "${KSQL_LAKE_CAPTURES:-}" ] && [ -d "$root/../shared/ksqldb-captures" ]; then
   export KSQL_LAKE_CAPTURES="$root/../shared/ksqldb-captures"
 fi
+
+echo "== formatting and lints"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
 
 echo "== building"
 cargo build --all-targets --quiet

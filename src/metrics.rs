@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric ksql-lake exports.
@@ -64,8 +63,16 @@ pub struct Metrics {
 }
 
 const SIZE_BUCKETS: [f64; 10] = [
-    65_536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0, 33_554_432.0, 67_108_864.0,
-    134_217_728.0, 268_435_456.0, 536_870_912.0,
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    33_554_432.0,
+    67_108_864.0,
+    134_217_728.0,
+    268_435_456.0,
+    536_870_912.0,
 ];
 
 fn seconds_buckets() -> Vec<f64> {
@@ -95,8 +102,8 @@ impl Metrics {
             metric
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["feed"])
-                .expect("valid metric");
+            let metric =
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["feed"]).expect("valid metric");
             registry.register(Box::new(metric.clone())).expect("metric registered once");
             metric
         };
@@ -177,9 +184,13 @@ impl Metrics {
 pub enum FeedState {
     Starting,
     Streaming,
-    Reconnecting { reason: String },
+    Reconnecting {
+        reason: String,
+    },
     /// A permanent error (unknown source, bad statement, 401/403): the feed stopped.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     Stopped,
 }
 

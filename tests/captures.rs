@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ksql_lake::ksqldb::{
-    Event, FrameDecoder, FrameError, Framing, Header, ServerError, ServerInfo,
-};
+use ksql_lake::ksqldb::{Event, FrameDecoder, FrameError, Framing, Header, ServerError, ServerInfo};
 use ksql_lake::schema::RowDecoder;
 
 fn captures_dir() -> PathBuf {
@@ -126,9 +124,9 @@ impl Checker {
                         continue;
                     };
                     if let Err(error) = decoder.append(values) {
-                        let known = KNOWN_REJECTIONS.iter().position(|(prefix, column, _)| {
-                            file.starts_with(prefix) && error.column == *column
-                        });
+                        let known = KNOWN_REJECTIONS
+                            .iter()
+                            .position(|(prefix, column, _)| file.starts_with(prefix) && error.column == *column);
                         match known {
                             Some(entry) => self.known_rejected[entry] += 1,
                             None => self.fail(file, format!("row {index} rejected: {error}")),
@@ -137,9 +135,7 @@ impl Checker {
                 }
                 Event::ProtobufRow(_) => tally.protobuf_rows += 1,
                 Event::Error(_) => tally.errors += 1,
-                Event::FinalMessage(_)
-                | Event::ContinuationToken(_)
-                | Event::ConsistencyToken(_) => {}
+                Event::FinalMessage(_) | Event::ContinuationToken(_) | Event::ConsistencyToken(_) => {}
             }
         }
         if let Some(mut decoder) = rows {
@@ -220,14 +216,11 @@ fn every_capture_decodes() {
             continue;
         }
         if name.ends_with(".jsonl") {
-            let (expected_rows, expected_responses) =
-                check_rqtt(&mut checker, name, &text, &mut tally);
+            let (expected_rows, expected_responses) = check_rqtt(&mut checker, name, &text, &mut tally);
             checker.expected_rows += expected_rows;
-            if tally.rows != expected_rows
-                || tally.responses != expected_responses
-                || expected_rows == 0
-            {
-                checker.fail(name, format!("{tally:?}, expected {expected_rows} rows in {expected_responses} responses"));
+            if tally.rows != expected_rows || tally.responses != expected_responses || expected_rows == 0 {
+                checker
+                    .fail(name, format!("{tally:?}, expected {expected_rows} rows in {expected_responses} responses"));
             }
             continue;
         }
@@ -236,10 +229,7 @@ fn every_capture_decodes() {
             let (rows, protobuf_rows) = count_rows_in_text(framing, &text);
             checker.expected_rows += rows;
             if tally.rows != rows || tally.protobuf_rows != protobuf_rows || tally.headers != 1 {
-                checker.fail(
-                    name,
-                    format!("{tally:?}, expected {rows} rows, {protobuf_rows} protobuf rows"),
-                );
+                checker.fail(name, format!("{tally:?}, expected {rows} rows, {protobuf_rows} protobuf rows"));
             }
             continue;
         }
@@ -253,12 +243,7 @@ fn every_capture_decodes() {
         checker.fail(name, "no rule for this capture".to_string());
     }
     assert_eq!(malformed, 2, "expected the two MALFORMED docs examples");
-    assert!(
-        checker.failures.is_empty(),
-        "{} failures:\n{}",
-        checker.failures.len(),
-        checker.failures.join("\n")
-    );
+    assert!(checker.failures.is_empty(), "{} failures:\n{}", checker.failures.len(), checker.failures.join("\n"));
     assert!(checker.expected_rows > 100, "only {} rows in the captures", checker.expected_rows);
     for (entry, (prefix, _, why)) in KNOWN_REJECTIONS.iter().enumerate() {
         assert!(checker.known_rejected[entry] > 0, "{prefix}: expected a rejection ({why})");
@@ -280,8 +265,7 @@ fn check_rqtt(checker: &mut Checker, name: &str, text: &str, tally: &mut Tally) 
             let objects = response.as_array().unwrap();
             expected_rows += objects.iter().filter(|object| object.get("row").is_some()).count();
             expected_responses += 1;
-            let joined: Vec<String> =
-                objects.iter().map(|object| serde_json::to_string(object).unwrap()).collect();
+            let joined: Vec<String> = objects.iter().map(|object| serde_json::to_string(object).unwrap()).collect();
             let body = format!("[{}]", joined.join(",\n"));
             let label = format!("{name} line {}", line_number + 1);
             checker.response(&label, Framing::StreamedRow, body.as_bytes(), tally);
@@ -331,9 +315,7 @@ fn check_cassette(checker: &mut Checker, name: &str, text: &str) {
     } else {
         match ServerInfo::from_body(body.as_bytes()) {
             Ok(info)
-                if !info.version.is_empty()
-                    && !info.kafka_cluster_id.is_empty()
-                    && !info.service_id.is_empty() => {}
+                if !info.version.is_empty() && !info.kafka_cluster_id.is_empty() && !info.service_id.is_empty() => {}
             Ok(_) => checker.fail(name, "empty /info fields".to_string()),
             Err(error) => checker.fail(name, format!("not an /info body: {error}")),
         }

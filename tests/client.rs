@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ksql_lake::ksqldb::{
-    ClientConfig, ClientError, Event, Framing, Http2Mode, KsqlClient, QueryRequest, QueryStream,
-};
+use ksql_lake::ksqldb::{ClientConfig, ClientError, Event, Framing, Http2Mode, KsqlClient, QueryRequest, QueryStream};
 use ksql_lake::schema::{Column, ColumnRole, KsqlType, RowDecoder};
 use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, SimulatorHandle, Value};
 use serde_json::json;
@@ -85,8 +83,7 @@ async fn live_query_round_trip(http2: Http2Mode) {
     let info = timeout(WAIT, client.info()).await.unwrap().unwrap();
     assert_eq!(info.version, "0.29.0");
 
-    let mut stream =
-        open(&client, earliest("SELECT * FROM pageviews EMIT CHANGES;")).await.unwrap();
+    let mut stream = open(&client, earliest("SELECT * FROM pageviews EMIT CHANGES;")).await.unwrap();
     assert_eq!(stream.framing(), Framing::Delimited);
     let query_id = stream.query_id().unwrap().to_string();
     assert!(query_id.starts_with("transient_PAGEVIEWS_"), "{query_id}");
@@ -124,10 +121,7 @@ async fn auto_live_query_and_close() {
 
 #[tokio::test]
 async fn basic_auth_is_sent_and_401_is_typed() {
-    let config = SimulatorConfig {
-        basic_auth: Some(("user".into(), "secret".into())),
-        ..Default::default()
-    };
+    let config = SimulatorConfig { basic_auth: Some(("user".into(), "secret".into())), ..Default::default() };
     let (_sim, handle) = start(config).await;
     let anonymous = new_client(&handle.url(), Http2Mode::Never);
     let error = timeout(WAIT, anonymous.info()).await.unwrap().unwrap_err();
@@ -151,8 +145,7 @@ async fn unknown_source_is_a_permanent_statement_error() {
     let (_sim, handle) = start(SimulatorConfig::default()).await;
     for mode in [Http2Mode::Never, Http2Mode::Always] {
         let client = new_client(&handle.url(), mode);
-        let error =
-            open(&client, earliest("SELECT * FROM NOPE EMIT CHANGES;")).await.err().unwrap();
+        let error = open(&client, earliest("SELECT * FROM NOPE EMIT CHANGES;")).await.err().unwrap();
         let ClientError::Server { status, error: server } = &error else {
             panic!("expected a server error, got {error:?}");
         };
@@ -185,8 +178,7 @@ async fn dropping_the_stream_ends_the_query_on_both_protocols() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     for mode in [Http2Mode::Never, Http2Mode::Always] {
         let client = new_client(&handle.url(), mode);
-        let stream =
-            open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
+        let stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
         assert_eq!(sim.running_push_queries(), 1);
         drop(stream);
         wait_for(|| sim.running_push_queries() == 0).await;
@@ -198,8 +190,7 @@ async fn in_band_error_and_cut_stream_are_typed() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     for mode in [Http2Mode::Never, Http2Mode::Always] {
         let client = new_client(&handle.url(), mode);
-        let mut stream =
-            open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
+        let mut stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
         assert!(sim.inject(Fault::Error("java.lang.RuntimeException: boom".into())) == 1);
         // Rows produced by the previous round come first (earliest).
         let error = loop {
@@ -215,8 +206,7 @@ async fn in_band_error_and_cut_stream_are_typed() {
         assert_eq!(next(&mut stream).await.unwrap(), None);
         wait_for(|| sim.running_push_queries() == 0).await;
 
-        let mut stream =
-            open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
+        let mut stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
         assert!(sim.inject(Fault::CutAfterRows(1)) == 1);
         view(&sim, "USER_9", 9);
         view(&sim, "USER_10", 10);
@@ -229,10 +219,7 @@ async fn in_band_error_and_cut_stream_are_typed() {
             }
         };
         assert!(rows >= 1, "{mode:?}");
-        assert!(
-            matches!(error, ClientError::StreamCut { .. } | ClientError::Truncated(_)),
-            "{error:?}"
-        );
+        assert!(matches!(error, ClientError::StreamCut { .. } | ClientError::Truncated(_)), "{error:?}");
         assert!(error.is_retryable());
         wait_for(|| sim.running_push_queries() == 0).await;
     }
@@ -242,8 +229,7 @@ async fn in_band_error_and_cut_stream_are_typed() {
 async fn next_event_survives_a_stall_timeout() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     let client = new_client(&handle.url(), Http2Mode::Always);
-    let mut stream =
-        open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
+    let mut stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
     // Nothing to send: the caller's stall timeout fires and drops the next_event future.
     let idle = timeout(Duration::from_millis(100), stream.next_event()).await;
     assert!(idle.is_err());
@@ -257,8 +243,7 @@ async fn pre_024_server_over_http1_falls_back_to_query() {
     let (sim, handle) = start(config).await;
     view(&sim, "USER_1", 1);
     let client = new_client(&handle.url(), Http2Mode::Never);
-    let mut stream =
-        open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
+    let mut stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
     assert_eq!(stream.framing(), Framing::StreamedRow);
     assert_eq!(stream.header().columns.len(), 3);
     assert_eq!(&next_row(&mut stream).await[..], br#"["USER_1","PAGE",1]"#);
@@ -301,12 +286,13 @@ async fn http1_only_server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
                 let service = service_fn(move |_request| {
                     served.fetch_add(1, Ordering::SeqCst);
                     async {
-                        let body = r#"{"KsqlServerInfo":{"version":"0.28.2","kafkaClusterId":"c","ksqlServiceId":"s"}}"#;
+                        let body =
+                            r#"{"KsqlServerInfo":{"version":"0.28.2","kafkaClusterId":"c","ksqlServiceId":"s"}}"#;
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
                     }
                 });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(socket), service);
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service);
                 if connection.await.is_err() {
                     broken.fetch_add(1, Ordering::SeqCst);
                 }

@@ -21,8 +21,7 @@ use tokio_rustls::rustls::{crypto, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 const WAIT: Duration = Duration::from_secs(10);
-const INFO: &str =
-    r#"{"KsqlServerInfo":{"version":"0.29.0","kafkaClusterId":"c1","ksqlServiceId":"s1"}}"#;
+const INFO: &str = r#"{"KsqlServerInfo":{"version":"0.29.0","kafkaClusterId":"c1","ksqlServiceId":"s1"}}"#;
 
 fn tls_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls").join(name)
@@ -36,16 +35,13 @@ fn certificates(name: &str) -> Vec<CertificateDer<'static>> {
 /// request. With `require_client_cert`, only clients with a certificate from the test CA get in.
 async fn tls_server(require_client_cert: bool) -> (String, Arc<Mutex<Vec<Version>>>) {
     let provider = Arc::new(crypto::aws_lc_rs::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
     let builder = if require_client_cert {
         let mut roots = RootCertStore::empty();
         for certificate in certificates("ca.pem") {
             roots.add(certificate).unwrap();
         }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
@@ -68,9 +64,7 @@ async fn tls_server(require_client_cert: bool) -> (String, Arc<Mutex<Vec<Version
                 let Ok(stream) = acceptor.accept(socket).await else { return };
                 let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     seen.lock().unwrap().push(request.version());
-                    async {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(INFO))))
-                    }
+                    async { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(INFO)))) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -91,9 +85,7 @@ fn config(url: &str, http2: Http2Mode) -> ClientConfig {
 #[tokio::test]
 async fn alpn_picks_http2_in_auto_and_http1_in_never() {
     let (url, versions) = tls_server(false).await;
-    for (mode, expected) in
-        [(Http2Mode::Auto, Version::HTTP_2), (Http2Mode::Never, Version::HTTP_11)]
-    {
+    for (mode, expected) in [(Http2Mode::Auto, Version::HTTP_2), (Http2Mode::Never, Version::HTTP_11)] {
         let client = KsqlClient::new(config(&url, mode)).unwrap();
         let info = timeout(WAIT, client.info()).await.unwrap().unwrap();
         assert_eq!((info.kafka_cluster_id.as_str(), info.service_id.as_str()), ("c1", "s1"));
@@ -139,9 +131,7 @@ fn bad_tls_configuration_is_reported() {
     half.client_cert = Some(tls_file("client.pem"));
     let mut scheme = base;
     scheme.url = "ftp://127.0.0.1/".parse().unwrap();
-    for (label, config) in
-        [("missing", missing), ("garbage", garbage), ("half", half), ("scheme", scheme)]
-    {
+    for (label, config) in [("missing", missing), ("garbage", garbage), ("half", half), ("scheme", scheme)] {
         match KsqlClient::new(config) {
             Err(error @ ClientError::Config(_)) => assert!(!error.is_retryable()),
             Err(other) => panic!("{label}: unexpected {other:?}"),

@@ -309,7 +309,11 @@ proptest! {
 #[test]
 fn alternating_days_then_a_crash_loses_nothing() {
     let topic: Vec<Row> = (0..1000)
-        .map(|offset| Row { position: Position { partition: 0, offset }, hour: Some((offset % 2) as u32 * 24), poison: false })
+        .map(|offset| Row {
+            position: Position { partition: 0, offset },
+            hour: Some((offset % 2) as u32 * 24),
+            poison: false,
+        })
         .collect();
     let mut ops = vec![Op::Deliver { rows: 1000, seed: 1 }, Op::Flush { index: 0 }, Op::Commit];
     ops.push(Op::Crash { orphan: false });

@@ -5,15 +5,12 @@
 mod lake_support;
 mod support;
 
-
 use futures::TryStreamExt;
-use ksql_lake::lake::{
-    open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, WriterOptions,
-};
+use ksql_lake::lake::{open_lake, CommitOutcome, FeedKind, LakeWriter, PartitionSpec, Partitioning, WriterOptions};
 use lake_support::*;
-use support::{s3_options as options, Moto};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
+use support::{s3_options as options, Moto};
 
 const BUCKET: &str = "lake-test";
 

@@ -8,9 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ksql_lake::backoff::Backoff;
 use ksql_lake::lake::testing::FaultyStore;
 use ksql_lake::lake::{open_lake, FeedKind, Lake};
-use ksql_lake::backoff::Backoff;
 use ksql_lake::simulator::Fault;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -176,7 +176,8 @@ async fn failed_writes_are_retried_and_leave_nothing_visible() {
 async fn cut_connections_are_reopened_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let (simulator, server) = simulator_with_rows(0).await;
-    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1s\"");
+    let config =
+        config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1s\"");
     let mut options = fast_options();
     options.reconnect_backoff =
         Some(Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(50), multiplier: 2.0 });

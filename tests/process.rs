@@ -67,7 +67,11 @@ async fn sigterm_flushes_every_buffer_commits_and_exits_zero() {
     .await
     .expect("the process received every row within 60 s");
     // Every feed's series exist from the start (at 0), so rate() and alerts see them at once.
-    assert_eq!(metric(&received, "ksql_lake_rows_written_total{feed=\"everything\"}"), Some(0.0), "nothing committed yet");
+    assert_eq!(
+        metric(&received, "ksql_lake_rows_written_total{feed=\"everything\"}"),
+        Some(0.0),
+        "nothing committed yet"
+    );
     assert_eq!(metric(&received, "ksql_lake_push_query_up{feed=\"everything\"}"), Some(1.0));
     let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "ready while streaming");

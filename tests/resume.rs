@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ksql_lake::backoff::Backoff;
 use ksql_lake::lake::{open_lake, FeedKind};
 use ksql_lake::metrics::FeedState;
-use ksql_lake::backoff::Backoff;
 use ksql_lake::schema::parse_schema;
 use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, Value};
 use object_store::local::LocalFileSystem;
@@ -104,8 +104,13 @@ async fn cut_connections_50_times(delivery: &str, timing: Timing) -> u64 {
     running.wait_until("every row committed", Duration::from_secs(120), |r| r.received() >= rows as u64).await;
     running.shutdown().await;
     let objects = feed_objects(&local_store(dir.path()), &Path::from("streams/everything")).await;
-    let duplicates =
-        verify_feed_rows_with_lateness(&objects, rows, timing.hourly(), delivery == "at-least-once", timing.lateness_ms);
+    let duplicates = verify_feed_rows_with_lateness(
+        &objects,
+        rows,
+        timing.hourly(),
+        delivery == "at-least-once",
+        timing.lateness_ms,
+    );
     server.shutdown().await;
     duplicates
 }
@@ -208,8 +213,13 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success());
     let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
-    let duplicates =
-        verify_feed_rows_with_lateness(&objects, rows, timing.hourly(), delivery == "at-least-once", timing.lateness_ms);
+    let duplicates = verify_feed_rows_with_lateness(
+        &objects,
+        rows,
+        timing.hourly(),
+        delivery == "at-least-once",
+        timing.lateness_ms,
+    );
     server.shutdown().await;
     duplicates
 }
@@ -314,7 +324,11 @@ async fn stop_s3_for_30_seconds(delivery: &str, timing: Timing) -> u64 {
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     moto.resume();
 
-    running.wait_until("every row committed", Duration::from_secs(90), |r| r.received() >= rows as u64 && r.metrics.store_up.get() == 1.0).await;
+    running
+        .wait_until("every row committed", Duration::from_secs(90), |r| {
+            r.received() >= rows as u64 && r.metrics.store_up.get() == 1.0
+        })
+        .await;
     let recovered = tokio::time::timeout(Duration::from_secs(30), async {
         while http.get(format!("{base}/readyz")).send().await.unwrap().status() != 200 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -327,8 +341,13 @@ async fn stop_s3_for_30_seconds(delivery: &str, timing: Timing) -> u64 {
     let lake = open_lake("s3://lake/outage", &s3_options(&moto.endpoint)).unwrap();
     let feed = lake.feed_dir(FeedKind::Stream, "everything").unwrap();
     let objects = feed_objects(lake.store(), &feed).await;
-    let duplicates =
-        verify_feed_rows_with_lateness(&objects, rows, timing.hourly(), delivery == "at-least-once", timing.lateness_ms);
+    let duplicates = verify_feed_rows_with_lateness(
+        &objects,
+        rows,
+        timing.hourly(),
+        delivery == "at-least-once",
+        timing.lateness_ms,
+    );
     server.shutdown().await;
     moto.stop().await;
     duplicates
@@ -384,14 +403,13 @@ async fn a_new_column_after_reconnect_flushes_and_records_a_new_schema_version()
         simulator.produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("a")]).unwrap();
     }
     let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1h\"");
+    let config =
+        config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"1h\"");
     let running = start(config, fast_reconnects());
     running.wait_until("old rows", Duration::from_secs(30), |r| r.received() == 100).await;
     // CREATE OR REPLACE adds a column; the open query keeps its schema until it ends, so end it
     // and let ksql-lake reopen it before the new rows come.
-    simulator
-        .replace_columns(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING, `EXTRA` DOUBLE").unwrap())
-        .unwrap();
+    simulator.replace_columns(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING, `EXTRA` DOUBLE").unwrap()).unwrap();
     simulator.inject(Fault::Terminate);
     running.wait_until("the query reopened", Duration::from_secs(30), |r| reconnects(r) >= 1).await;
     wait_for("the new query open", Duration::from_secs(30), || simulator.running_push_queries() == 1).await;
@@ -491,7 +509,8 @@ async fn a_server_that_rejects_the_resume_filter_is_still_read_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config_sim = SimulatorConfig { reject_offset_filters: true, ..SimulatorConfig::default() };
     let (simulator, server) = simulator_with(config_sim, rows / 2, rows).await;
-    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    let config =
+        config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
     let running = start(config, fast_reconnects());
     running.wait_until("first half", Duration::from_secs(30), |r| r.written() == (rows / 2) as u64).await;
     // The reconnect carries a resume filter, which this server refuses: the client falls back.
@@ -509,7 +528,8 @@ async fn a_stalled_query_is_reopened_after_the_idle_timeout() {
     let rows = 2_000;
     let dir = tempfile::tempdir().unwrap();
     let (simulator, server) = simulator_with(SimulatorConfig::default(), rows / 2, rows).await;
-    let mut config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    let mut config =
+        config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
     config.ksqldb.idle_timeout = Duration::from_millis(500);
     let running = start(config, fast_reconnects());
     running.wait_until("first half", Duration::from_secs(30), |r| r.received() == (rows / 2) as u64).await;
@@ -533,7 +553,8 @@ async fn a_starting_ksqldb_answering_503_is_retried_until_ready() {
     let dir = tempfile::tempdir().unwrap();
     let (simulator, server) = simulator_with(SimulatorConfig::default(), rows, rows).await;
     simulator.set_ready(false);
-    let config = config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    let config =
+        config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
     let running = start(config, fast_reconnects());
     running.wait_until("retries while starting", Duration::from_secs(30), |r| reconnects(r) >= 3).await;
     assert_eq!(running.received(), 0);

@@ -14,11 +14,7 @@ const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
 const V1_JSON: &str = "application/vnd.ksql.v1+json";
 
 fn key(name: &str, ty: KsqlType) -> Column {
-    Column {
-        name: name.into(),
-        ty,
-        role: ColumnRole::Key,
-    }
+    Column { name: name.into(), ty, role: ColumnRole::Key }
 }
 
 async fn start(config: SimulatorConfig) -> (Simulator, SimulatorHandle) {
@@ -36,10 +32,7 @@ async fn start(config: SimulatorConfig) -> (Simulator, SimulatorHandle) {
     sim.create_table(
         "users",
         vec![Column::new("ID", KsqlType::String)],
-        vec![
-            Column::new("NAME", KsqlType::String),
-            Column::new("SCORE", KsqlType::Integer),
-        ],
+        vec![Column::new("NAME", KsqlType::String), Column::new("SCORE", KsqlType::Integer)],
         2,
     )
     .unwrap();
@@ -52,11 +45,7 @@ fn view(sim: &Simulator, partition: u32, user: &str, page: &str, time: i64) -> (
         "PAGEVIEWS",
         Some(partition),
         1_000 + time,
-        vec![
-            Value::string(user),
-            Value::string(page),
-            Value::Bigint(time),
-        ],
+        vec![Value::string(user), Value::string(page), Value::Bigint(time)],
     )
     .unwrap()
 }
@@ -66,10 +55,7 @@ fn h1() -> reqwest::Client {
 }
 
 fn h2() -> reqwest::Client {
-    reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap()
+    reqwest::Client::builder().http2_prior_knowledge().build().unwrap()
 }
 
 async fn post(
@@ -93,25 +79,15 @@ async fn body_text(response: reqwest::Response) -> String {
 /// Reads chunks until `text` holds `lines` newline-terminated lines.
 async fn read_lines(response: &mut reqwest::Response, text: &mut String, lines: usize) {
     while text.matches('\n').count() < lines {
-        let chunk = timeout(WAIT, response.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let chunk = timeout(WAIT, response.chunk()).await.unwrap().unwrap().unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
 }
 
 /// Opens `SELECT * FROM PAGEVIEWS EMIT CHANGES` on /query (StreamedRow) and reads its header line.
 async fn open_pageviews_push_query(handle: &SimulatorHandle) -> (reqwest::Response, String) {
-    let mut response = post(
-        &h1(),
-        handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
+    let mut response =
+        post(&h1(), handle, "/query", Some(V1_JSON), json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"})).await;
     let mut text = String::new();
     read_lines(&mut response, &mut text, 1).await;
     (response, text)
@@ -145,14 +121,8 @@ async fn push_query_limit_delimited_exact_framing() {
     view(&sim, 0, "USER_1", "PAGE_1", 1);
     view(&sim, 1, "USER_2", "PAGE_2", 2);
     view(&sim, 0, "USER_3", "PAGE_3", 3);
-    let response = post(
-        &h1(),
-        &handle,
-        "/query-stream",
-        None,
-        earliest_qs("SELECT * FROM pageviews EMIT CHANGES LIMIT 2;"),
-    )
-    .await;
+    let response =
+        post(&h1(), &handle, "/query-stream", None, earliest_qs("SELECT * FROM pageviews EMIT CHANGES LIMIT 2;")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], DELIMITED);
     let (body, id) = strip_id(&body_text(response).await);
@@ -200,35 +170,21 @@ async fn push_query_limit_streamed_row_and_json_array_framing() {
 }
 
 /// Sends one HTTP/1.1 request by hand and returns the head and the de-chunked body.
-async fn raw_request(
-    handle: &SimulatorHandle,
-    path: &str,
-    accept: Option<&str>,
-    body: &str,
-) -> (String, String) {
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
+async fn raw_request(handle: &SimulatorHandle, path: &str, accept: Option<&str>, body: &str) -> (String, String) {
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{accept}Content-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(handle.local_addr())
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(handle.local_addr()).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let (head, chunked) = raw.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked"));
+    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
     let mut rest = chunked;
     let mut decoded = String::new();
     loop {
@@ -252,17 +208,19 @@ async fn raw_http1_responses_are_chunked_with_exact_bytes_and_default_framings()
     let (head, decoded) = raw_request(&handle, "/query-stream", None, &body).await;
     assert!(head.contains(&format!("content-type: {DELIMITED}")));
     let (decoded, _) = strip_id(&decoded);
-    assert_eq!(
-        decoded,
-        "{\"queryId\":\"<ID>\",\"columnNames\":[\"VIEWTIME\"],\"columnTypes\":[\"BIGINT\"]}\n[7]\n"
-    );
+    assert_eq!(decoded, "{\"queryId\":\"<ID>\",\"columnNames\":[\"VIEWTIME\"],\"columnTypes\":[\"BIGINT\"]}\n[7]\n");
     // /query without Accept: StreamedRow; with */* (curl): delimited
     let body = json!({"ksql": "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES LIMIT 1;",
                       "streamsProperties": {"auto.offset.reset": "earliest"}})
     .to_string();
     let (head, decoded) = raw_request(&handle, "/query", None, &body).await;
     assert!(head.contains(&format!("content-type: {V1_JSON}")));
-    assert!(decoded.ends_with("\"schema\":\"`VIEWTIME` BIGINT\"}},\n{\"row\":{\"columns\":[7]}},\n{\"finalMessage\":\"Limit Reached\"}]"), "{decoded}");
+    assert!(
+        decoded.ends_with(
+            "\"schema\":\"`VIEWTIME` BIGINT\"}},\n{\"row\":{\"columns\":[7]}},\n{\"finalMessage\":\"Limit Reached\"}]"
+        ),
+        "{decoded}"
+    );
     let (head, decoded) = raw_request(&handle, "/query", Some("*/*"), &body).await;
     assert!(head.contains(&format!("content-type: {DELIMITED}")));
     assert!(decoded.ends_with("]}\n[7]\n"), "{decoded}");
@@ -272,29 +230,15 @@ async fn raw_http1_responses_are_chunked_with_exact_bytes_and_default_framings()
 async fn pull_queries_on_tables_and_streams() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     let user = |id: &str, name: &str, score: i32| {
-        sim.produce(
-            "users",
-            None,
-            5,
-            vec![
-                Value::string(id),
-                Value::string(name),
-                Value::Integer(score),
-            ],
-        )
-        .unwrap()
+        sim.produce("users", None, 5, vec![Value::string(id), Value::string(name), Value::Integer(score)]).unwrap()
     };
-    let empty = post(
-        &h1(),
-        &handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM USERS;"}),
-    )
-    .await;
+    let empty = post(&h1(), &handle, "/query", Some(V1_JSON), json!({"ksql": "SELECT * FROM USERS;"})).await;
     let (empty, id) = strip_id(&body_text(empty).await);
     assert!(id.starts_with("query_"));
-    assert_eq!(empty, "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING KEY, `NAME` STRING, `SCORE` INTEGER\"}}]");
+    assert_eq!(
+        empty,
+        "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING KEY, `NAME` STRING, `SCORE` INTEGER\"}}]"
+    );
     user("a", "Ann", 1);
     user("b", "Bob", 2);
     user("a", "Ann", 3);
@@ -314,20 +258,14 @@ async fn pull_queries_on_tables_and_streams() {
         "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING KEY, `NAME` STRING, `SCORE` INTEGER\"}},\n\
          {\"row\":{\"columns\":[\"a\",\"Ann\",3]}},\n{\"row\":{\"columns\":[\"c\",\"Cy\",4]}}]"
     );
-    let response = post(
-        &h2(),
-        &handle,
-        "/query-stream",
-        None,
-        json!({"sql": "SELECT NAME FROM USERS LIMIT 1;"}),
-    )
-    .await;
+    let response = post(&h2(), &handle, "/query-stream", None, json!({"sql": "SELECT NAME FROM USERS LIMIT 1;"})).await;
     let (body, _) = strip_id(&body_text(response).await);
     assert_eq!(body, "{\"queryId\":\"<ID>\",\"columnNames\":[\"NAME\"],\"columnTypes\":[\"STRING\"]}\n[\"Ann\"]\n");
     // stream pull query: bounded, ignores auto.offset.reset=latest, ends "Query Completed"
     view(&sim, 0, "U1", "P1", 1);
     view(&sim, 1, "U2", "P2", 2);
-    let query = json!({"ksql": "SELECT VIEWTIME FROM PAGEVIEWS;", "streamsProperties": {"auto.offset.reset": "latest"}});
+    let query =
+        json!({"ksql": "SELECT VIEWTIME FROM PAGEVIEWS;", "streamsProperties": {"auto.offset.reset": "latest"}});
     let response = post(&h1(), &handle, "/query", Some(V1_JSON), query).await;
     let (body, id) = strip_id(&body_text(response).await);
     assert!(id.starts_with("transient_PAGEVIEWS_"));
@@ -342,22 +280,10 @@ async fn pull_queries_on_tables_and_streams() {
 async fn live_rows_reach_an_open_query_and_latest_skips_history() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     view(&sim, 0, "OLD", "P", 0);
-    let mut latest = post(
-        &h1(),
-        &handle,
-        "/query-stream",
-        None,
-        json!({"sql": "SELECT USERID FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
-    let mut earliest = post(
-        &h2(),
-        &handle,
-        "/query-stream",
-        None,
-        earliest_qs("SELECT USERID FROM PAGEVIEWS EMIT CHANGES;"),
-    )
-    .await;
+    let mut latest =
+        post(&h1(), &handle, "/query-stream", None, json!({"sql": "SELECT USERID FROM PAGEVIEWS EMIT CHANGES;"})).await;
+    let mut earliest =
+        post(&h2(), &handle, "/query-stream", None, earliest_qs("SELECT USERID FROM PAGEVIEWS EMIT CHANGES;")).await;
     assert_eq!(earliest.version(), reqwest::Version::HTTP_2);
     let (mut a, mut b) = (String::new(), String::new());
     read_lines(&mut latest, &mut a, 1).await; // metadata arrives before any row
@@ -368,14 +294,8 @@ async fn live_rows_reach_an_open_query_and_latest_skips_history() {
     view(&sim, 0, "NEW2", "P", 2);
     read_lines(&mut latest, &mut a, 3).await;
     read_lines(&mut earliest, &mut b, 4).await;
-    assert_eq!(
-        a.lines().skip(1).collect::<Vec<_>>(),
-        ["[\"NEW1\"]", "[\"NEW2\"]"]
-    );
-    assert_eq!(
-        b.lines().skip(1).collect::<Vec<_>>(),
-        ["[\"OLD\"]", "[\"NEW1\"]", "[\"NEW2\"]"]
-    );
+    assert_eq!(a.lines().skip(1).collect::<Vec<_>>(), ["[\"NEW1\"]", "[\"NEW2\"]"]);
+    assert_eq!(b.lines().skip(1).collect::<Vec<_>>(), ["[\"OLD\"]", "[\"NEW1\"]", "[\"NEW2\"]"]);
     // dropping the h1 connection and the h2 stream both free the slots
     drop(latest);
     drop(earliest);
@@ -390,10 +310,7 @@ async fn pseudo_columns_and_resume_filter() {
         let (partition, offset) = view(&sim, (i % 2) as u32, "U", "P", i);
         // resume after offset 3 of partition 0 and offset 4 of partition 1
         if (partition == 0 && offset > 3) || (partition == 1 && offset > 4) {
-            expected.push(format!(
-                "[{},{partition},{offset},\"U\",\"P\",{i}]",
-                1000 + i
-            ));
+            expected.push(format!("[{},{partition},{offset},\"U\",\"P\",{i}]", 1000 + i));
         }
     }
     let sql = "SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM PAGEVIEWS WHERE \
@@ -403,45 +320,19 @@ async fn pseudo_columns_and_resume_filter() {
     let body = body_text(response).await;
     let mut lines = body.lines();
     let meta: Json = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!(
-        meta["columnNames"],
-        json!([
-            "ROWTIME",
-            "ROWPARTITION",
-            "ROWOFFSET",
-            "USERID",
-            "PAGEID",
-            "VIEWTIME"
-        ])
-    );
-    assert_eq!(
-        meta["columnTypes"],
-        json!(["BIGINT", "INTEGER", "BIGINT", "STRING", "STRING", "BIGINT"])
-    );
+    assert_eq!(meta["columnNames"], json!(["ROWTIME", "ROWPARTITION", "ROWOFFSET", "USERID", "PAGEID", "VIEWTIME"]));
+    assert_eq!(meta["columnTypes"], json!(["BIGINT", "INTEGER", "BIGINT", "STRING", "STRING", "BIGINT"]));
     assert_eq!(lines.collect::<Vec<_>>(), expected);
 }
 
 #[tokio::test]
 async fn table_push_query_shows_tombstones_only_in_streamed_row() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    sim.produce(
-        "USERS",
-        None,
-        1,
-        vec![Value::string("a"), Value::string("Ann"), Value::Integer(1)],
-    )
-    .unwrap();
+    sim.produce("USERS", None, 1, vec![Value::string("a"), Value::string("Ann"), Value::Integer(1)]).unwrap();
     sim.delete("USERS", vec![Value::string("a")], 2).unwrap();
-    sim.produce(
-        "USERS",
-        None,
-        3,
-        vec![Value::string("b"), Value::string("Bob"), Value::Integer(2)],
-    )
-    .unwrap();
+    sim.produce("USERS", None, 3, vec![Value::string("b"), Value::string("Bob"), Value::Integer(2)]).unwrap();
     let query = json!({"ksql": "SELECT * FROM USERS EMIT CHANGES LIMIT 3;", "streamsProperties": {"auto.offset.reset": "earliest"}});
-    let (body, _) =
-        strip_id(&body_text(post(&h1(), &handle, "/query", Some(V1_JSON), query).await).await);
+    let (body, _) = strip_id(&body_text(post(&h1(), &handle, "/query", Some(V1_JSON), query).await).await);
     assert_eq!(
         body,
         "[{\"header\":{\"queryId\":\"<ID>\",\"schema\":\"`ID` STRING, `NAME` STRING, `SCORE` INTEGER\"}},\n\
@@ -450,21 +341,12 @@ async fn table_push_query_shows_tombstones_only_in_streamed_row() {
     );
     let (body, _) = strip_id(
         &body_text(
-            post(
-                &h1(),
-                &handle,
-                "/query-stream",
-                None,
-                earliest_qs("SELECT NAME FROM USERS EMIT CHANGES LIMIT 3;"),
-            )
-            .await,
+            post(&h1(), &handle, "/query-stream", None, earliest_qs("SELECT NAME FROM USERS EMIT CHANGES LIMIT 3;"))
+                .await,
         )
         .await,
     );
-    assert_eq!(
-        body.lines().skip(1).collect::<Vec<_>>(),
-        ["[\"Ann\"]", "[\"Bob\"]"]
-    );
+    assert_eq!(body.lines().skip(1).collect::<Vec<_>>(), ["[\"Ann\"]", "[\"Bob\"]"]);
 }
 
 async fn expect_error(response: reqwest::Response, status: u16, expected: Json) {
@@ -480,115 +362,38 @@ async fn errors_before_the_stream() {
     let sql = "SELECT * FROM FOO EMIT CHANGES;";
     let unknown = json!({"@type": "statement_error", "error_code": 40001,
         "message": "Exception while preparing statement: FOO does not exist.", "statementText": sql, "entities": []});
-    expect_error(
-        post(&client, &handle, "/query-stream", None, json!({"sql": sql})).await,
-        400,
-        unknown.clone(),
-    )
-    .await;
-    let response = post(
-        &client,
-        &handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": sql}),
-    )
-    .await;
+    expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": sql})).await, 400, unknown.clone()).await;
+    let response = post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": sql})).await;
     assert_eq!(response.headers()["content-type"], "application/json");
     expect_error(response, 400, unknown).await;
-    let response = post(
-        &client,
-        &handle,
-        "/query-stream",
-        None,
-        json!({"sql": "SELEC * FROM X;"}),
-    )
-    .await;
+    let response = post(&client, &handle, "/query-stream", None, json!({"sql": "SELEC * FROM X;"})).await;
     assert_eq!(response.status(), 400);
     let body: Json = response.json().await.unwrap();
     assert_eq!(body["@type"], "statement_error");
     assert_eq!(body["error_code"], 40001);
-    assert!(body["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("line 1:1: mismatched input 'SELEC'"));
+    assert!(body["message"].as_str().unwrap().starts_with("line 1:1: mismatched input 'SELEC'"));
     let not_query = json!({"@type": "statement_error", "error_code": 40001,
         "message": "Neither a query nor a print statement", "statementText": "SHOW STREAMS;", "entities": []});
-    expect_error(
-        post(
-            &client,
-            &handle,
-            "/query-stream",
-            None,
-            json!({"sql": "SHOW STREAMS;"}),
-        )
-        .await,
-        400,
-        not_query,
-    )
-    .await;
+    expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": "SHOW STREAMS;"})).await, 400, not_query)
+        .await;
     let missing = json!({"@type": "generic_error", "error_code": 40000,
         "message": "Invalid JSON in request: Missing required creator property 'sql' (index 0)"});
-    expect_error(
-        post(
-            &client,
-            &handle,
-            "/query-stream",
-            None,
-            json!({"ksql": sql}),
-        )
-        .await,
-        400,
-        missing,
-    )
-    .await;
-    let empty_ksql = json!({"@type": "generic_error", "error_code": 40000, "message": "\"ksql\" field must be populated"});
-    expect_error(
-        post(&client, &handle, "/query", None, json!({"ksql": ""})).await,
-        400,
-        empty_ksql,
-    )
-    .await;
-    let malformed = timeout(
-        WAIT,
-        client
-            .post(format!("{}/query-stream", handle.url()))
-            .body("{nope")
-            .send(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(malformed.status(), 400);
-    assert_eq!(malformed.json::<Json>().await.unwrap()["error_code"], 40000);
-    let close = json!({"@type": "generic_error", "error_code": 40000, "message": "No query with id xyzfasgf"});
-    expect_error(
-        post(
-            &client,
-            &handle,
-            "/close-query",
-            None,
-            json!({"queryId": "xyzfasgf"}),
-        )
-        .await,
-        400,
-        close,
-    )
-    .await;
-    let response = post(
-        &client,
-        &handle,
-        "/query",
-        Some("unsupported/type"),
-        json!({"ksql": sql}),
-    )
-    .await;
-    assert_eq!(response.status(), 406);
-    assert_eq!(body_text(response).await, "");
-    let response = timeout(WAIT, client.get(format!("{}/nope", handle.url())).send())
+    expect_error(post(&client, &handle, "/query-stream", None, json!({"ksql": sql})).await, 400, missing).await;
+    let empty_ksql =
+        json!({"@type": "generic_error", "error_code": 40000, "message": "\"ksql\" field must be populated"});
+    expect_error(post(&client, &handle, "/query", None, json!({"ksql": ""})).await, 400, empty_ksql).await;
+    let malformed = timeout(WAIT, client.post(format!("{}/query-stream", handle.url())).body("{nope").send())
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(malformed.json::<Json>().await.unwrap()["error_code"], 40000);
+    let close = json!({"@type": "generic_error", "error_code": 40000, "message": "No query with id xyzfasgf"});
+    expect_error(post(&client, &handle, "/close-query", None, json!({"queryId": "xyzfasgf"})).await, 400, close).await;
+    let response = post(&client, &handle, "/query", Some("unsupported/type"), json!({"ksql": sql})).await;
+    assert_eq!(response.status(), 406);
+    assert_eq!(body_text(response).await, "");
+    let response = timeout(WAIT, client.get(format!("{}/nope", handle.url())).send()).await.unwrap().unwrap();
     assert_eq!(response.status(), 404);
     let info: Json = timeout(WAIT, client.get(format!("{}/info", handle.url())).send())
         .await
@@ -611,45 +416,19 @@ async fn errors_before_the_stream() {
 
 #[tokio::test]
 async fn basic_auth_and_legacy_server() {
-    let config = SimulatorConfig {
-        basic_auth: Some(("u".into(), "p".into())),
-        legacy_pre_024: true,
-        ..Default::default()
-    };
+    let config =
+        SimulatorConfig { basic_auth: Some(("u".into(), "p".into())), legacy_pre_024: true, ..Default::default() };
     let (_sim, handle) = start(config).await;
-    let unauthorized =
-        json!({"@type": "generic_error", "error_code": 40100, "message": "Unauthorized"});
+    let unauthorized = json!({"@type": "generic_error", "error_code": 40100, "message": "Unauthorized"});
     let query = json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES LIMIT 0;"});
-    expect_error(
-        post(&h2(), &handle, "/query-stream", None, query.clone()).await,
-        401,
-        unauthorized.clone(),
-    )
-    .await;
-    let wrong = h2()
-        .post(format!("{}/query-stream", handle.url()))
-        .basic_auth("u", Some("x"))
-        .json(&query)
-        .send();
-    expect_error(
-        timeout(WAIT, wrong).await.unwrap().unwrap(),
-        401,
-        unauthorized,
-    )
-    .await;
-    let right = h2()
-        .post(format!("{}/query-stream", handle.url()))
-        .basic_auth("u", Some("p"))
-        .json(&query)
-        .send();
+    expect_error(post(&h2(), &handle, "/query-stream", None, query.clone()).await, 401, unauthorized.clone()).await;
+    let wrong = h2().post(format!("{}/query-stream", handle.url())).basic_auth("u", Some("x")).json(&query).send();
+    expect_error(timeout(WAIT, wrong).await.unwrap().unwrap(), 401, unauthorized).await;
+    let right = h2().post(format!("{}/query-stream", handle.url())).basic_auth("u", Some("p")).json(&query).send();
     let right = timeout(WAIT, right).await.unwrap().unwrap();
     assert_eq!(right.status(), 200);
     assert_eq!(body_text(right).await.lines().count(), 1);
-    let http1 = h1()
-        .post(format!("{}/query-stream", handle.url()))
-        .basic_auth("u", Some("p"))
-        .json(&query)
-        .send();
+    let http1 = h1().post(format!("{}/query-stream", handle.url())).basic_auth("u", Some("p")).json(&query).send();
     expect_error(
         timeout(WAIT, http1).await.unwrap().unwrap(),
         400,
@@ -670,41 +449,20 @@ async fn basic_auth_and_legacy_server() {
 
 #[tokio::test]
 async fn push_query_limit_and_close_query_frees_slots() {
-    let config = SimulatorConfig {
-        max_push_queries: 2,
-        ..Default::default()
-    };
+    let config = SimulatorConfig { max_push_queries: 2, ..Default::default() };
     let (sim, handle) = start(config).await;
     let client = h1();
     let sql = json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"});
-    let mut first = post(
-        &client,
-        &handle,
-        "/query-stream",
-        Some(V1_JSON),
-        sql.clone(),
-    )
-    .await;
+    let mut first = post(&client, &handle, "/query-stream", Some(V1_JSON), sql.clone()).await;
     let second = post(&client, &handle, "/query-stream", None, sql.clone()).await;
     assert_eq!(sim.running_push_queries(), 2);
-    let full = json!({"@type": "generic_error", "error_code": 40003, "message": "Maximum number of push queries exceeded"});
-    expect_error(
-        post(&client, &handle, "/query-stream", None, sql.clone()).await,
-        400,
-        full,
-    )
-    .await;
+    let full =
+        json!({"@type": "generic_error", "error_code": 40003, "message": "Maximum number of push queries exceeded"});
+    expect_error(post(&client, &handle, "/query-stream", None, sql.clone()).await, 400, full).await;
     let mut text = String::new();
     read_lines(&mut first, &mut text, 1).await;
     let (_, id) = strip_id(&text);
-    let closed = post(
-        &client,
-        &handle,
-        "/close-query",
-        None,
-        json!({"queryId": id}),
-    )
-    .await;
+    let closed = post(&client, &handle, "/close-query", None, json!({"queryId": id})).await;
     assert_eq!(closed.status(), 200);
     assert_eq!(body_text(closed).await, "");
     let rest = timeout(WAIT, first.text()).await.unwrap().unwrap();
@@ -723,14 +481,8 @@ async fn fault_cut_after_rows_drops_the_connection() {
         view(&sim, 0, "U", "P", i);
     }
     sim.inject_next(Fault::CutAfterRows(3));
-    let mut response = post(
-        &h1(),
-        &handle,
-        "/query-stream",
-        None,
-        earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"),
-    )
-    .await;
+    let mut response =
+        post(&h1(), &handle, "/query-stream", None, earliest_qs("SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;")).await;
     let mut received = Vec::new();
     let error = loop {
         match timeout(WAIT, response.chunk()).await.unwrap() {
@@ -739,15 +491,9 @@ async fn fault_cut_after_rows_drops_the_connection() {
             Err(error) => break error,
         }
     };
-    assert!(
-        error.is_body() || error.is_decode() || error.is_request(),
-        "{error:?}"
-    );
+    assert!(error.is_body() || error.is_decode() || error.is_request(), "{error:?}");
     let text = String::from_utf8(received).unwrap();
-    assert_eq!(
-        text.lines().skip(1).collect::<Vec<_>>(),
-        ["[0]", "[1]", "[2]"]
-    );
+    assert_eq!(text.lines().skip(1).collect::<Vec<_>>(), ["[0]", "[1]", "[2]"]);
     wait_for(|| sim.running_push_queries() == 0).await;
 }
 
@@ -784,23 +530,16 @@ async fn fault_cut_after_bytes_on_h1_and_h2() {
 #[tokio::test]
 async fn fault_stall_then_resume() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    let mut response = post(
-        &h1(),
-        &handle,
-        "/query-stream",
-        None,
-        json!({"sql": "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
+    let mut response =
+        post(&h1(), &handle, "/query-stream", None, json!({"sql": "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;"}))
+            .await;
     let mut text = String::new();
     read_lines(&mut response, &mut text, 1).await;
     assert_eq!(sim.inject(Fault::Stall(Duration::from_millis(400))), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     view(&sim, 0, "U", "P", 1);
     // nothing arrives during the stall; the row arrives after it
-    assert!(timeout(Duration::from_millis(200), response.chunk())
-        .await
-        .is_err());
+    assert!(timeout(Duration::from_millis(200), response.chunk()).await.is_err());
     read_lines(&mut response, &mut text, 2).await;
     assert!(text.ends_with("[1]\n"));
 }
@@ -813,10 +552,7 @@ async fn fault_in_band_error_in_each_framing() {
     let error = "{\"@type\":\"generic_error\",\"error_code\":50000,\"message\":\"java.lang.RuntimeException: boom\"}";
     for (accept, expected_tail) in [
         (DELIMITED, format!("[1]\n{error}\n")),
-        (
-            V1_JSON,
-            format!("{{\"row\":{{\"columns\":[1]}}}},\n{{\"errorMessage\":{error}}},\n]"),
-        ),
+        (V1_JSON, format!("{{\"row\":{{\"columns\":[1]}}}},\n{{\"errorMessage\":{error}}},\n]")),
         ("application/json", format!(",[1],{error}]")),
     ] {
         let mut response = post(
@@ -829,11 +565,7 @@ async fn fault_in_band_error_in_each_framing() {
         .await;
         let mut text = String::new();
         while !text.contains("[1]") {
-            let chunk = timeout(WAIT, response.chunk())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            let chunk = timeout(WAIT, response.chunk()).await.unwrap().unwrap().unwrap();
             text.push_str(std::str::from_utf8(&chunk).unwrap());
         }
         assert_eq!(sim.inject(Fault::Error(message.into())), 1);
@@ -851,14 +583,8 @@ async fn fault_terminate_ends_like_completion() {
     assert!(sim.inject_query(&id, Fault::Terminate));
     let rest = timeout(WAIT, response.text()).await.unwrap().unwrap();
     assert_eq!(rest, "{\"finalMessage\":\"Query Completed\"}]");
-    let response = post(
-        &h1(),
-        &handle,
-        "/query-stream",
-        None,
-        json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
+    let response =
+        post(&h1(), &handle, "/query-stream", None, json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"})).await;
     wait_for(|| sim.running_push_queries() == 1).await;
     sim.inject(Fault::Terminate);
     assert_eq!(body_text(response).await.lines().count(), 1);
@@ -866,19 +592,10 @@ async fn fault_terminate_ends_like_completion() {
 
 #[tokio::test]
 async fn heartbeat_mode_writes_newlines_while_idle() {
-    let config = SimulatorConfig {
-        heartbeat: true,
-        ..Default::default()
-    };
+    let config = SimulatorConfig { heartbeat: true, ..Default::default() };
     let (_sim, handle) = start(config).await;
-    let mut response = post(
-        &h1(),
-        &handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"}),
-    )
-    .await;
+    let mut response =
+        post(&h1(), &handle, "/query", Some(V1_JSON), json!({"ksql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;"})).await;
     let mut text = String::new();
     read_lines(&mut response, &mut text, 2).await;
     assert!(text.starts_with("[{\"header\""));
@@ -892,19 +609,10 @@ async fn value_types_render_in_rows() {
         "`Typed`",
         vec![
             Column::new("d", KsqlType::Double),
-            Column::new(
-                "m",
-                KsqlType::Decimal {
-                    precision: 4,
-                    scale: 2,
-                },
-            ),
+            Column::new("m", KsqlType::Decimal { precision: 4, scale: 2 }),
             Column::new("ts", KsqlType::Timestamp),
             Column::new("b", KsqlType::Bytes),
-            Column::new(
-                "mp",
-                KsqlType::Map(Box::new(KsqlType::Integer), Box::new(KsqlType::String)),
-            ),
+            Column::new("mp", KsqlType::Map(Box::new(KsqlType::Integer), Box::new(KsqlType::String))),
         ],
         1,
     )
@@ -916,10 +624,7 @@ async fn value_types_render_in_rows() {
         0,
         vec![
             Value::Double(4.2e-4),
-            Value::Decimal {
-                unscaled: 450,
-                scale: 2,
-            },
+            Value::Decimal { unscaled: 450, scale: 2 },
             Value::Timestamp(1),
             Value::Bytes(vec![0x21]),
             Value::Map(vec![(Value::Integer(1), Value::string("a"))]),
@@ -927,36 +632,14 @@ async fn value_types_render_in_rows() {
     )
     .unwrap();
     let body = body_text(
-        post(
-            &h1(),
-            &handle,
-            "/query-stream",
-            None,
-            earliest_qs("SELECT * FROM `Typed` EMIT CHANGES LIMIT 1;"),
-        )
-        .await,
+        post(&h1(), &handle, "/query-stream", None, earliest_qs("SELECT * FROM `Typed` EMIT CHANGES LIMIT 1;")).await,
     )
     .await;
     let lines: Vec<&str> = body.lines().collect();
     let meta: Json = serde_json::from_str(lines[0]).unwrap();
-    assert_eq!(
-        meta["columnTypes"],
-        json!([
-            "DOUBLE",
-            "DECIMAL(4, 2)",
-            "TIMESTAMP",
-            "BYTES",
-            "MAP<INTEGER, STRING>"
-        ])
-    );
-    assert!(meta["queryId"]
-        .as_str()
-        .unwrap()
-        .starts_with("transient_Typed_"));
-    assert_eq!(
-        lines[1],
-        "[4.2E-4,4.50,\"1970-01-01T00:00:00.001\",\"IQ==\",{\"1\":\"a\"}]"
-    );
+    assert_eq!(meta["columnTypes"], json!(["DOUBLE", "DECIMAL(4, 2)", "TIMESTAMP", "BYTES", "MAP<INTEGER, STRING>"]));
+    assert!(meta["queryId"].as_str().unwrap().starts_with("transient_Typed_"));
+    assert_eq!(lines[1], "[4.2E-4,4.50,\"1970-01-01T00:00:00.001\",\"IQ==\",{\"1\":\"a\"}]");
 }
 
 #[tokio::test]
@@ -983,36 +666,20 @@ fn pageviews_with_referrer() -> Vec<Column> {
 async fn replace_columns_adds_columns_for_new_queries_only() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
     view(&sim, 0, "OLD", "P1", 1);
-    let mut before = post(
-        &h1(),
-        &handle,
-        "/query-stream",
-        None,
-        earliest_qs("SELECT * FROM PAGEVIEWS EMIT CHANGES;"),
-    )
-    .await;
+    let mut before =
+        post(&h1(), &handle, "/query-stream", None, earliest_qs("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await;
     let mut old_text = String::new();
     read_lines(&mut before, &mut old_text, 2).await;
 
-    sim.replace_columns("pageviews", pageviews_with_referrer())
-        .unwrap();
-    let short = sim.produce(
-        "PAGEVIEWS",
-        Some(1),
-        1_002,
-        vec![Value::string("X"), Value::string("P"), Value::Bigint(2)],
-    );
+    sim.replace_columns("pageviews", pageviews_with_referrer()).unwrap();
+    let short =
+        sim.produce("PAGEVIEWS", Some(1), 1_002, vec![Value::string("X"), Value::string("P"), Value::Bigint(2)]);
     assert!(short.is_err(), "{short:?}");
     sim.produce(
         "PAGEVIEWS",
         Some(1),
         1_002,
-        vec![
-            Value::string("NEW"),
-            Value::string("P2"),
-            Value::Bigint(2),
-            Value::string("search"),
-        ],
+        vec![Value::string("NEW"), Value::string("P2"), Value::Bigint(2), Value::string("search")],
     )
     .unwrap();
 
@@ -1029,14 +696,9 @@ async fn replace_columns_adds_columns_for_new_queries_only() {
     );
 
     // a new query gets the new header, pseudo columns first, NULL for the old row
-    let mut after = post(
-        &h2(),
-        &handle,
-        "/query-stream",
-        None,
-        earliest_qs("SELECT ROWTIME, * FROM PAGEVIEWS EMIT CHANGES;"),
-    )
-    .await;
+    let mut after =
+        post(&h2(), &handle, "/query-stream", None, earliest_qs("SELECT ROWTIME, * FROM PAGEVIEWS EMIT CHANGES;"))
+            .await;
     let mut new_text = String::new();
     read_lines(&mut after, &mut new_text, 3).await;
     let (new_body, _) = strip_id(&new_text);
@@ -1049,14 +711,7 @@ async fn replace_columns_adds_columns_for_new_queries_only() {
         ]
     );
     // SELECT * copies new rows and pads old ones, in StreamedRow too
-    let pull = post(
-        &h1(),
-        &handle,
-        "/query",
-        Some(V1_JSON),
-        json!({"ksql": "SELECT * FROM PAGEVIEWS;"}),
-    )
-    .await;
+    let pull = post(&h1(), &handle, "/query", Some(V1_JSON), json!({"ksql": "SELECT * FROM PAGEVIEWS;"})).await;
     let (pull_body, _) = strip_id(&body_text(pull).await);
     assert_eq!(
         pull_body,
@@ -1085,25 +740,15 @@ async fn replace_columns_rejects_non_additive_changes() {
     let mut duplicate = pageviews_with_referrer();
     duplicate[3].name = "pageid".into();
     for columns in [changed, dropped, new_key, duplicate] {
-        let error = sim
-            .replace_columns("PAGEVIEWS", columns.clone())
-            .unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .starts_with("cannot replace the columns of PAGEVIEWS"),
-            "{columns:?}: {error}"
-        );
+        let error = sim.replace_columns("PAGEVIEWS", columns.clone()).unwrap_err();
+        assert!(error.to_string().starts_with("cannot replace the columns of PAGEVIEWS"), "{columns:?}: {error}");
     }
-    assert!(sim
-        .replace_columns("NOPE", pageviews_with_referrer())
-        .is_err());
+    assert!(sim.replace_columns("NOPE", pageviews_with_referrer()).is_err());
     // the schema is unchanged: produce still takes three values
     view(&sim, 0, "U", "P", 1);
 }
 
-const SPQ_PROPS: &str =
-    r#"{"ksql.query.push.v2.enabled":true,"ksql.query.push.v2.continuation.tokens.enabled":true}"#;
+const SPQ_PROPS: &str = r#"{"ksql.query.push.v2.enabled":true,"ksql.query.push.v2.continuation.tokens.enabled":true}"#;
 
 fn spq_props() -> Json {
     serde_json::from_str(SPQ_PROPS).unwrap()
@@ -1112,27 +757,16 @@ fn spq_props() -> Json {
 /// The per-partition offsets inside a continuation token.
 fn token_offsets(token: &str) -> Vec<i64> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(token).unwrap();
     let range: Json = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(range["v"], 0, "{range}");
-    range["e"]["o"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_i64().unwrap())
-        .collect()
+    range["e"]["o"].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect()
 }
 
 /// Reads chunks until `text` contains `needle`.
 async fn read_until(response: &mut reqwest::Response, text: &mut String, needle: &str) {
     while !text.contains(needle) {
-        let chunk = timeout(WAIT, response.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let chunk = timeout(WAIT, response.chunk()).await.unwrap().unwrap().unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
 }
@@ -1143,22 +777,11 @@ async fn scalable_push_queries_write_tokens_in_each_framing() {
     view(&sim, 0, "BEFORE", "P", 0);
     let sql = "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;";
     let client = h1();
-    let mut delimited = post(
-        &client,
-        &handle,
-        "/query-stream",
-        None,
-        json!({"sql": sql, "properties": spq_props()}),
-    )
-    .await;
-    let mut array = post(
-        &h2(),
-        &handle,
-        "/query-stream",
-        Some("application/json"),
-        json!({"sql": sql, "properties": spq_props()}),
-    )
-    .await;
+    let mut delimited =
+        post(&client, &handle, "/query-stream", None, json!({"sql": sql, "properties": spq_props()})).await;
+    let mut array =
+        post(&h2(), &handle, "/query-stream", Some("application/json"), json!({"sql": sql, "properties": spq_props()}))
+            .await;
     // /query coerces property values: strings work there
     let mut streamed = post(
         &client,
@@ -1189,21 +812,9 @@ async fn scalable_push_queries_write_tokens_in_each_framing() {
     sim.produce_batch(
         "PAGEVIEWS",
         [
-            (
-                Some(0),
-                1_001,
-                vec![Value::string("A"), Value::string("P"), Value::Bigint(1)],
-            ),
-            (
-                Some(1),
-                1_002,
-                vec![Value::string("B"), Value::string("P"), Value::Bigint(2)],
-            ),
-            (
-                Some(0),
-                1_003,
-                vec![Value::string("C"), Value::string("P"), Value::Bigint(3)],
-            ),
+            (Some(0), 1_001, vec![Value::string("A"), Value::string("P"), Value::Bigint(1)]),
+            (Some(1), 1_002, vec![Value::string("B"), Value::string("P"), Value::Bigint(2)]),
+            (Some(0), 1_003, vec![Value::string("C"), Value::string("P"), Value::Bigint(3)]),
         ],
     )
     .unwrap();
@@ -1218,20 +829,12 @@ async fn scalable_push_queries_write_tokens_in_each_framing() {
     let lines: Vec<&str> = d_body.lines().collect();
     assert_eq!(lines[1..4], ["[1]", "[2]", "[3]"]);
     let token_line: Json = serde_json::from_str(lines[4]).unwrap();
-    let token = token_line["continuationToken"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = token_line["continuationToken"].as_str().unwrap().to_string();
     assert_eq!(token_offsets(&token), [3, 1]);
 
     let (a_body, a_id) = strip_id(&a);
     assert!(a_id.starts_with("SCALABLE_PUSH_QUERY_") && a_id != d_id);
-    assert!(
-        a_body.ends_with(&format!(
-            ",[1],[2],[3],{{\"continuationToken\":\"{token}\"}}"
-        )),
-        "{a_body}"
-    );
+    assert!(a_body.ends_with(&format!(",[1],[2],[3],{{\"continuationToken\":\"{token}\"}}")), "{a_body}");
     let (s_body, s_id) = strip_id(&s);
     assert!(s_id.starts_with("SCALABLE_PUSH_QUERY_"));
     assert!(
@@ -1247,28 +850,14 @@ async fn scalable_push_queries_write_tokens_in_each_framing() {
     // scalable push queries are not registered for /close-query, the plain one is
     for id in [&d_id, &a_id, &s_id] {
         expect_error(
-            post(
-                &client,
-                &handle,
-                "/close-query",
-                None,
-                json!({"queryId": id}),
-            )
-            .await,
+            post(&client, &handle, "/close-query", None, json!({"queryId": id})).await,
             400,
             json!({"@type": "generic_error", "error_code": 40000,
                 "message": format!("No query with id {id}")}),
         )
         .await;
     }
-    let closed = post(
-        &client,
-        &handle,
-        "/close-query",
-        None,
-        json!({"queryId": p_id}),
-    )
-    .await;
+    let closed = post(&client, &handle, "/close-query", None, json!({"queryId": p_id})).await;
     assert_eq!(closed.status(), 200);
     assert_eq!(body_text(plain).await, "");
     assert_eq!(sim.running_push_queries(), 3);
@@ -1312,22 +901,14 @@ fn batch(range: std::ops::Range<i64>) -> Vec<(Option<u32>, i64, Vec<Value>)> {
     range
         .map(|i| {
             let user = Value::string(format!("U{i}"));
-            (
-                None,
-                1_000 + i,
-                vec![user, Value::string("P"), Value::Bigint(i)],
-            )
+            (None, 1_000 + i, vec![user, Value::string("P"), Value::Bigint(i)])
         })
         .collect()
 }
 
 #[tokio::test]
 async fn continuation_token_resumes_after_a_cut() {
-    let config = SimulatorConfig {
-        push_v2_enabled: true,
-        continuation_tokens_enabled: true,
-        ..Default::default()
-    };
+    let config = SimulatorConfig { push_v2_enabled: true, continuation_tokens_enabled: true, ..Default::default() };
     assert_eq!(config.continuation_token_every_rows, 100);
     let (sim, handle) = start(config).await;
     let sql = "SELECT VIEWTIME FROM PAGEVIEWS EMIT CHANGES;";
@@ -1364,10 +945,7 @@ async fn continuation_token_resumes_after_a_cut() {
     read_lines(&mut resumed, &mut text, 1 + 170 + 2).await;
     let (rows, tokens) = rows_and_tokens(&text);
     assert_eq!(rows, (100..270).collect::<Vec<_>>());
-    assert_eq!(
-        tokens.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
-        [100, 170]
-    );
+    assert_eq!(tokens.iter().map(|(at, _)| *at).collect::<Vec<_>>(), [100, 170]);
     let mut ends = vec![0i64; 2];
     for (partition, offset) in positions {
         ends[partition as usize] = ends[partition as usize].max(offset + 1);
@@ -1379,11 +957,7 @@ async fn continuation_token_resumes_after_a_cut() {
 
 #[tokio::test]
 async fn bad_continuation_tokens_are_rejected() {
-    let config = SimulatorConfig {
-        push_v2_enabled: true,
-        continuation_tokens_enabled: true,
-        ..Default::default()
-    };
+    let config = SimulatorConfig { push_v2_enabled: true, continuation_tokens_enabled: true, ..Default::default() };
     let (sim, handle) = start(config).await;
     view(&sim, 0, "U", "P", 1);
     use base64::Engine as _;
@@ -1391,18 +965,9 @@ async fn bad_continuation_tokens_are_rejected() {
     let cases = [
         ("not a token!".to_string(), "not base64"),
         (b64("{}"), "not a JSON offset range"),
-        (
-            b64(r#"{"s":null,"e":{"o":[0,0]},"v":1}"#),
-            "unsupported version 1",
-        ),
-        (
-            b64(r#"{"s":null,"e":{"o":[0]},"v":0}"#),
-            "has 1 partitions, the source has 2",
-        ),
-        (
-            b64(r#"{"s":null,"e":{"o":[5,0]},"v":0}"#),
-            "is ahead of the source",
-        ),
+        (b64(r#"{"s":null,"e":{"o":[0,0]},"v":1}"#), "unsupported version 1"),
+        (b64(r#"{"s":null,"e":{"o":[0]},"v":0}"#), "has 1 partitions, the source has 2"),
+        (b64(r#"{"s":null,"e":{"o":[5,0]},"v":0}"#), "is ahead of the source"),
     ];
     for (token, reason) in cases {
         let response = post(
@@ -1418,10 +983,7 @@ async fn bad_continuation_tokens_are_rejected() {
         let body: Json = serde_json::from_str(&body_text(response).await).unwrap();
         assert_eq!(body["error_code"], 40000);
         let message = body["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("Invalid continuation token"),
-            "{message}"
-        );
+        assert!(message.starts_with("Invalid continuation token"), "{message}");
         assert!(message.contains(reason), "{message}");
     }
     assert_eq!(sim.running_push_queries(), 0);

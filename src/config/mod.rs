@@ -140,8 +140,8 @@ pub struct FeedSettings {
 impl Config {
     /// Loads a config file, applies the environment overrides and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text, &path.display().to_string(), std::env::vars())
     }
 
@@ -151,8 +151,9 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut document: toml::Table = text.parse().map_err(|error: toml::de::Error| {
-            ConfigError::Parse { origin: origin.to_string(), message: error.to_string() }
+        let mut document: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: error.to_string(),
         })?;
         apply_env(&mut document, env)?;
         let raw: RawConfig = toml::Value::Table(document).try_into().map_err(|error: toml::de::Error| {
@@ -168,23 +169,15 @@ impl Config {
 
 /// Overlays `KSQL_LAKE_SECTION__KEY[__KEY]` variables onto the parsed file. Variables without a
 /// `__` (such as `KSQL_LAKE_CAPTURES`) are not config keys and are left alone.
-fn apply_env(
-    document: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let overrides: BTreeMap<String, String> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
-        .collect();
+fn apply_env(document: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let overrides: BTreeMap<String, String> =
+        env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__")).collect();
     for (name, value) in overrides {
-        let path: Vec<String> =
-            name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
+        let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
         let value = env_value(&value);
         match path.as_slice() {
             [section, key] if section != "feeds" => {
-                let table = document
-                    .entry(section.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let table = document.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 let toml::Value::Table(table) = table else {
                     return Err(ConfigError::invalid(section.clone(), "must be a table"));
                 };

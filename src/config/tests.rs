@@ -124,9 +124,8 @@ fn invalid_values_name_the_key_and_what_is_allowed() {
     }
     let unknown = load(&format!("{MINIMAL}flush_max_rowz = 5\n"), &[]).unwrap_err().to_string();
     assert!(unknown.contains("unknown field `flush_max_rowz`"), "{unknown}");
-    let unknown_section = load("[ksqldb]\nurl = \"http://a\"\nuser = \"x\"\n[lake]\nurl = \"/tmp\"\n", &[])
-        .unwrap_err()
-        .to_string();
+    let unknown_section =
+        load("[ksqldb]\nurl = \"http://a\"\nuser = \"x\"\n[lake]\nurl = \"/tmp\"\n", &[]).unwrap_err().to_string();
     assert!(unknown_section.contains("unknown field `user`"), "{unknown_section}");
     let twice = format!("{MINIMAL}[[feeds]]\nname = \"transaction_stream\"\nkind = \"stream\"\nsource = \"X\"\n");
     assert!(load(&twice, &[]).unwrap_err().to_string().contains("defined twice"));

@@ -70,9 +70,7 @@ fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigEr
         "auto" => Http2Mode::Auto,
         "always" => Http2Mode::Always,
         "never" => Http2Mode::Never,
-        other => {
-            return Err(ConfigError::invalid("ksqldb.http2", format!("`{other}`: allowed: auto, always, never")))
-        }
+        other => return Err(ConfigError::invalid("ksqldb.http2", format!("`{other}`: allowed: auto, always, never"))),
     };
     if raw.password.is_some() && raw.username.is_none() {
         return Err(ConfigError::invalid("ksqldb.password", "is set but `ksqldb.username` is not"));
@@ -91,8 +89,11 @@ fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigEr
         raw.reconnect_backoff_initial.as_deref(),
         defaults::RECONNECT_BACKOFF_INITIAL,
     )?;
-    let reconnect_backoff_max =
-        duration("ksqldb.reconnect_backoff_max", raw.reconnect_backoff_max.as_deref(), defaults::RECONNECT_BACKOFF_MAX)?;
+    let reconnect_backoff_max = duration(
+        "ksqldb.reconnect_backoff_max",
+        raw.reconnect_backoff_max.as_deref(),
+        defaults::RECONNECT_BACKOFF_MAX,
+    )?;
     if reconnect_backoff_initial.is_zero() || reconnect_backoff_max < reconnect_backoff_initial {
         return Err(ConfigError::invalid(
             "ksqldb.reconnect_backoff_max",
@@ -155,7 +156,11 @@ fn validate_settings(
         ($field:ident) => {
             (
                 own.$field.clone().or_else(|| defaults.$field.clone()),
-                if own.$field.is_some() { format!("{prefix}.{}", stringify!($field)) } else { format!("defaults.{}", stringify!($field)) },
+                if own.$field.is_some() {
+                    format!("{prefix}.{}", stringify!($field))
+                } else {
+                    format!("defaults.{}", stringify!($field))
+                },
             )
         };
     }
@@ -204,9 +209,7 @@ fn validate_settings(
         "snappy" => Compression::Snappy,
         "lz4" => Compression::Lz4,
         "none" => Compression::None,
-        other => {
-            return Err(ConfigError::invalid(key, format!("`{other}`: allowed: zstd, snappy, lz4, gzip, none")))
-        }
+        other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: zstd, snappy, lz4, gzip, none"))),
     };
     let (row_group_rows, key) = pick!(row_group_rows);
     let row_group_rows = positive(&key, row_group_rows.unwrap_or(defaults::ROW_GROUP_ROWS as u64))?;

@@ -104,8 +104,7 @@ struct InfoFields {
 impl ServerInfo {
     /// Parses a `/info` body: `{"KsqlServerInfo":{"version":...,"kafkaClusterId":...,...}}`.
     pub fn from_body(body: &[u8]) -> Result<ServerInfo, ClientError> {
-        let parsed: InfoBody =
-            serde_json::from_slice(body).map_err(|error| ClientError::Info(error.to_string()))?;
+        let parsed: InfoBody = serde_json::from_slice(body).map_err(|error| ClientError::Info(error.to_string()))?;
         Ok(ServerInfo {
             version: parsed.info.version,
             kafka_cluster_id: parsed.info.kafka_cluster_id,
@@ -158,9 +157,7 @@ impl KsqlClient {
         let (primary, fallback) = match config.http2 {
             Http2Mode::Never => (build(&config, Protocol::Http1)?, None),
             Http2Mode::Always => (build(&config, Protocol::Http2)?, None),
-            Http2Mode::Auto if cleartext => {
-                (build(&config, Protocol::Http2)?, Some(build(&config, Protocol::Http1)?))
-            }
+            Http2Mode::Auto if cleartext => (build(&config, Protocol::Http2)?, Some(build(&config, Protocol::Http1)?)),
             Http2Mode::Auto => (build(&config, Protocol::Negotiate)?, None),
         };
         Ok(KsqlClient {
@@ -178,8 +175,7 @@ impl KsqlClient {
         let url = self.endpoint("info")?;
         let response = self.send(|client| client.get(url.clone()), &url).await?;
         let status = response.status().as_u16();
-        let body =
-            response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
+        let body = response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
         if !(200..300).contains(&status) {
             return Err(ClientError::from_status(status, &body));
         }
@@ -195,16 +191,13 @@ impl KsqlClient {
             "properties": request.properties,
             "requestProperties": request.request_properties,
         });
-        let response = self
-            .send(|client| client.post(url.clone()).header(ACCEPT, DELIMITED).json(&body), &url)
-            .await?;
+        let response = self.send(|client| client.post(url.clone()).header(ACCEPT, DELIMITED).json(&body), &url).await?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             let framing = query_stream_framing(&response)?;
             return QueryStream::open(response, framing).await;
         }
-        let error_body =
-            response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
+        let error_body = response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
         let error = ClientError::from_status(status, &error_body);
         if status != 400 || error.error_code() != Some(ERROR_CODE_HTTP2_ONLY) {
             return Err(error);
@@ -221,15 +214,11 @@ impl KsqlClient {
             "streamsProperties": request.properties,
             "requestProperties": request.request_properties,
         });
-        let response = self
-            .send(|client| client.post(url.clone()).header(ACCEPT, STREAMED_ROW).json(&body), &url)
-            .await?;
+        let response =
+            self.send(|client| client.post(url.clone()).header(ACCEPT, STREAMED_ROW).json(&body), &url).await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
-            let error_body = response
-                .bytes()
-                .await
-                .map_err(|error| ClientError::transport(url.as_str(), error))?;
+            let error_body = response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
             return Err(ClientError::from_status(status, &error_body));
         }
         // The old writer labels StreamedRow output `application/json`.
@@ -281,10 +270,7 @@ impl KsqlClient {
                 .map_err(|error| ClientError::transport(url.as_str(), error));
         };
         if self.protocol.load(Ordering::Relaxed) == PROTOCOL_H1 {
-            return authorise(make(fallback))
-                .send()
-                .await
-                .map_err(|error| ClientError::transport(url.as_str(), error));
+            return authorise(make(fallback)).send().await.map_err(|error| ClientError::transport(url.as_str(), error));
         }
         match authorise(make(&self.primary)).send().await {
             Ok(response) => {
@@ -358,14 +344,10 @@ fn build(config: &ClientConfig, protocol: Protocol) -> Result<reqwest::Client, C
     }
     if let Some(ca_file) = &config.ca_file {
         let pem = read_pem(ca_file, "ca_file")?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
-            ClientError::Config(format!("`ca_file` {}: {error}", ca_file.display()))
-        })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| ClientError::Config(format!("`ca_file` {}: {error}", ca_file.display())))?;
         if certificates.is_empty() {
-            return Err(ClientError::Config(format!(
-                "`ca_file` {} holds no certificate",
-                ca_file.display()
-            )));
+            return Err(ClientError::Config(format!("`ca_file` {} holds no certificate", ca_file.display())));
         }
         builder = builder.tls_certs_only(certificates);
     }
@@ -379,18 +361,13 @@ fn build(config: &ClientConfig, protocol: Protocol) -> Result<reqwest::Client, C
             builder = builder.identity(identity);
         }
         (None, None) => {}
-        _ => {
-            return Err(ClientError::Config(
-                "`client_cert` and `client_key` must be given together".to_string(),
-            ))
-        }
+        _ => return Err(ClientError::Config("`client_cert` and `client_key` must be given together".to_string())),
     }
     builder.build().map_err(|error| ClientError::Config(format!("http client: {error}")))
 }
 
 fn read_pem(path: &Path, field: &str) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path)
-        .map_err(|error| ClientError::Config(format!("`{field}` {}: {error}", path.display())))
+    std::fs::read(path).map_err(|error| ClientError::Config(format!("`{field}` {}: {error}", path.display())))
 }
 
 #[cfg(test)]
@@ -408,12 +385,8 @@ mod tests {
 
     #[test]
     fn base_url_keeps_its_path_prefix() {
-        let client =
-            KsqlClient::new(ClientConfig::new("http://h:8088/ksql".parse().unwrap())).unwrap();
-        assert_eq!(
-            client.endpoint("query-stream").unwrap().as_str(),
-            "http://h:8088/ksql/query-stream"
-        );
+        let client = KsqlClient::new(ClientConfig::new("http://h:8088/ksql".parse().unwrap())).unwrap();
+        assert_eq!(client.endpoint("query-stream").unwrap().as_str(), "http://h:8088/ksql/query-stream");
         let client = KsqlClient::new(ClientConfig::new("http://h:8088".parse().unwrap())).unwrap();
         assert_eq!(client.endpoint("info").unwrap().as_str(), "http://h:8088/info");
         assert!(!format!("{client:?}").contains("password"));
@@ -425,14 +398,7 @@ mod tests {
             br#"{"KsqlServerInfo":{"version":"0.29.0","kafkaClusterId":"k","ksqlServiceId":"s","serverStatus":"RUNNING"}}"#,
         )
         .unwrap();
-        assert_eq!(
-            info,
-            ServerInfo {
-                version: "0.29.0".into(),
-                kafka_cluster_id: "k".into(),
-                service_id: "s".into()
-            }
-        );
+        assert_eq!(info, ServerInfo { version: "0.29.0".into(), kafka_cluster_id: "k".into(), service_id: "s".into() });
         assert!(matches!(ServerInfo::from_body(b"{}"), Err(ClientError::Info(_))));
     }
 }

@@ -301,9 +301,7 @@ impl FrameDecoder {
             Framing::StreamedRow => message::streamed_row_message(&text),
             _ => message::query_stream_message(&text),
         };
-        decoded
-            .map(Some)
-            .map_err(|error: MessageError| error.into_frame_error(message_offset, &text))
+        decoded.map(Some).map_err(|error: MessageError| error.into_frame_error(message_offset, &text))
     }
 
     fn next_array_event(&mut self) -> Result<Option<Event>, FrameError> {
@@ -313,18 +311,13 @@ impl FrameDecoder {
         loop {
             if self.current.is_empty() && !self.next_chunk() {
                 if self.finishing && matches!(self.array, ArrayState::InElement(_)) {
-                    let error = FrameError::new(
-                        self.carry_offset,
-                        "response ended inside a message",
-                        &self.carry,
-                    );
+                    let error = FrameError::new(self.carry_offset, "response ended inside a message", &self.carry);
                     return Err(self.fail(error));
                 }
                 return Ok(None);
             }
             if let ArrayState::InElement(scanner) = &mut self.array {
-                let element_offset =
-                    if self.carry.is_empty() { self.current_offset } else { self.carry_offset };
+                let element_offset = if self.carry.is_empty() { self.current_offset } else { self.carry_offset };
                 match scanner.feed(&self.current) {
                     Ok(Some(end)) => {
                         self.array = ArrayState::AfterElement;
@@ -357,9 +350,7 @@ impl FrameDecoder {
             };
             let next_state = match (&self.array, byte) {
                 (ArrayState::Opening, b'[') => Some(ArrayState::BeforeElement),
-                (ArrayState::BeforeElement | ArrayState::AfterElement, b']') => {
-                    Some(ArrayState::Closed)
-                }
+                (ArrayState::BeforeElement | ArrayState::AfterElement, b']') => Some(ArrayState::Closed),
                 (ArrayState::AfterElement, b',') => Some(ArrayState::BeforeElement),
                 (ArrayState::BeforeElement, b'{' | b'[') => {
                     self.array = ArrayState::InElement(ContainerScanner::new());

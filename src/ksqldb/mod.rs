@@ -5,8 +5,6 @@ pub mod client;
 pub mod error;
 pub mod frame;
 
-pub use client::{
-    ClientConfig, ClientError, Http2Mode, KsqlClient, QueryRequest, QueryStream, ServerInfo,
-};
+pub use client::{ClientConfig, ClientError, Http2Mode, KsqlClient, QueryRequest, QueryStream, ServerInfo};
 pub use error::ServerError;
 pub use frame::{Event, FrameDecoder, FrameError, Framing, Header};

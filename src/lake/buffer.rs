@@ -27,8 +27,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
-use super::commit::{CommitState, Runs};
 use super::budget::{MemoryBudget, Reservation};
+use super::commit::{CommitState, Runs};
 use super::layout::{data_file_name, ulid, FeedKind};
 use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
 use super::Position;

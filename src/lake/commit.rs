@@ -100,7 +100,6 @@ impl CommitState {
     }
 }
 
-
 impl CommitState {
     /// Adds the runs of a data file found in the lake but missing from the manifest (a crash
     /// between the two writes): the committed set becomes exactly what it was plus that file.
@@ -233,7 +232,8 @@ impl CommitLedger {
     pub fn covers(&self, partition: u32, offset: u64) -> bool {
         self.projected.covers(partition, offset)
             || self.pending.values().any(|runs| {
-                runs.get(&partition).is_some_and(|ranges| ranges.iter().any(|&(first, last)| first <= offset && offset <= last))
+                runs.get(&partition)
+                    .is_some_and(|ranges| ranges.iter().any(|&(first, last)| first <= offset && offset <= last))
             })
     }
 

@@ -11,9 +11,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::commit::CommitState;
 use super::commit::Runs;
 use super::layout::FeedKind;
-use super::commit::CommitState;
 use super::Positions;
 use crate::schema::types::KSQL_TYPE_METADATA_KEY;
 

@@ -23,8 +23,8 @@
 //! what a restart resumes from. See [`writer`] and `docs/METADATA.md`.
 
 pub mod budget;
-pub mod commit;
 pub mod buffer;
+pub mod commit;
 pub mod layout;
 pub mod metadata;
 pub mod parquet;
@@ -38,14 +38,13 @@ pub mod writer;
 use std::collections::BTreeMap;
 
 pub use budget::{MemoryBudget, Reservation};
-pub use commit::{CommitLedger, CommitState, Destination, Runs};
 pub use buffer::{FlushJob, FlushPolicy, FlushReason, PartitionBuffers, Pushed};
+pub use commit::{CommitLedger, CommitState, Destination, Runs};
 pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};
 pub use partition::{
-    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter,
-    RowStats,
+    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter, RowStats,
 };
 pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport};
 pub use store::{open_lake, Lake, S3Options, StoreError};

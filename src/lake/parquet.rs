@@ -95,7 +95,11 @@ pub struct ParquetOptions {
 
 impl Default for ParquetOptions {
     fn default() -> Self {
-        ParquetOptions { compression: Compression::default(), row_group_rows: defaults::ROW_GROUP_ROWS, dictionary: true }
+        ParquetOptions {
+            compression: Compression::default(),
+            row_group_rows: defaults::ROW_GROUP_ROWS,
+            dictionary: true,
+        }
     }
 }
 

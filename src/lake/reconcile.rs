@@ -415,8 +415,8 @@ fn scan_staged(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lake::Runs;
     use crate::lake::layout::METADATA_FILE;
+    use crate::lake::Runs;
 
     #[test]
     fn staged_names_are_name_hash_digits_only() {

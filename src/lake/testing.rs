@@ -9,14 +9,14 @@ use std::sync::Arc;
 use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::Schema;
 
-use async_trait::async_trait;
-use futures::stream::BoxStream;
-use object_store::path::Path;
 use super::{
     CommitLedger, Destination, EventTime, FeedKind, FlushJob, FlushPolicy, FlushReason, MemoryBudget, PartitionBuffers,
     PartitionSpec, Position, RowRouter,
 };
 use crate::schema::types::{arrow_schema, Column, KsqlType};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult, Result,

@@ -32,14 +32,14 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersio
 use tracing::{debug, info, warn};
 
 use super::buffer::{FlushJob, FlushReason};
+use super::commit::highest_offsets;
 use super::layout::{FeedKind, LayoutError};
 use super::metadata::{columns_of, format_ms, FeedMetadata, FileEntry};
-use super::commit::highest_offsets;
 use super::parquet::{encode, read_footer_of, EncodeError, EncodedFile, FileInfo, FooterError, ParquetOptions};
 use super::partition::PartitionKey;
 use super::store::Lake;
-use crate::defaults;
 use super::Positions;
+use crate::defaults;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriterOptions {
@@ -225,8 +225,13 @@ impl LakeWriter {
         let data_outcome = self.put_data(job, &data_path, &metadata_path, encoded).await?;
         let (committed_positions, listed_before) = self.commit_metadata(job, &metadata_path, encoded).await?;
         let outcome = if listed_before { CommitOutcome::AlreadyCommitted } else { data_outcome };
-        info!(rows = job.rows, bytes = encoded.bytes.len(), reason = job.reason.as_str(), outcome = outcome.as_str(),
-            "committed data file");
+        info!(
+            rows = job.rows,
+            bytes = encoded.bytes.len(),
+            reason = job.reason.as_str(),
+            outcome = outcome.as_str(),
+            "committed data file"
+        );
         Ok(CommittedFile {
             feed: job.feed.clone(),
             kind: job.kind,
@@ -397,8 +402,7 @@ impl LakeWriter {
             Err(source) => return Err(WriteError::Metadata { path: path.to_string(), source }),
         };
         let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
-        let bytes =
-            result.bytes().await.map_err(|source| WriteError::Metadata { path: path.to_string(), source })?;
+        let bytes = result.bytes().await.map_err(|source| WriteError::Metadata { path: path.to_string(), source })?;
         let metadata = FeedMetadata::from_json(&bytes)
             .map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
         Ok(Some((metadata, version)))

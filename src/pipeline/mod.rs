@@ -26,7 +26,10 @@ use crate::backoff::Backoff;
 use crate::config::{self, Config, FeedConfig};
 use crate::defaults;
 use crate::ksqldb::client::KsqlClient;
-use crate::lake::{self, CommitLedger, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions};
+use crate::lake::{
+    self, CommitLedger, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter,
+    WriterOptions,
+};
 use crate::metrics::{Health, Metrics};
 use events::FeedMetrics;
 use sink::FeedSink;
@@ -239,11 +242,14 @@ fn build_sink(
 /// Each feed has its own writer: compression and row groups are per-feed settings.
 fn writer_options(settings: &config::FeedSettings) -> WriterOptions {
     WriterOptions {
-        parquet: lake::ParquetOptions { compression: settings.compression, row_group_rows: settings.row_group_rows, dictionary: true },
+        parquet: lake::ParquetOptions {
+            compression: settings.compression,
+            row_group_rows: settings.row_group_rows,
+            dictionary: true,
+        },
         ..WriterOptions::default()
     }
 }
-
 
 /// `ksql-lake check`: each line is what was tried and how it went.
 pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
@@ -251,7 +257,9 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
     let client = KsqlClient::new(config.ksqldb.client.clone());
     match &client {
         Ok(client) => match client.info().await {
-            Ok(info) => report.push((format!("ksqlDB {}", config.ksqldb.client.url), Ok(format!("version {}", info.version)))),
+            Ok(info) => {
+                report.push((format!("ksqlDB {}", config.ksqldb.client.url), Ok(format!("version {}", info.version))))
+            }
             Err(error) => report.push((format!("ksqlDB {}", config.ksqldb.client.url), Err(error.to_string()))),
         },
         Err(error) => report.push(("ksqlDB client".into(), Err(error.to_string()))),
@@ -266,7 +274,9 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
             for feed in &config.feeds {
                 let label = format!("feed {} metadata", feed.name);
                 match writer.read_metadata(feed.kind, &feed.name).await {
-                    Ok(Some(metadata)) => report.push((label, Ok(format!("{} rows committed", metadata.total_records)))),
+                    Ok(Some(metadata)) => {
+                        report.push((label, Ok(format!("{} rows committed", metadata.total_records))))
+                    }
                     Ok(None) => report.push((label, Ok("new feed".into()))),
                     Err(error) => report.push((label, Err(format!("{error:#}")))),
                 }

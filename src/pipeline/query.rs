@@ -109,8 +109,7 @@ fn resume_filter(start_after: &lake::Positions) -> Option<String> {
         .iter()
         .map(|(partition, offset)| format!("({ROWPARTITION} = {partition} AND {ROWOFFSET} > {offset})"))
         .collect();
-    let unseen: Vec<String> =
-        start_after.keys().map(|partition| format!("{ROWPARTITION} <> {partition}")).collect();
+    let unseen: Vec<String> = start_after.keys().map(|partition| format!("{ROWPARTITION} <> {partition}")).collect();
     terms.push(format!("({})", unseen.join(" AND ")));
     Some(terms.join(" OR "))
 }
@@ -164,7 +163,10 @@ mod tests {
         );
         let at = |partition, offset| Position { partition, offset };
         assert!(resume.covers(at(0, 41)) && !resume.covers(at(0, 42)) && !resume.covers(at(2, 0)));
-        assert!(resume.covers(at(0, 45)) && resume.covers(at(0, 50)) && !resume.covers(at(0, 51)), "committed runs are skipped");
+        assert!(
+            resume.covers(at(0, 45)) && resume.covers(at(0, 50)) && !resume.covers(at(0, 51)),
+            "committed runs are skipped"
+        );
     }
 
     #[test]

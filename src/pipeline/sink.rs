@@ -323,7 +323,8 @@ impl Committer {
         let failed = |error: WriteError| SinkFailed { feed: self.feed.clone(), rows: job.rows, source: error };
         let encode_started = Instant::now();
         let encoded = self.writer.encode(&job).await.map_err(|error| {
-            CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }.emit(&self.metrics, &self.health);
+            CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }
+                .emit(&self.metrics, &self.health);
             failed(error)
         })?;
         let encode_seconds = encode_started.elapsed();

@@ -12,13 +12,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::events::FeedMetrics;
 use super::query::{leading_position, push_query, Resume};
 use crate::backoff::Backoff;
 use crate::config::Delivery;
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
 use crate::ksqldb::Event;
 use crate::lake::{CommitState, Position};
-use super::events::FeedMetrics;
 use crate::metrics::{FeedState, Health};
 use crate::schema::{Column, RowDecoder};
 
@@ -191,8 +191,7 @@ impl FeedSource {
         let mut request_properties = serde_json::Map::new();
         if settings.delivery == Delivery::ContinuationToken {
             if let Some(token) = resume.token.as_ref().or(resume.committed.token.as_ref()) {
-                request_properties
-                    .insert("request.ksql.query.push.continuation.token".into(), token.clone().into());
+                request_properties.insert("request.ksql.query.push.continuation.token".into(), token.clone().into());
             }
         }
         let request = QueryRequest { sql, properties, request_properties };
@@ -253,11 +252,13 @@ impl FeedSource {
             };
             match event {
                 Ok(Some(Event::Row { values, .. })) => {
-                    let position = positioned.then(|| leading_position(&values)).flatten().and_then(
-                        |(_, partition, offset)| {
-                            Some(Position { partition: u32::try_from(partition).ok()?, offset: u64::try_from(offset).ok()? })
-                        },
-                    );
+                    let position =
+                        positioned.then(|| leading_position(&values)).flatten().and_then(|(_, partition, offset)| {
+                            Some(Position {
+                                partition: u32::try_from(partition).ok()?,
+                                offset: u64::try_from(offset).ok()?,
+                            })
+                        });
                     if let Some(position) = position {
                         if settings.delivery != Delivery::Latest {
                             if resume.handed_on(position) {
@@ -341,7 +342,12 @@ impl FeedSource {
     }
 
     /// Sends the decoded rows on; false when the buffer stage is gone.
-    async fn send_batch(&self, decoder: &mut RowDecoder, pending: &mut Pending, sender: &mpsc::Sender<SourceMessage>) -> bool {
+    async fn send_batch(
+        &self,
+        decoder: &mut RowDecoder,
+        pending: &mut Pending,
+        sender: &mpsc::Sender<SourceMessage>,
+    ) -> bool {
         if decoder.is_empty() && pending.passed.is_empty() {
             return true;
         }

@@ -6,6 +6,6 @@ pub mod types;
 
 pub use rows::{RowDecoder, RowError};
 pub use types::{
-    arrow_schema, columns_from_metadata, format_schema, parse_schema, parse_type, Column,
-    ColumnRole, KsqlType, StructField, TypeParseError,
+    arrow_schema, columns_from_metadata, format_schema, parse_schema, parse_type, Column, ColumnRole, KsqlType,
+    StructField, TypeParseError,
 };

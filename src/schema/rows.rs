@@ -144,10 +144,7 @@ fn decode_row(builders: &mut [Builder], cur: &mut Cursor<'_>) -> Result<(), (Opt
     let expected = builders.len();
     let row_error = |fail: Fail| (None, fail);
     if !cur.eat(b'[') {
-        return Err(row_error(Fail::new(format!(
-            "expected a JSON array, found {}",
-            cur.describe_next()
-        ))));
+        return Err(row_error(Fail::new(format!("expected a JSON array, found {}", cur.describe_next()))));
     }
     for (index, builder) in builders.iter_mut().enumerate() {
         if index > 0 && !cur.eat(b',') {

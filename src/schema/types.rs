@@ -33,7 +33,10 @@ pub enum KsqlType {
     Bigint,
     Double,
     /// `DECIMAL(precision, scale)`, with `0 <= scale <= precision`.
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
     String,
     Bytes,
     /// Milliseconds since the epoch, UTC.
@@ -124,10 +127,7 @@ pub fn parse_schema(input: &str) -> Result<Vec<Column>, TypeParseError> {
 }
 
 /// Builds the columns of a delimited `/query-stream` metadata line.
-pub fn columns_from_metadata(
-    names: &[String],
-    types: &[String],
-) -> Result<Vec<Column>, TypeParseError> {
+pub fn columns_from_metadata(names: &[String], types: &[String]) -> Result<Vec<Column>, TypeParseError> {
     if names.len() != types.len() {
         return Err(TypeParseError {
             input: format!("{} names, {} types", names.len(), types.len()),
@@ -135,11 +135,7 @@ pub fn columns_from_metadata(
             reason: "columnNames and columnTypes differ in length".to_string(),
         });
     }
-    names
-        .iter()
-        .zip(types)
-        .map(|(name, ty)| Ok(Column::new(name.clone(), parse_type(ty)?)))
-        .collect()
+    names.iter().zip(types).map(|(name, ty)| Ok(Column::new(name.clone(), parse_type(ty)?))).collect()
 }
 
 struct Parser<'a> {
@@ -149,11 +145,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, reason: &str) -> TypeParseError {
-        TypeParseError {
-            input: self.input.to_string(),
-            position: self.pos,
-            reason: reason.to_string(),
-        }
+        TypeParseError { input: self.input.to_string(), position: self.pos, reason: reason.to_string() }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -257,9 +249,7 @@ impl Parser<'_> {
                 let scale = self.parse_number()?;
                 self.expect(b')')?;
                 if precision == 0 || precision > u32::from(DECIMAL_MAX_PRECISION) {
-                    return Err(self.error(&format!(
-                        "DECIMAL precision must be 1 to {DECIMAL_MAX_PRECISION}"
-                    )));
+                    return Err(self.error(&format!("DECIMAL precision must be 1 to {DECIMAL_MAX_PRECISION}")));
                 }
                 if scale > precision {
                     return Err(self.error("DECIMAL scale must not exceed its precision"));
@@ -429,10 +419,8 @@ pub fn list_item_field(item: &KsqlType) -> Field {
 /// The `entries` field of an Arrow map: a non-null struct of a non-null `key` and a nullable
 /// `value`.
 pub fn map_entries_field(key: &KsqlType, value: &KsqlType) -> Field {
-    let entries = Fields::from(vec![
-        Field::new("key", key.to_arrow(), false),
-        Field::new("value", value.to_arrow(), true),
-    ]);
+    let entries =
+        Fields::from(vec![Field::new("key", key.to_arrow(), false), Field::new("value", value.to_arrow(), true)]);
     Field::new("entries", DataType::Struct(entries), false)
 }
 
@@ -447,9 +435,8 @@ pub fn arrow_schema(columns: &[Column]) -> Schema {
     let fields: Vec<Field> = columns
         .iter()
         .map(|column| {
-            Field::new(&column.name, column.ty.to_arrow(), true).with_metadata(
-                [(KSQL_TYPE_METADATA_KEY.to_string(), column.ty.to_string())],
-            )
+            Field::new(&column.name, column.ty.to_arrow(), true)
+                .with_metadata([(KSQL_TYPE_METADATA_KEY.to_string(), column.ty.to_string())])
         })
         .collect();
     Schema::new(fields)

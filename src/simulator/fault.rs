@@ -55,10 +55,7 @@ impl QueryControl {
 
     /// A control block `/close-query` does not know (a scalable push query).
     pub fn unclosable(id: String) -> Self {
-        QueryControl {
-            closable: false,
-            ..QueryControl::new(id, Vec::new())
-        }
+        QueryControl { closable: false, ..QueryControl::new(id, Vec::new()) }
     }
 
     pub fn push(&self, fault: Fault) {
@@ -69,9 +66,6 @@ impl QueryControl {
     }
 
     pub fn take(&self) -> Vec<Fault> {
-        self.inbox
-            .lock()
-            .map(|mut inbox| std::mem::take(&mut *inbox))
-            .unwrap_or_default()
+        self.inbox.lock().map(|mut inbox| std::mem::take(&mut *inbox)).unwrap_or_default()
     }
 }

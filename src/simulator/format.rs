@@ -50,11 +50,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(framing: Framing, kind: QueryKind) -> Self {
-        Writer {
-            framing,
-            pull_table: kind == QueryKind::PullTable,
-            scalable: false,
-        }
+        Writer { framing, pull_table: kind == QueryKind::PullTable, scalable: false }
     }
 
     /// Appends a standalone continuation-token entry (brief section 3).

@@ -134,17 +134,9 @@ pub enum SimulatorError {
     #[error("{0} does not exist")]
     UnknownSource(String),
     #[error("source {source_name} has {expected} columns, got {got} values")]
-    ColumnCount {
-        source_name: String,
-        expected: usize,
-        got: usize,
-    },
+    ColumnCount { source_name: String, expected: usize, got: usize },
     #[error("source {source_name} has {partitions} partitions, no partition {partition}")]
-    NoSuchPartition {
-        source_name: String,
-        partition: u32,
-        partitions: u32,
-    },
+    NoSuchPartition { source_name: String, partition: u32, partitions: u32 },
     #[error("cannot replace the columns of {source_name}: {reason}")]
     IncompatibleSchema { source_name: String, reason: String },
     #[error("source {0} is not a table")]
@@ -152,10 +144,7 @@ pub enum SimulatorError {
     #[error("a simulator lock was poisoned")]
     Poisoned,
     #[error("cannot serve on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The simulator: sources, running queries and faults. Cheap to clone (shared state).
@@ -185,12 +174,7 @@ pub fn canonical_name(name: &str) -> String {
 
 impl Simulator {
     pub fn new(config: SimulatorConfig) -> Self {
-        Simulator {
-            inner: Arc::new(Inner {
-                config,
-                ..Inner::default()
-            }),
-        }
+        Simulator { inner: Arc::new(Inner { config, ..Inner::default() }) }
     }
 
     pub fn config(&self) -> &SimulatorConfig {
@@ -198,11 +182,7 @@ impl Simulator {
     }
 
     fn add_source(&self, source: Source) -> Result<(), SimulatorError> {
-        let mut sources = self
-            .inner
-            .sources
-            .write()
-            .map_err(|_| SimulatorError::Poisoned)?;
+        let mut sources = self.inner.sources.write().map_err(|_| SimulatorError::Poisoned)?;
         if sources.contains_key(&source.name) {
             return Err(SimulatorError::SourceExists(source.name));
         }
@@ -212,27 +192,10 @@ impl Simulator {
 
     /// Creates a stream. Columns with [`ColumnRole::Key`] are key columns (used to pick a
     /// partition); they should come first, as ksqlDB lists them.
-    pub fn create_stream(
-        &self,
-        name: &str,
-        columns: Vec<Column>,
-        partitions: u32,
-    ) -> Result<(), SimulatorError> {
-        let columns = columns
-            .into_iter()
-            .map(|c| Column {
-                name: canonical_name(&c.name),
-                ..c
-            })
-            .collect();
+    pub fn create_stream(&self, name: &str, columns: Vec<Column>, partitions: u32) -> Result<(), SimulatorError> {
+        let columns = columns.into_iter().map(|c| Column { name: canonical_name(&c.name), ..c }).collect();
         let retention = self.inner.config.retention;
-        self.add_source(Source::new(
-            canonical_name(name),
-            SourceKind::Stream,
-            columns,
-            partitions,
-            retention,
-        ))
+        self.add_source(Source::new(canonical_name(name), SourceKind::Stream, columns, partitions, retention))
     }
 
     /// Creates a (materialized, queryable) table: key columns first, then value columns.
@@ -244,11 +207,8 @@ impl Simulator {
         value_columns: Vec<Column>,
         partitions: u32,
     ) -> Result<(), SimulatorError> {
-        let keys = key_columns.into_iter().map(|c| Column {
-            name: canonical_name(&c.name),
-            ty: c.ty,
-            role: ColumnRole::Key,
-        });
+        let keys =
+            key_columns.into_iter().map(|c| Column { name: canonical_name(&c.name), ty: c.ty, role: ColumnRole::Key });
         let values = value_columns.into_iter().map(|c| Column {
             name: canonical_name(&c.name),
             ty: c.ty,
@@ -256,13 +216,7 @@ impl Simulator {
         });
         let retention = self.inner.config.retention;
         let columns = keys.chain(values).collect();
-        self.add_source(Source::new(
-            canonical_name(name),
-            SourceKind::Table,
-            columns,
-            partitions,
-            retention,
-        ))
+        self.add_source(Source::new(canonical_name(name), SourceKind::Table, columns, partitions, retention))
     }
 
     pub(crate) fn source(&self, name: &str) -> Result<Arc<Source>, SimulatorError> {
@@ -277,12 +231,7 @@ impl Simulator {
 
     /// Names of the sources, as ksqlDB holds them.
     pub fn source_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .inner
-            .sources
-            .read()
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default();
+        let mut names: Vec<String> = self.inner.sources.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
         names.sort();
         names
     }
@@ -298,13 +247,7 @@ impl Simulator {
     ) -> Result<(u32, i64), SimulatorError> {
         let source = self.source(&canonical_name(source))?;
         let (text, ends) = source.render(&values)?;
-        let pending = Pending {
-            partition,
-            rowtime: rowtime_ms,
-            text,
-            ends,
-            tombstone: false,
-        };
+        let pending = Pending { partition, rowtime: rowtime_ms, text, ends, tombstone: false };
         source.append([pending]).map(|p| p[0])
     }
 
@@ -347,12 +290,7 @@ impl Simulator {
 
     /// Deletes a key from a table: push queries see a tombstone (StreamedRow only), pull
     /// queries no longer see the key.
-    pub fn delete(
-        &self,
-        table: &str,
-        key: Vec<Value>,
-        rowtime_ms: i64,
-    ) -> Result<(u32, i64), SimulatorError> {
+    pub fn delete(&self, table: &str, key: Vec<Value>, rowtime_ms: i64) -> Result<(u32, i64), SimulatorError> {
         let source = self.source(&canonical_name(table))?;
         if source.kind != SourceKind::Table {
             return Err(SimulatorError::NotATable(source.name.clone()));
@@ -360,13 +298,7 @@ impl Simulator {
         let mut values = key;
         values.resize(source.columns().len(), Value::Null);
         let (text, ends) = source.render(&values)?;
-        let pending = Pending {
-            partition: None,
-            rowtime: rowtime_ms,
-            text,
-            ends,
-            tombstone: true,
-        };
+        let pending = Pending { partition: None, rowtime: rowtime_ms, text, ends, tombstone: true };
         source.append([pending]).map(|p| p[0])
     }
 
@@ -379,19 +311,9 @@ impl Simulator {
     ///   ksqlDB's transient queries do; end them with [`Fault::Terminate`] (or a cut) to
     ///   make a client reconnect. New queries see the new columns (`SELECT *` expands to
     ///   them).
-    pub fn replace_columns(
-        &self,
-        source: &str,
-        columns: Vec<Column>,
-    ) -> Result<(), SimulatorError> {
+    pub fn replace_columns(&self, source: &str, columns: Vec<Column>) -> Result<(), SimulatorError> {
         let source = self.source(&canonical_name(source))?;
-        let columns: Vec<Column> = columns
-            .into_iter()
-            .map(|c| Column {
-                name: canonical_name(&c.name),
-                ..c
-            })
-            .collect();
+        let columns: Vec<Column> = columns.into_iter().map(|c| Column { name: canonical_name(&c.name), ..c }).collect();
         source.replace_columns(columns)?;
         tracing::info!(source = %source.name, columns = source.columns().len(), "source columns replaced");
         Ok(())
@@ -413,21 +335,13 @@ impl Simulator {
 
     /// Ids of the push queries currently running.
     pub fn query_ids(&self) -> Vec<String> {
-        self.inner
-            .queries
-            .lock()
-            .map(|q| q.keys().cloned().collect())
-            .unwrap_or_default()
+        self.inner.queries.lock().map(|q| q.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Applies a fault to every push query running now. Returns how many got it.
     pub fn inject(&self, fault: Fault) -> usize {
-        let queries: Vec<Arc<QueryControl>> = self
-            .inner
-            .queries
-            .lock()
-            .map(|q| q.values().cloned().collect())
-            .unwrap_or_default();
+        let queries: Vec<Arc<QueryControl>> =
+            self.inner.queries.lock().map(|q| q.values().cloned().collect()).unwrap_or_default();
         for query in &queries {
             query.push(fault.clone());
         }
@@ -443,12 +357,7 @@ impl Simulator {
 
     /// Applies a fault to one running push query; false if no such query.
     pub fn inject_query(&self, query_id: &str, fault: Fault) -> bool {
-        let query = self
-            .inner
-            .queries
-            .lock()
-            .ok()
-            .and_then(|q| q.get(query_id).cloned());
+        let query = self.inner.queries.lock().ok().and_then(|q| q.get(query_id).cloned());
         match query {
             Some(query) => {
                 query.push(fault);
@@ -459,11 +368,7 @@ impl Simulator {
     }
 
     pub(crate) fn take_next_faults(&self) -> Vec<Fault> {
-        self.inner
-            .next_faults
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
+        self.inner.next_faults.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default()
     }
 
     /// Reserves a push-query slot, or `None` when `max_push_queries` are running.
@@ -471,17 +376,12 @@ impl Simulator {
         let max = self.inner.config.max_push_queries;
         self.inner
             .push_queries
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
             .ok()?;
         if let Ok(mut queries) = self.inner.queries.lock() {
             queries.insert(control.id.clone(), Arc::clone(&control));
         }
-        Some(SlotGuard {
-            inner: Arc::clone(&self.inner),
-            id: control.id.clone(),
-        })
+        Some(SlotGuard { inner: Arc::clone(&self.inner), id: control.id.clone() })
     }
 
     /// Serves HTTP/1.1 and h2c on `addr` (use port 0 in tests).

@@ -101,9 +101,8 @@ impl Plan {
                     }
                 }
                 SelectItem::Column(name) => {
-                    let (proj, column) = resolve(&source_columns, name).ok_or_else(|| {
-                        PlanError(format!("SELECT column '{name}' cannot be resolved."))
-                    })?;
+                    let (proj, column) = resolve(&source_columns, name)
+                        .ok_or_else(|| PlanError(format!("SELECT column '{name}' cannot be resolved.")))?;
                     check_pull_pseudo(kind, proj, "SELECT")?;
                     projection.push(proj);
                     columns.push(output_column(&column, kind));
@@ -111,24 +110,12 @@ impl Plan {
             }
         }
         let identity = projection.len() == source_columns.len()
-            && projection
-                .iter()
-                .enumerate()
-                .all(|(i, p)| *p == Proj::Column(i));
+            && projection.iter().enumerate().all(|(i, p)| *p == Proj::Column(i));
         let filter = match &select.filter {
             Some(expr) => Some(bind(expr, &source_columns, kind)?),
             None => None,
         };
-        Ok(Plan {
-            source,
-            kind,
-            projection,
-            identity,
-            columns,
-            source_columns,
-            filter,
-            limit: select.limit,
-        })
+        Ok(Plan { source, kind, projection, identity, columns, source_columns, filter, limit: select.limit })
     }
 
     /// Whether the query reads ROWPARTITION or ROWOFFSET anywhere (which rules out a
@@ -145,9 +132,9 @@ impl Plan {
                 Filter::And(a, b) | Filter::Or(a, b) => in_filter(a) || in_filter(b),
                 Filter::Not(a) => in_filter(a),
                 Filter::Literal(_) => false,
-                Filter::Compare(left, _, right) => [left, right]
-                    .iter()
-                    .any(|term| matches!(term, Term::Field(Proj::Rowpartition | Proj::Rowoffset))),
+                Filter::Compare(left, _, right) => {
+                    [left, right].iter().any(|term| matches!(term, Term::Field(Proj::Rowpartition | Proj::Rowoffset)))
+                }
             }
         }
         self.filter.as_ref().is_some_and(in_filter)
@@ -195,11 +182,7 @@ fn output_column(column: &Column, kind: QueryKind) -> Column {
     } else {
         ColumnRole::Value
     };
-    Column {
-        name: column.name.clone(),
-        ty: column.ty.clone(),
-        role,
-    }
+    Column { name: column.name.clone(), ty: column.ty.clone(), role }
 }
 
 fn resolve(columns: &[Column], name: &str) -> Option<(Proj, Column)> {
@@ -214,38 +197,28 @@ fn resolve(columns: &[Column], name: &str) -> Option<(Proj, Column)> {
 
 fn check_pull_pseudo(kind: QueryKind, proj: Proj, clause: &str) -> Result<(), PlanError> {
     if kind != QueryKind::Push && matches!(proj, Proj::Rowpartition | Proj::Rowoffset) {
-        return Err(PlanError(format!(
-            "Pull queries don't support ROWPARTITION or ROWOFFSET in {clause} clauses."
-        )));
+        return Err(PlanError(format!("Pull queries don't support ROWPARTITION or ROWOFFSET in {clause} clauses.")));
     }
     Ok(())
 }
 
 fn bind(expr: &Expr, source: &[Column], kind: QueryKind) -> Result<Filter, PlanError> {
     Ok(match expr {
-        Expr::And(a, b) => Filter::And(
-            Box::new(bind(a, source, kind)?),
-            Box::new(bind(b, source, kind)?),
-        ),
-        Expr::Or(a, b) => Filter::Or(
-            Box::new(bind(a, source, kind)?),
-            Box::new(bind(b, source, kind)?),
-        ),
+        Expr::And(a, b) => Filter::And(Box::new(bind(a, source, kind)?), Box::new(bind(b, source, kind)?)),
+        Expr::Or(a, b) => Filter::Or(Box::new(bind(a, source, kind)?), Box::new(bind(b, source, kind)?)),
         Expr::Not(a) => Filter::Not(Box::new(bind(a, source, kind)?)),
         Expr::Literal(b) => Filter::Literal(*b),
-        Expr::Compare(left, op, right) => Filter::Compare(
-            bind_operand(left, source, kind)?,
-            *op,
-            bind_operand(right, source, kind)?,
-        ),
+        Expr::Compare(left, op, right) => {
+            Filter::Compare(bind_operand(left, source, kind)?, *op, bind_operand(right, source, kind)?)
+        }
     })
 }
 
 fn bind_operand(operand: &Operand, source: &[Column], kind: QueryKind) -> Result<Term, PlanError> {
     Ok(match operand {
         Operand::Column(name) => {
-            let (proj, _) = resolve(source, name)
-                .ok_or_else(|| PlanError(format!("WHERE column '{name}' cannot be resolved.")))?;
+            let (proj, _) =
+                resolve(source, name).ok_or_else(|| PlanError(format!("WHERE column '{name}' cannot be resolved.")))?;
             check_pull_pseudo(kind, proj, "WHERE")?;
             Term::Field(proj)
         }
@@ -297,9 +270,7 @@ fn parse_scalar(text: &str) -> Scalar {
         "null" => Scalar::Null,
         "true" => Scalar::Bool(true),
         "false" => Scalar::Bool(false),
-        _ if text.starts_with('"') => serde_json::from_str::<String>(text)
-            .map(Scalar::Str)
-            .unwrap_or(Scalar::Null),
+        _ if text.starts_with('"') => serde_json::from_str::<String>(text).map(Scalar::Str).unwrap_or(Scalar::Null),
         _ => match text.parse::<i64>() {
             Ok(i) => Scalar::Int(i),
             Err(_) => text.parse::<f64>().map(Scalar::Num).unwrap_or(Scalar::Null),
@@ -328,29 +299,15 @@ mod tests {
 
     fn source() -> Arc<Source> {
         let columns = vec![
-            Column {
-                name: "K".into(),
-                ty: KsqlType::String,
-                role: ColumnRole::Key,
-            },
+            Column { name: "K".into(), ty: KsqlType::String, role: ColumnRole::Key },
             Column::new("N", KsqlType::Integer),
             Column::new("D", KsqlType::Double),
         ];
         let source = Source::new("S".into(), SourceKind::Stream, columns, 3, None);
         let rows = (0..9).map(|i| {
-            let values = [
-                Value::string(format!("k{i}")),
-                Value::Integer(i),
-                Value::Double(f64::from(i) / 2.0),
-            ];
+            let values = [Value::string(format!("k{i}")), Value::Integer(i), Value::Double(f64::from(i) / 2.0)];
             let (text, ends) = source.render(&values).unwrap();
-            Pending {
-                partition: Some((i % 3) as u32),
-                rowtime: 1000 + i64::from(i),
-                text,
-                ends,
-                tombstone: false,
-            }
+            Pending { partition: Some((i % 3) as u32), rowtime: 1000 + i64::from(i), text, ends, tombstone: false }
         });
         source.append(rows.collect::<Vec<_>>()).unwrap();
         Arc::new(source)
@@ -375,78 +332,47 @@ mod tests {
     #[test]
     fn pseudo_columns_project_before_star() {
         let source = source();
-        let plan = Plan::new(
-            &parse("SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM S EMIT CHANGES;").unwrap(),
-            source,
-        )
-        .unwrap();
+        let plan =
+            Plan::new(&parse("SELECT ROWTIME, ROWPARTITION, ROWOFFSET, * FROM S EMIT CHANGES;").unwrap(), source)
+                .unwrap();
         assert_eq!(
             crate::schema::format_schema(&plan.columns),
             "`ROWTIME` BIGINT, `ROWPARTITION` INTEGER, `ROWOFFSET` BIGINT, `K` STRING, `N` INTEGER, `D` DOUBLE"
         );
         assert!(!plan.identity);
-        assert_eq!(
-            run("SELECT ROWPARTITION, ROWOFFSET, N FROM S EMIT CHANGES;")[4],
-            "1,1,4"
-        );
+        assert_eq!(run("SELECT ROWPARTITION, ROWOFFSET, N FROM S EMIT CHANGES;")[4], "1,1,4");
     }
 
     #[test]
     fn offset_pseudo_columns_are_found_in_select_and_where() {
-        let uses = |sql: &str| {
-            Plan::new(&parse(sql).unwrap(), source())
-                .unwrap()
-                .uses_offset_columns()
-        };
+        let uses = |sql: &str| Plan::new(&parse(sql).unwrap(), source()).unwrap().uses_offset_columns();
         assert!(!uses("SELECT ROWTIME, * FROM S WHERE N > 1 EMIT CHANGES;"));
         assert!(uses("SELECT ROWOFFSET FROM S EMIT CHANGES;"));
-        assert!(uses(
-            "SELECT N FROM S WHERE N = 1 OR NOT ROWPARTITION = 0 EMIT CHANGES;"
-        ));
+        assert!(uses("SELECT N FROM S WHERE N = 1 OR NOT ROWPARTITION = 0 EMIT CHANGES;"));
     }
 
     #[test]
     fn resume_filter_keeps_rows_after_offsets() {
         // partition p holds N = p, p+3, p+6 at offsets 0, 1, 2
-        let rows = run(
-            "SELECT N FROM S WHERE (ROWPARTITION = 0 AND ROWOFFSET > 1) OR \
-             (ROWPARTITION = 1 AND ROWOFFSET > 0) OR ROWPARTITION > 1 EMIT CHANGES;",
-        );
+        let rows = run("SELECT N FROM S WHERE (ROWPARTITION = 0 AND ROWOFFSET > 1) OR \
+             (ROWPARTITION = 1 AND ROWOFFSET > 0) OR ROWPARTITION > 1 EMIT CHANGES;");
         assert_eq!(rows, vec!["2", "4", "5", "6", "7", "8"]);
     }
 
     #[test]
     fn column_comparisons_use_types() {
-        assert_eq!(
-            run("SELECT N FROM S WHERE K = 'k3' EMIT CHANGES;"),
-            vec!["3"]
-        );
-        assert_eq!(
-            run("SELECT N FROM S WHERE D >= 3.5 AND NOT N = 8 EMIT CHANGES;"),
-            vec!["7"]
-        );
-        assert_eq!(
-            run("SELECT N FROM S WHERE N <> 'x' EMIT CHANGES;"),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            run("SELECT N FROM S WHERE ROWTIME < 1002 EMIT CHANGES;"),
-            vec!["0", "1"]
-        );
+        assert_eq!(run("SELECT N FROM S WHERE K = 'k3' EMIT CHANGES;"), vec!["3"]);
+        assert_eq!(run("SELECT N FROM S WHERE D >= 3.5 AND NOT N = 8 EMIT CHANGES;"), vec!["7"]);
+        assert_eq!(run("SELECT N FROM S WHERE N <> 'x' EMIT CHANGES;"), Vec::<String>::new());
+        assert_eq!(run("SELECT N FROM S WHERE ROWTIME < 1002 EMIT CHANGES;"), vec!["0", "1"]);
     }
 
     #[test]
     fn resolution_errors_read_like_ksqldb() {
-        let err = Plan::new(
-            &parse("SELECT NOPE FROM S EMIT CHANGES;").unwrap(),
-            source(),
-        )
-        .unwrap_err();
+        let err = Plan::new(&parse("SELECT NOPE FROM S EMIT CHANGES;").unwrap(), source()).unwrap_err();
         assert_eq!(err.0, "SELECT column 'NOPE' cannot be resolved.");
         let err = Plan::new(&parse("SELECT ROWOFFSET FROM S;").unwrap(), source()).unwrap_err();
-        assert!(err
-            .0
-            .starts_with("Pull queries don't support ROWPARTITION or ROWOFFSET"));
+        assert!(err.0.starts_with("Pull queries don't support ROWPARTITION or ROWOFFSET"));
         let err = Plan::new(&parse("SELECT * FROM S WHERE X = 1;").unwrap(), source()).unwrap_err();
         assert_eq!(err.0, "WHERE column 'X' cannot be resolved.");
     }

@@ -54,12 +54,7 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn new(positions: Vec<i64>, every: usize) -> Self {
-        Tokens {
-            positions,
-            every: every.max(1),
-            rows_since: 0,
-            moved: false,
-        }
+        Tokens { positions, every: every.max(1), rows_since: 0, moved: false }
     }
 
     /// Takes `row` into the position; false for a row before it (already delivered before
@@ -148,10 +143,7 @@ impl Out {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let _ = self
-            .tx
-            .send(Err(io::Error::other("simulator fault: connection cut")))
-            .await;
+        let _ = self.tx.send(Err(io::Error::other("simulator fault: connection cut"))).await;
     }
 }
 
@@ -159,13 +151,7 @@ impl RunningQuery {
     /// Runs until LIMIT, close, fault, stop point or client disconnect. `header` was already
     /// written into `first` so the client sees the metadata before any row.
     pub async fn run(mut self, tx: mpsc::Sender<Chunk>) {
-        let mut out = Out {
-            tx,
-            bytes_sent: 0,
-            rows_sent: 0,
-            cut_bytes: None,
-            cut_rows: None,
-        };
+        let mut out = Out { tx, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None };
         let mut head = Vec::new();
         self.writer.header(&mut head, &self.query_id, &self.plan);
         // faults armed before the start count from the first body byte
@@ -276,13 +262,7 @@ impl RunningQuery {
     }
 
     /// Turns faults into thresholds relative to what was sent so far.
-    fn absorb(
-        &self,
-        out: &mut Out,
-        faults: &mut Vec<Fault>,
-        stall: &mut Option<Duration>,
-        ending: &mut Option<End>,
-    ) {
+    fn absorb(&self, out: &mut Out, faults: &mut Vec<Fault>, stall: &mut Option<Duration>, ending: &mut Option<End>) {
         for fault in faults.drain(..) {
             tracing::debug!(query_id = %self.query_id, ?fault, "fault applied");
             match fault {

@@ -72,24 +72,13 @@ impl Drop for SimulatorHandle {
     }
 }
 
-pub(crate) async fn serve(
-    sim: Simulator,
-    addr: SocketAddr,
-) -> Result<SimulatorHandle, SimulatorError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| SimulatorError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| SimulatorError::Bind { addr, source })?;
+pub(crate) async fn serve(sim: Simulator, addr: SocketAddr) -> Result<SimulatorHandle, SimulatorError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| SimulatorError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| SimulatorError::Bind { addr, source })?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(accept_loop(sim, listener, stop.clone()));
     tracing::info!(%addr, "ksqlDB simulator listening");
-    Ok(SimulatorHandle {
-        addr,
-        stop,
-        task: Some(task),
-    })
+    Ok(SimulatorHandle { addr, stop, task: Some(task) })
 }
 
 /// Runs a simulator until `shutdown` resolves (for a `ksql-lake simulator` subcommand).
@@ -145,27 +134,16 @@ impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|result| result.map(Frame::data)))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.rx.poll_recv(cx).map(|chunk| chunk.map(|result| result.map(Frame::data)))
     }
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: Option<&str>,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
+fn respond(status: StatusCode, content_type: Option<&str>, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     if let Some(content_type) = content_type {
@@ -193,15 +171,9 @@ async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>
     let config = &sim.inner.config;
     if let Some(credentials) = &config.basic_auth {
         if !authorized(&req, credentials) {
-            let mut response = respond(
-                StatusCode::UNAUTHORIZED,
-                Some("application/json"),
-                generic_error(40100, "Unauthorized"),
-            );
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Basic realm=\"\""),
-            );
+            let mut response =
+                respond(StatusCode::UNAUTHORIZED, Some("application/json"), generic_error(40100, "Unauthorized"));
+            response.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"\""));
             return Ok(response);
         }
     }
@@ -224,17 +196,10 @@ async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>
 }
 
 fn authorized<B>(req: &Request<B>, (user, password): &(String, String)) -> bool {
-    let Some(header) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(header) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some(encoded) = header
-        .strip_prefix("Basic ")
-        .or_else(|| header.strip_prefix("basic "))
-    else {
+    let Some(encoded) = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic ")) else {
         return false;
     };
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
@@ -255,19 +220,10 @@ fn info(config: &SimulatorConfig) -> Response<Body> {
 
 /// Picks the framing from `Accept` (brief sections 1.2 and 2.3); `None` means 406.
 fn negotiate<B>(req: &Request<B>, endpoint: Endpoint) -> Option<Framing> {
-    let header = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let header = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut any = false;
     for media in header.split(',') {
-        let media = media
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let framing = match (media.as_str(), endpoint) {
             ("", _) => continue,
             ("application/vnd.ksqlapi.delimited.v1", _) | ("*/*", _) => Framing::Delimited,
@@ -299,11 +255,7 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, String> 
     serde_json::from_slice(&bytes).map_err(|error| format!("Invalid JSON in request: {error}"))
 }
 
-async fn query_endpoint(
-    sim: &Simulator,
-    req: Request<Incoming>,
-    endpoint: Endpoint,
-) -> Response<Body> {
+async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
     let config = &sim.inner.config;
     if !sim.is_ready() {
         return error_response(
@@ -327,18 +279,8 @@ async fn query_endpoint(
         return respond(StatusCode::NOT_ACCEPTABLE, None, Bytes::new());
     };
     // with Accept: delimited, /query errors come from FailureHandler like /query-stream
-    let error_endpoint = if framing == Framing::Delimited {
-        Endpoint::QueryStream
-    } else {
-        endpoint
-    };
-    let bad = |message: String| {
-        error_response(
-            error_endpoint,
-            StatusCode::BAD_REQUEST,
-            generic_error(40000, &message),
-        )
-    };
+    let error_endpoint = if framing == Framing::Delimited { Endpoint::QueryStream } else { endpoint };
+    let bad = |message: String| error_response(error_endpoint, StatusCode::BAD_REQUEST, generic_error(40000, &message));
     let body = match read_json(req).await {
         Ok(body) => body,
         Err(message) => return bad(message),
@@ -350,46 +292,28 @@ async fn query_endpoint(
     let sql = match body.get(sql_field).and_then(|v| v.as_str()) {
         Some(sql) if !sql.trim().is_empty() || endpoint == Endpoint::QueryStream => sql.to_string(),
         _ if endpoint == Endpoint::Query => return bad("\"ksql\" field must be populated".into()),
-        _ => {
-            return bad(
-                "Invalid JSON in request: Missing required creator property 'sql' (index 0)".into(),
-            )
-        }
+        _ => return bad("Invalid JSON in request: Missing required creator property 'sql' (index 0)".into()),
     };
     let props = body.get(props_field);
     let earliest = props
-        .and_then(|props| {
-            props
-                .get("ksql.streams.auto.offset.reset")
-                .or_else(|| props.get("auto.offset.reset"))
-        })
+        .and_then(|props| props.get("ksql.streams.auto.offset.reset").or_else(|| props.get("auto.offset.reset")))
         .and_then(|v| v.as_str())
         .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
     // /query coerces property types, /query-stream passes them through (brief 1.1, 2.1)
     let flag = |name: &str, default: bool| match props.and_then(|props| props.get(name)) {
         Some(serde_json::Value::Bool(value)) => *value,
-        Some(serde_json::Value::String(value)) if endpoint == Endpoint::Query => {
-            value.eq_ignore_ascii_case("true")
-        }
+        Some(serde_json::Value::String(value)) if endpoint == Endpoint::Query => value.eq_ignore_ascii_case("true"),
         Some(_) => false,
         None => default,
     };
     let push_v2 = flag("ksql.query.push.v2.enabled", config.push_v2_enabled);
-    let tokens = flag(
-        "ksql.query.push.v2.continuation.tokens.enabled",
-        config.continuation_tokens_enabled,
-    );
+    let tokens = flag("ksql.query.push.v2.continuation.tokens.enabled", config.continuation_tokens_enabled);
     let resume_token = body
         .get("requestProperties")
         .and_then(|props| props.get(RESUME_TOKEN_PROPERTY))
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    let options = QueryOptions {
-        earliest,
-        push_v2,
-        tokens,
-        resume_token,
-    };
+    let options = QueryOptions { earliest, push_v2, tokens, resume_token };
     start_query(sim, &sql, &options, framing, error_endpoint)
 }
 
@@ -412,14 +336,7 @@ struct QueryOptions {
 fn scalable_query_id() -> String {
     let bits: u128 = rand::random();
     let hex = format!("{bits:032x}");
-    format!(
-        "SCALABLE_PUSH_QUERY_{}-{}-4{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("SCALABLE_PUSH_QUERY_{}-{}-4{}-{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[16..20], &hex[20..32])
 }
 
 fn start_query(
@@ -429,13 +346,8 @@ fn start_query(
     framing: Framing,
     endpoint: Endpoint,
 ) -> Response<Body> {
-    let statement_failure = |message: &str| {
-        error_response(
-            endpoint,
-            StatusCode::BAD_REQUEST,
-            statement_error(message, sql),
-        )
-    };
+    let statement_failure =
+        |message: &str| error_response(endpoint, StatusCode::BAD_REQUEST, statement_error(message, sql));
     let select = match sql::parse(sql) {
         Ok(select) => select,
         Err(SqlError::StatementCount(n)) => {
@@ -450,10 +362,7 @@ fn start_query(
     let source = match sim.source(&select.from) {
         Ok(source) => source,
         Err(_) => {
-            return statement_failure(&format!(
-                "Exception while preparing statement: {} does not exist.",
-                select.from
-            ))
+            return statement_failure(&format!("Exception while preparing statement: {} does not exist.", select.from))
         }
     };
     let plan = match Plan::new(&select, Arc::clone(&source)) {
@@ -530,18 +439,12 @@ fn start_query(
                             return error_response(
                                 endpoint,
                                 StatusCode::BAD_REQUEST,
-                                generic_error(
-                                    40000,
-                                    &format!("Invalid continuation token: {error}"),
-                                ),
+                                generic_error(40000, &format!("Invalid continuation token: {error}")),
                             )
                         }
                     }
                 }
-                tokens = Some(Tokens::new(
-                    positions,
-                    sim.inner.config.continuation_token_every_rows,
-                ));
+                tokens = Some(Tokens::new(positions, sim.inner.config.continuation_token_every_rows));
             }
             let (query_id, control) = if scalable {
                 writer.scalable = true;
@@ -597,10 +500,7 @@ fn start_query(
 fn resume_point(source: &Source, token: &str) -> Result<(u64, Vec<i64>), TokenError> {
     let offsets = token::decode(token)?;
     if offsets.len() != source.partitions as usize {
-        return Err(TokenError::Partitions {
-            got: offsets.len(),
-            expected: source.partitions as usize,
-        });
+        return Err(TokenError::Partitions { got: offsets.len(), expected: source.partitions as usize });
     }
     let seq = source.seek(&offsets).ok_or(TokenError::Ahead)?;
     Ok((seq, offsets))
@@ -615,27 +515,16 @@ async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> 
         );
     }
     let bad = |message: String| {
-        error_response(
-            Endpoint::QueryStream,
-            StatusCode::BAD_REQUEST,
-            generic_error(40000, &message),
-        )
+        error_response(Endpoint::QueryStream, StatusCode::BAD_REQUEST, generic_error(40000, &message))
     };
     let body = match read_json(req).await {
         Ok(body) => body,
         Err(message) => return bad(message),
     };
     let Some(query_id) = body.get("queryId").and_then(|v| v.as_str()) else {
-        return bad(
-            "Invalid JSON in request: Missing required creator property 'queryId' (index 0)".into(),
-        );
+        return bad("Invalid JSON in request: Missing required creator property 'queryId' (index 0)".into());
     };
-    let control = sim
-        .inner
-        .queries
-        .lock()
-        .ok()
-        .and_then(|q| q.get(query_id).cloned());
+    let control = sim.inner.queries.lock().ok().and_then(|q| q.get(query_id).cloned());
     match control.filter(|control| control.closable) {
         Some(control) => {
             control.close.cancel();

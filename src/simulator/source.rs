@@ -50,11 +50,7 @@ fn column_text<'a>(text: &'a str, ends: &[u32], index: usize) -> &'a str {
     let Some(&end) = ends.get(index) else {
         return "null";
     };
-    let start = if index == 0 {
-        0
-    } else {
-        ends[index - 1] as usize + 1
-    };
+    let start = if index == 0 { 0 } else { ends[index - 1] as usize + 1 };
     text.get(start..end as usize).unwrap_or("null")
 }
 
@@ -108,10 +104,7 @@ impl Source {
             columns: RwLock::new(Arc::new(columns)),
             partitions,
             retention,
-            log: RwLock::new(Log {
-                next_offsets: vec![0; partitions as usize],
-                ..Log::default()
-            }),
+            log: RwLock::new(Log { next_offsets: vec![0; partitions as usize], ..Log::default() }),
             notify: Notify::new(),
             round_robin: AtomicU64::new(0),
         }
@@ -120,20 +113,15 @@ impl Source {
     /// The current columns. Rows produced before a column was added have fewer values;
     /// [`Row::column`] reads the missing ones as `null`.
     pub fn columns(&self) -> Arc<Vec<Column>> {
-        self.columns
-            .read()
-            .map(|c| Arc::clone(&c))
-            .unwrap_or_default()
+        self.columns.read().map(|c| Arc::clone(&c)).unwrap_or_default()
     }
 
     /// Appends columns (an additive `CREATE OR REPLACE`): `columns` must start with the
     /// current columns unchanged, and the added ones must be value columns with new names.
     pub fn replace_columns(&self, columns: Vec<Column>) -> Result<(), SimulatorError> {
         let mut current = self.columns.write().map_err(|_| SimulatorError::Poisoned)?;
-        let incompatible = |reason: String| SimulatorError::IncompatibleSchema {
-            source_name: self.name.clone(),
-            reason,
-        };
+        let incompatible =
+            |reason: String| SimulatorError::IncompatibleSchema { source_name: self.name.clone(), reason };
         if columns.len() < current.len() {
             return Err(incompatible(format!(
                 "{} columns would replace {}; columns can only be added",
@@ -177,31 +165,20 @@ impl Source {
     pub fn seek(&self, offsets: &[i64]) -> Option<u64> {
         let log = self.log.read().ok()?;
         if offsets.len() != log.next_offsets.len()
-            || offsets
-                .iter()
-                .zip(&log.next_offsets)
-                .any(|(wanted, next)| *wanted < 0 || wanted > next)
+            || offsets.iter().zip(&log.next_offsets).any(|(wanted, next)| *wanted < 0 || wanted > next)
         {
             return None;
         }
         let skip = log
             .rows
             .iter()
-            .position(|row| {
-                offsets
-                    .get(row.partition as usize)
-                    .is_some_and(|o| row.offset >= *o)
-            })
+            .position(|row| offsets.get(row.partition as usize).is_some_and(|o| row.offset >= *o))
             .unwrap_or(log.rows.len());
         Some(log.base + skip as u64)
     }
 
     fn key_indexes(columns: &[Column]) -> impl Iterator<Item = usize> + '_ {
-        columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.role == ColumnRole::Key)
-            .map(|(i, _)| i)
+        columns.iter().enumerate().filter(|(_, c)| c.role == ColumnRole::Key).map(|(i, _)| i)
     }
 
     pub fn has_key(&self) -> bool {
@@ -212,11 +189,7 @@ impl Source {
     pub fn render(&self, values: &[Value]) -> Result<(String, Vec<u32>), SimulatorError> {
         let expected = self.columns().len();
         if values.len() != expected {
-            return Err(SimulatorError::ColumnCount {
-                source_name: self.name.clone(),
-                expected,
-                got: values.len(),
-            });
+            return Err(SimulatorError::ColumnCount { source_name: self.name.clone(), expected, got: values.len() });
         }
         let mut text = String::with_capacity(values.len() * 8);
         let mut ends = Vec::with_capacity(values.len());
@@ -234,11 +207,7 @@ impl Source {
     pub fn join_rendered(&self, columns: &[&str]) -> Result<(String, Vec<u32>), SimulatorError> {
         let expected = self.columns().len();
         if columns.len() != expected {
-            return Err(SimulatorError::ColumnCount {
-                source_name: self.name.clone(),
-                expected,
-                got: columns.len(),
-            });
+            return Err(SimulatorError::ColumnCount { source_name: self.name.clone(), expected, got: columns.len() });
         }
         let mut text = String::with_capacity(columns.iter().map(|c| c.len() + 1).sum());
         let mut ends = Vec::with_capacity(columns.len());
@@ -253,10 +222,7 @@ impl Source {
     }
 
     /// Appends rendered rows under one lock and wakes the readers once.
-    pub fn append(
-        &self,
-        rows: impl IntoIterator<Item = Pending>,
-    ) -> Result<Vec<(u32, i64)>, SimulatorError> {
+    pub fn append(&self, rows: impl IntoIterator<Item = Pending>) -> Result<Vec<(u32, i64)>, SimulatorError> {
         let mut positions = Vec::new();
         let columns = self.columns();
         {
@@ -327,29 +293,20 @@ impl Source {
                 key.hash(&mut hasher);
                 (hasher.finish() % u64::from(self.partitions)) as u32
             }
-            None => {
-                (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(self.partitions))
-                    as u32
-            }
+            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(self.partitions)) as u32,
         }
     }
 
     /// The sequence number the next appended row will get ("latest").
     pub fn end(&self) -> u64 {
-        self.log
-            .read()
-            .map(|log| log.base + log.rows.len() as u64)
-            .unwrap_or(0)
+        self.log.read().map(|log| log.base + log.rows.len() as u64).unwrap_or(0)
     }
 
     /// Up to `max` rows from sequence `from` (or from the oldest kept row if `from` was
     /// dropped by retention).
     pub fn read(&self, from: u64, max: usize) -> Batch {
         let Ok(log) = self.log.read() else {
-            return Batch {
-                rows: Vec::new(),
-                next: from,
-            };
+            return Batch { rows: Vec::new(), next: from };
         };
         let start = from.max(log.base);
         let skip = (start - log.base) as usize;
@@ -360,10 +317,7 @@ impl Source {
 
     /// The current state of a table (rows in key order).
     pub fn snapshot(&self) -> Vec<Arc<Row>> {
-        self.log
-            .read()
-            .map(|log| log.state.values().cloned().collect())
-            .unwrap_or_default()
+        self.log.read().map(|log| log.state.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Rows currently kept in the log.
@@ -391,41 +345,20 @@ mod tests {
     use crate::schema::KsqlType;
 
     fn stream(partitions: u32, retention: Option<usize>) -> Source {
-        let columns = vec![
-            Column::new("A", KsqlType::Integer),
-            Column::new("B", KsqlType::String),
-        ];
-        Source::new(
-            "S".into(),
-            SourceKind::Stream,
-            columns,
-            partitions,
-            retention,
-        )
+        let columns = vec![Column::new("A", KsqlType::Integer), Column::new("B", KsqlType::String)];
+        Source::new("S".into(), SourceKind::Stream, columns, partitions, retention)
     }
 
     fn pending(source: &Source, partition: Option<u32>, a: i32) -> Pending {
-        let (text, ends) = source
-            .render(&[Value::Integer(a), Value::string("x,y")])
-            .unwrap();
-        Pending {
-            partition,
-            rowtime: i64::from(a),
-            text,
-            ends,
-            tombstone: false,
-        }
+        let (text, ends) = source.render(&[Value::Integer(a), Value::string("x,y")]).unwrap();
+        Pending { partition, rowtime: i64::from(a), text, ends, tombstone: false }
     }
 
     #[test]
     fn offsets_count_per_partition_and_columns_split() {
         let source = stream(2, None);
         let positions = source
-            .append([
-                pending(&source, Some(1), 1),
-                pending(&source, Some(0), 2),
-                pending(&source, Some(1), 3),
-            ])
+            .append([pending(&source, Some(1), 1), pending(&source, Some(0), 2), pending(&source, Some(1), 3)])
             .unwrap();
         assert_eq!(positions, vec![(1, 0), (0, 0), (1, 1)]);
         let batch = source.read(0, 10);
@@ -438,9 +371,7 @@ mod tests {
     #[test]
     fn retention_drops_oldest_and_readers_skip_ahead() {
         let source = stream(1, Some(2));
-        source
-            .append((0..5).map(|a| pending(&source, None, a)))
-            .unwrap();
+        source.append((0..5).map(|a| pending(&source, None, a))).unwrap();
         let batch = source.read(0, 10);
         assert_eq!(batch.rows.len(), 2);
         assert_eq!(batch.rows[0].offset, 3);
@@ -452,9 +383,7 @@ mod tests {
     fn seek_finds_the_first_row_after_per_partition_offsets() {
         let source = stream(2, None);
         // partition 0 gets a=0,2,4 (offsets 0,1,2), partition 1 gets a=1,3 (offsets 0,1)
-        source
-            .append((0..5).map(|a| pending(&source, Some((a % 2) as u32), a)))
-            .unwrap();
+        source.append((0..5).map(|a| pending(&source, Some((a % 2) as u32), a))).unwrap();
         assert_eq!(source.seek(&[0, 0]), Some(0));
         assert_eq!(source.seek(&[2, 0]), Some(1));
         assert_eq!(source.seek(&[2, 2]), Some(4));
@@ -473,18 +402,8 @@ mod tests {
         assert!(source.replace_columns(columns[1..].to_vec()).is_err());
         source.replace_columns(columns).unwrap();
         assert!(source.render(&[Value::Integer(2), Value::Null]).is_err());
-        let (text, ends) = source
-            .render(&[Value::Integer(2), Value::Null, Value::Boolean(true)])
-            .unwrap();
-        source
-            .append([Pending {
-                partition: None,
-                rowtime: 2,
-                text,
-                ends,
-                tombstone: false,
-            }])
-            .unwrap();
+        let (text, ends) = source.render(&[Value::Integer(2), Value::Null, Value::Boolean(true)]).unwrap();
+        source.append([Pending { partition: None, rowtime: 2, text, ends, tombstone: false }]).unwrap();
         let rows = source.read(0, 10).rows;
         assert_eq!(rows[0].column(2), "null");
         assert_eq!(rows[1].column(2), "true");
@@ -493,23 +412,13 @@ mod tests {
     #[test]
     fn tables_keep_latest_state_per_key() {
         let columns = vec![
-            Column {
-                name: "K".into(),
-                ty: KsqlType::String,
-                role: ColumnRole::Key,
-            },
+            Column { name: "K".into(), ty: KsqlType::String, role: ColumnRole::Key },
             Column::new("V", KsqlType::Integer),
         ];
         let table = Source::new("T".into(), SourceKind::Table, columns, 3, None);
         let row = |k: &str, v: Value, tombstone| {
             let (text, ends) = table.render(&[Value::string(k), v]).unwrap();
-            Pending {
-                partition: None,
-                rowtime: 0,
-                text,
-                ends,
-                tombstone,
-            }
+            Pending { partition: None, rowtime: 0, text, ends, tombstone }
         };
         let positions = table
             .append([

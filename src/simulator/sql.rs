@@ -194,27 +194,14 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
                     }
                 }
                 let text: String = chars[start..i].iter().collect();
-                push(
-                    &mut tokens,
-                    if is_num {
-                        Tok::Num(text)
-                    } else {
-                        Tok::Int(text)
-                    },
-                );
+                push(&mut tokens, if is_num { Tok::Num(text) } else { Tok::Int(text) });
             }
             c if c.is_alphabetic() || c == '_' => {
                 while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().collect::<String>().to_uppercase();
-                push(
-                    &mut tokens,
-                    Tok::Ident {
-                        text,
-                        quoted: false,
-                    },
-                );
+                push(&mut tokens, Tok::Ident { text, quoted: false });
             }
             _ => {
                 let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
@@ -240,11 +227,7 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
                     '>' => ">",
                     ';' => ";",
                     '-' => "-",
-                    _ => {
-                        return Err(SqlError::Syntax(format!(
-                            "line {line}:{col}: token recognition error at: '{c}'"
-                        )))
-                    }
+                    _ => return Err(SqlError::Syntax(format!("line {line}:{col}: token recognition error at: '{c}'"))),
                 };
                 i += 1;
                 push(&mut tokens, Tok::Sym(sym));
@@ -252,11 +235,7 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
         }
     }
     let col = chars.len() - line_start;
-    tokens.push(Token {
-        tok: Tok::Eof,
-        line,
-        col,
-    });
+    tokens.push(Token { tok: Tok::Eof, line, col });
     Ok(tokens)
 }
 
@@ -264,13 +243,7 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
 pub fn parse(sql: &str) -> Result<Select, SqlError> {
     let tokens = tokenize(sql)?;
     let statements = tokens.iter().filter(|t| t.tok == Tok::Sym(";")).count();
-    if statements > 1
-        && tokens
-            .iter()
-            .rev()
-            .nth(1)
-            .is_some_and(|t| t.tok == Tok::Sym(";"))
-    {
+    if statements > 1 && tokens.iter().rev().nth(1).is_some_and(|t| t.tok == Tok::Sym(";")) {
         return Err(SqlError::StatementCount(statements));
     }
     let mut parser = Parser { tokens, pos: 0 };
@@ -349,11 +322,7 @@ impl Parser {
         let items = self.select_items()?;
         self.expect_keyword("FROM")?;
         let from = self.identifier("an identifier")?;
-        let filter = if self.eat_keyword("WHERE") {
-            Some(self.or_expr()?)
-        } else {
-            None
-        };
+        let filter = if self.eat_keyword("WHERE") { Some(self.or_expr()?) } else { None };
         let emit_changes = if self.eat_keyword("EMIT") {
             self.expect_keyword("CHANGES")?;
             true
@@ -385,13 +354,7 @@ impl Parser {
         if self.peek().tok != Tok::Eof {
             return Err(self.error("<EOF>"));
         }
-        Ok(Select {
-            items,
-            from,
-            filter,
-            emit_changes,
-            limit,
-        })
+        Ok(Select { items, from, filter, emit_changes, limit })
     }
 
     fn select_items(&mut self) -> Result<Vec<SelectItem>, SqlError> {
@@ -410,9 +373,7 @@ impl Parser {
 
     /// An identifier that is not a reserved word of this subset.
     fn identifier(&mut self, expecting: &str) -> Result<String, SqlError> {
-        const RESERVED: &[&str] = &[
-            "SELECT", "FROM", "WHERE", "EMIT", "LIMIT", "AND", "OR", "NOT", "CHANGES",
-        ];
+        const RESERVED: &[&str] = &["SELECT", "FROM", "WHERE", "EMIT", "LIMIT", "AND", "OR", "NOT", "CHANGES"];
         match &self.peek().tok {
             Tok::Ident { text, quoted } if *quoted || !RESERVED.contains(&text.as_str()) => {
                 let name = text.clone();
@@ -486,18 +447,9 @@ impl Parser {
             },
             Tok::Num(text) => Operand::Number(format!("{sign}{text}").parse().unwrap_or(f64::NAN)),
             Tok::Str(text) if !negative => Operand::String(text),
-            Tok::Ident {
-                text,
-                quoted: false,
-            } if !negative && text == "TRUE" => Operand::Boolean(true),
-            Tok::Ident {
-                text,
-                quoted: false,
-            } if !negative && text == "FALSE" => Operand::Boolean(false),
-            Tok::Ident {
-                text,
-                quoted: false,
-            } if !negative && text == "NULL" => Operand::Null,
+            Tok::Ident { text, quoted: false } if !negative && text == "TRUE" => Operand::Boolean(true),
+            Tok::Ident { text, quoted: false } if !negative && text == "FALSE" => Operand::Boolean(false),
+            Tok::Ident { text, quoted: false } if !negative && text == "NULL" => Operand::Null,
             Tok::Ident { text, quoted } if !negative => {
                 const RESERVED: &[&str] = &["AND", "OR", "NOT", "EMIT", "LIMIT", "FROM"];
                 if !quoted && RESERVED.contains(&text.as_str()) {
@@ -529,9 +481,7 @@ mod tests {
 
     #[test]
     fn parses_push_query_with_pseudo_columns_and_limit() {
-        let select =
-            parse("select rowtime, ROWPARTITION, rowOffset, * from `Orders` emit changes limit 5;")
-                .unwrap();
+        let select = parse("select rowtime, ROWPARTITION, rowOffset, * from `Orders` emit changes limit 5;").unwrap();
         assert_eq!(
             select.items,
             vec![
@@ -569,14 +519,9 @@ mod tests {
 
     #[test]
     fn and_binds_tighter_than_or_and_not_applies() {
-        let select =
-            parse("SELECT A FROM T WHERE NOT A = 'x''y' OR B <> -3 AND C != 2.5;").unwrap();
+        let select = parse("SELECT A FROM T WHERE NOT A = 'x''y' OR B <> -3 AND C != 2.5;").unwrap();
         let expected = Expr::Or(
-            Box::new(Expr::Not(Box::new(cmp(
-                col("A"),
-                CmpOp::Eq,
-                Operand::String("x'y".into()),
-            )))),
+            Box::new(Expr::Not(Box::new(cmp(col("A"), CmpOp::Eq, Operand::String("x'y".into()))))),
             Box::new(Expr::And(
                 Box::new(cmp(col("B"), CmpOp::Ne, Operand::Integer(-3))),
                 Box::new(cmp(col("C"), CmpOp::Ne, Operand::Number(2.5))),
@@ -592,14 +537,9 @@ mod tests {
             parse("noi;").unwrap_err().to_string(),
             format!("line 1:1: mismatched input 'NOI' expecting {EXPECTING_STATEMENT}")
         );
-        let missing_semicolon = parse("SELECT * FROM S EMIT CHANGES")
-            .unwrap_err()
-            .to_string();
+        let missing_semicolon = parse("SELECT * FROM S EMIT CHANGES").unwrap_err().to_string();
         assert!(missing_semicolon.starts_with("line 1:29: mismatched input '<EOF>' expecting"));
-        assert!(parse("SELECT FROM S;")
-            .unwrap_err()
-            .to_string()
-            .starts_with("line 1:8:"));
+        assert!(parse("SELECT FROM S;").unwrap_err().to_string().starts_with("line 1:8:"));
         assert!(parse("SELECT * FROM S WHERE A = ;").is_err());
         assert!(parse("SELECT * FROM S WHERE (A = 1;").is_err());
         assert!(parse("SELECT * FROM S LIMIT x;").is_err());
@@ -610,14 +550,8 @@ mod tests {
     #[test]
     fn classifies_other_statements() {
         assert_eq!(parse("SHOW STREAMS;"), Err(SqlError::NotAQuery));
-        assert_eq!(
-            parse("create stream x (a int) with (kafka_topic='t');"),
-            Err(SqlError::NotAQuery)
-        );
+        assert_eq!(parse("create stream x (a int) with (kafka_topic='t');"), Err(SqlError::NotAQuery));
         assert_eq!(parse("PRINT 'topic';"), Err(SqlError::Print));
-        assert_eq!(
-            parse("SELECT * FROM A; SELECT * FROM B;"),
-            Err(SqlError::StatementCount(2))
-        );
+        assert_eq!(parse("SELECT * FROM A; SELECT * FROM B;"), Err(SqlError::StatementCount(2)));
     }
 }

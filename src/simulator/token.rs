@@ -35,31 +35,14 @@ pub fn encode(positions: &[i64]) -> String {
 
 /// Decodes a token into the next offset of every partition.
 pub fn decode(token: &str) -> Result<Vec<i64>, TokenError> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
-        .map_err(|_| TokenError::Base64)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(token.trim()).map_err(|_| TokenError::Base64)?;
     let range: Json = serde_json::from_slice(&bytes).map_err(|_| TokenError::Json)?;
-    let version = range
-        .get("v")
-        .and_then(Json::as_i64)
-        .ok_or(TokenError::Json)?;
+    let version = range.get("v").and_then(Json::as_i64).ok_or(TokenError::Json)?;
     if version != 0 {
         return Err(TokenError::Version(version));
     }
-    let offsets = range
-        .get("e")
-        .and_then(|end| end.get("o"))
-        .and_then(Json::as_array)
-        .ok_or(TokenError::NoOffsets)?;
-    offsets
-        .iter()
-        .map(|offset| {
-            offset
-                .as_i64()
-                .filter(|o| *o >= 0)
-                .ok_or(TokenError::NoOffsets)
-        })
-        .collect()
+    let offsets = range.get("e").and_then(|end| end.get("o")).and_then(Json::as_array).ok_or(TokenError::NoOffsets)?;
+    offsets.iter().map(|offset| offset.as_i64().filter(|o| *o >= 0).ok_or(TokenError::NoOffsets)).collect()
 }
 
 #[cfg(test)]
@@ -70,13 +53,8 @@ mod tests {
     fn round_trips_and_has_ksqldb_shape() {
         let token = encode(&[3, 0, 17]);
         assert_eq!(decode(&token).unwrap(), vec![3, 0, 17]);
-        let json = base64::engine::general_purpose::STANDARD
-            .decode(&token)
-            .unwrap();
-        assert_eq!(
-            std::str::from_utf8(&json).unwrap(),
-            r#"{"s":null,"e":{"o":[3,0,17]},"v":0}"#
-        );
+        let json = base64::engine::general_purpose::STANDARD.decode(&token).unwrap();
+        assert_eq!(std::str::from_utf8(&json).unwrap(), r#"{"s":null,"e":{"o":[3,0,17]},"v":0}"#);
     }
 
     #[test]
@@ -84,14 +62,8 @@ mod tests {
         assert_eq!(decode("***"), Err(TokenError::Base64));
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         assert_eq!(decode(&b64("nope")), Err(TokenError::Json));
-        assert_eq!(
-            decode(&b64(r#"{"v":1,"e":{"o":[]}}"#)),
-            Err(TokenError::Version(1))
-        );
-        assert_eq!(
-            decode(&b64(r#"{"v":0,"e":{"o":[-1]}}"#)),
-            Err(TokenError::NoOffsets)
-        );
+        assert_eq!(decode(&b64(r#"{"v":1,"e":{"o":[]}}"#)), Err(TokenError::Version(1)));
+        assert_eq!(decode(&b64(r#"{"v":0,"e":{"o":[-1]}}"#)), Err(TokenError::NoOffsets));
         assert_eq!(decode(&b64(r#"{"v":0}"#)), Err(TokenError::NoOffsets));
     }
 }

@@ -56,11 +56,7 @@ impl Value {
         if int_part.is_empty() && frac_part.is_empty() {
             return None;
         }
-        if !int_part
-            .bytes()
-            .chain(frac_part.bytes())
-            .all(|b| b.is_ascii_digit())
-        {
+        if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
             return None;
         }
         let scale = u8::try_from(frac_part.len()).ok()?;
@@ -69,17 +65,12 @@ impl Value {
             return Some(Value::Decimal { unscaled: 0, scale });
         }
         match joined.parse::<i128>() {
-            Ok(magnitude) => Some(Value::Decimal {
-                unscaled: if negative { -magnitude } else { magnitude },
-                scale,
-            }),
+            Ok(magnitude) => Some(Value::Decimal { unscaled: if negative { -magnitude } else { magnitude }, scale }),
             Err(_) if joined.len() <= 76 => {
                 let int_part = if int_part.is_empty() { "0" } else { int_part };
                 let sign = if negative { "-" } else { "" };
                 let point = if frac_part.is_empty() { "" } else { "." };
-                Some(Value::DecimalText(format!(
-                    "{sign}{int_part}{point}{frac_part}"
-                )))
+                Some(Value::DecimalText(format!("{sign}{int_part}{point}{frac_part}")))
             }
             Err(_) => None,
         }
@@ -268,11 +259,7 @@ pub fn write_json_double(out: &mut String, d: f64) {
     if d.is_nan() {
         out.push_str("\"NaN\"");
     } else if d.is_infinite() {
-        out.push_str(if d > 0.0 {
-            "\"Infinity\""
-        } else {
-            "\"-Infinity\""
-        });
+        out.push_str(if d > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
     } else {
         write_java_double(out, d);
     }
@@ -416,14 +403,8 @@ mod tests {
         assert_eq!(json(Value::Boolean(true)), "true");
         assert_eq!(json(Value::Boolean(false)), "false");
         assert_eq!(json(Value::Integer(-42)), "-42");
-        assert_eq!(
-            json(Value::Bigint(123456789123456789)),
-            "123456789123456789"
-        );
-        assert_eq!(
-            json(Value::string("a\"b\\c\nd\u{1}é")),
-            r#""a\"b\\c\nd\u0001é""#
-        );
+        assert_eq!(json(Value::Bigint(123456789123456789)), "123456789123456789");
+        assert_eq!(json(Value::string("a\"b\\c\nd\u{1}é")), r#""a\"b\\c\nd\u0001é""#);
         assert_eq!(json(Value::Bytes(vec![0x21])), r#""IQ==""#);
         assert_eq!(json(Value::Bytes(vec![0, 1, 2])), r#""AAEC""#);
     }
@@ -457,52 +438,16 @@ mod tests {
 
     #[test]
     fn decimals_render_plain_with_scale_kept() {
-        assert_eq!(
-            json(Value::Decimal {
-                unscaled: 450,
-                scale: 2
-            }),
-            "4.50"
-        );
-        assert_eq!(
-            json(Value::Decimal {
-                unscaled: 500,
-                scale: 2
-            }),
-            "5.00"
-        );
-        assert_eq!(
-            json(Value::Decimal {
-                unscaled: -5,
-                scale: 2
-            }),
-            "-0.05"
-        );
-        assert_eq!(
-            json(Value::Decimal {
-                unscaled: 12,
-                scale: 0
-            }),
-            "12"
-        );
-        assert_eq!(
-            json(Value::Decimal {
-                unscaled: 0,
-                scale: 3
-            }),
-            "0.000"
-        );
-        assert_eq!(
-            json(Value::decimal("9999999999999999.1234").unwrap()),
-            "9999999999999999.1234"
-        );
+        assert_eq!(json(Value::Decimal { unscaled: 450, scale: 2 }), "4.50");
+        assert_eq!(json(Value::Decimal { unscaled: 500, scale: 2 }), "5.00");
+        assert_eq!(json(Value::Decimal { unscaled: -5, scale: 2 }), "-0.05");
+        assert_eq!(json(Value::Decimal { unscaled: 12, scale: 0 }), "12");
+        assert_eq!(json(Value::Decimal { unscaled: 0, scale: 3 }), "0.000");
+        assert_eq!(json(Value::decimal("9999999999999999.1234").unwrap()), "9999999999999999.1234");
         assert_eq!(json(Value::decimal("-1.2000").unwrap()), "-1.2000");
         assert_eq!(Value::decimal("1.x"), None);
         let wide = "-1234567890123456789012345678901234567890.0100";
-        assert_eq!(
-            Value::decimal(wide),
-            Some(Value::DecimalText(wide.to_string()))
-        );
+        assert_eq!(Value::decimal(wide), Some(Value::DecimalText(wide.to_string())));
         assert_eq!(json(Value::decimal(wide).unwrap()), wide);
         assert_eq!(json(Value::decimal(".5").unwrap()), "0.5");
     }
@@ -511,10 +456,7 @@ mod tests {
     fn temporal_values_render_as_strings() {
         assert_eq!(json(Value::Timestamp(1)), r#""1970-01-01T00:00:00.001""#);
         assert_eq!(json(Value::Timestamp(0)), r#""1970-01-01T00:00:00.000""#);
-        assert_eq!(
-            json(Value::Timestamp(1_700_000_000_123)),
-            r#""2023-11-14T22:13:20.123""#
-        );
+        assert_eq!(json(Value::Timestamp(1_700_000_000_123)), r#""2023-11-14T22:13:20.123""#);
         assert_eq!(json(Value::Timestamp(-1)), r#""1969-12-31T23:59:59.999""#);
         assert_eq!(json(Value::Date(0)), r#""1970-01-01""#);
         assert_eq!(json(Value::Date(19_000)), r#""2022-01-08""#);
@@ -528,40 +470,19 @@ mod tests {
         let array = Value::Array(vec![Value::Double(1.5), Value::Null, Value::Timestamp(0)]);
         assert_eq!(json(array), r#"[1.5,null,"1970-01-01T00:00:00.000"]"#);
         let map = Value::Map(vec![
-            (
-                Value::Integer(1),
-                Value::Array(vec![Value::string("a"), Value::string("b")]),
-            ),
-            (
-                Value::string("k"),
-                Value::Decimal {
-                    unscaled: 450,
-                    scale: 2,
-                },
-            ),
+            (Value::Integer(1), Value::Array(vec![Value::string("a"), Value::string("b")])),
+            (Value::string("k"), Value::Decimal { unscaled: 450, scale: 2 }),
         ]);
         assert_eq!(json(map), r#"{"1":["a","b"],"k":4.50}"#);
         let nested = Value::Struct(vec![
             ("OrderId".to_string(), Value::Integer(0)),
             ("At".to_string(), Value::Timestamp(5)),
             ("Day".to_string(), Value::Date(2)),
-            (
-                "Price".to_string(),
-                Value::Decimal {
-                    unscaled: 500,
-                    scale: 2,
-                },
-            ),
+            ("Price".to_string(), Value::Decimal { unscaled: 500, scale: 2 }),
             ("Raw".to_string(), Value::Bytes(vec![0x21])),
-            (
-                "M".to_string(),
-                Value::Map(vec![(Value::Integer(1), Value::Boolean(true))]),
-            ),
+            ("M".to_string(), Value::Map(vec![(Value::Integer(1), Value::Boolean(true))])),
         ]);
-        assert_eq!(
-            json(nested),
-            r#"{"OrderId":0,"At":5,"Day":2,"Price":5.0,"Raw":"IQ==","M":[[1,true]]}"#
-        );
+        assert_eq!(json(nested), r#"{"OrderId":0,"At":5,"Day":2,"Price":5.0,"Raw":"IQ==","M":[[1,true]]}"#);
         assert_eq!(json(Value::Struct(vec![])), "{}");
     }
 }

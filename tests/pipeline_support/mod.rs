@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, Time32MillisecondType, TimestampMillisecondType};
+use arrow::datatypes::{
+    Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, Time32MillisecondType, TimestampMillisecondType,
+};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -73,10 +75,7 @@ pub fn row(id: i64, rows: i64) -> Vec<Value> {
             id % 13 == 0,
             Value::Array(vec![Value::string(format!("t{}", id % 5)), Value::Null, Value::string("x")]),
         ),
-        Value::Map(vec![
-            (Value::string("k1"), Value::Integer((id % 100) as i32)),
-            (Value::string("k2"), Value::Null),
-        ]),
+        Value::Map(vec![(Value::string("k1"), Value::Integer((id % 100) as i32)), (Value::string("k2"), Value::Null)]),
         null_if(
             id % 19 == 7,
             Value::Struct(vec![
@@ -107,9 +106,7 @@ pub fn produce(simulator: &Simulator, ids: std::ops::Range<i64>, rows: i64) {
 
 /// Like [`produce`], with ROWTIMEs from [`rowtime_ms`].
 pub fn produce_with_lateness(simulator: &Simulator, ids: std::ops::Range<i64>, rows: i64, lateness_ms: i64) {
-    simulator
-        .produce_batch(SOURCE, ids.map(|id| (None, rowtime_ms(id, rows, lateness_ms), row(id, rows))))
-        .unwrap();
+    simulator.produce_batch(SOURCE, ids.map(|id| (None, rowtime_ms(id, rows, lateness_ms), row(id, rows)))).unwrap();
 }
 
 /// A config with one feed of the every-type stream.
@@ -168,8 +165,12 @@ impl Running {
             }
         })
         .await;
-        assert!(reached.is_ok(), "{what} not reached within {limit:?} (received {}, written {})",
-            self.received(), self.written());
+        assert!(
+            reached.is_ok(),
+            "{what} not reached within {limit:?} (received {}, written {})",
+            self.received(),
+            self.written()
+        );
     }
 
     pub async fn shutdown(self) -> RunSummary {
@@ -256,7 +257,10 @@ pub fn verify_feed_rows_with_lateness(
                 let rowtime = batch.column_by_name("ROWTIME").unwrap().as_primitive::<Int64Type>().value(index);
                 assert_eq!(rowtime, rowtime_ms(id, rows, lateness_ms));
                 let expected_dir = partition_dir(rowtime, hourly);
-                assert!(relative.starts_with(&expected_dir), "row {id} at {rowtime} is in {relative}, not {expected_dir}");
+                assert!(
+                    relative.starts_with(&expected_dir),
+                    "row {id} at {rowtime} is in {relative}, not {expected_dir}"
+                );
             }
         }
     }

@@ -126,10 +126,6 @@ pub async fn read_with_python(path: &Path, sums: &[&str], s3: Option<(&str, &str
         .await
         .expect("the Python readers finish within 120 s")
         .expect("python runs");
-    assert!(
-        output.status.success(),
-        "read_lake.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "read_lake.py failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("read_lake.py prints JSON")
 }

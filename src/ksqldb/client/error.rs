@@ -70,24 +70,19 @@ impl ClientError {
             | ClientError::StreamCut { .. }
             | ClientError::Truncated(_)
             | ClientError::NoHeader { .. } => true,
-            ClientError::Server { status, error } => {
-                is_transient_status(*status) || error.error_code == 40003
-            }
+            ClientError::Server { status, error } => is_transient_status(*status) || error.error_code == 40003,
             ClientError::Http { status, .. } => is_transient_status(*status),
             ClientError::InBand(error) => error.error_code >= 50000 || error.error_code == 42900,
-            ClientError::Config(_)
-            | ClientError::ContentType(_)
-            | ClientError::Frame(_)
-            | ClientError::Info(_) => false,
+            ClientError::Config(_) | ClientError::ContentType(_) | ClientError::Frame(_) | ClientError::Info(_) => {
+                false
+            }
         }
     }
 
     /// The ksqlDB error code, when ksqlDB sent one.
     pub fn error_code(&self) -> Option<i64> {
         match self {
-            ClientError::Server { error, .. } | ClientError::InBand(error) => {
-                Some(error.error_code)
-            }
+            ClientError::Server { error, .. } | ClientError::InBand(error) => Some(error.error_code),
             _ => None,
         }
     }
@@ -146,10 +141,7 @@ mod tests {
             br#"{"@type":"statement_error","error_code":40001,"message":"FOO does not exist.","statementText":"SELECT * FROM FOO;","entities":[]}"#,
         );
         assert_eq!(error.error_code(), Some(40001));
-        assert_eq!(
-            error.to_string(),
-            "ksqlDB answered HTTP 400: ksqlDB error 40001: FOO does not exist."
-        );
+        assert_eq!(error.to_string(), "ksqlDB answered HTTP 400: ksqlDB error 40001: FOO does not exist.");
         let error = ClientError::from_status(404, b"Not Found");
         assert_eq!(error.to_string(), "ksqlDB answered HTTP 404: Not Found");
         assert!(matches!(error, ClientError::Http { status: 404, .. }));
@@ -157,12 +149,7 @@ mod tests {
 
     #[test]
     fn in_band_errors_retry_only_for_server_failures() {
-        let error = |code| ServerError {
-            kind: None,
-            error_code: code,
-            message: String::new(),
-            statement_text: None,
-        };
+        let error = |code| ServerError { kind: None, error_code: code, message: String::new(), statement_text: None };
         assert!(ClientError::InBand(error(50000)).is_retryable());
         assert!(!ClientError::InBand(error(40001)).is_retryable());
     }

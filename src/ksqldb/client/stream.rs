@@ -29,10 +29,7 @@ pub struct QueryStream {
 
 impl QueryStream {
     /// Reads up to the header of `response`'s body.
-    pub(super) async fn open(
-        response: reqwest::Response,
-        framing: Framing,
-    ) -> Result<QueryStream, ClientError> {
+    pub(super) async fn open(response: reqwest::Response, framing: Framing) -> Result<QueryStream, ClientError> {
         let mut stream = QueryStream {
             header: Header { query_id: None, columns: Vec::new() },
             framing,

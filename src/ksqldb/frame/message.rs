@@ -100,8 +100,8 @@ pub(super) fn query_stream_message(text: &Bytes) -> Result<Event, MessageError> 
 }
 
 fn query_stream_object(text: &[u8]) -> Result<Event, MessageError> {
-    let object: QueryStreamObject = serde_json::from_slice(text)
-        .map_err(|error| MessageError::new(format!("invalid JSON object: {error}")))?;
+    let object: QueryStreamObject =
+        serde_json::from_slice(text).map_err(|error| MessageError::new(format!("invalid JSON object: {error}")))?;
     if object.error_code.is_some() {
         return server_error(text).map(Event::Error);
     }
@@ -123,8 +123,7 @@ fn query_stream_object(text: &[u8]) -> Result<Event, MessageError> {
 }
 
 fn server_error(text: &[u8]) -> Result<ServerError, MessageError> {
-    serde_json::from_slice(text)
-        .map_err(|error| MessageError::new(format!("invalid error object: {error}")))
+    serde_json::from_slice(text).map_err(|error| MessageError::new(format!("invalid error object: {error}")))
 }
 
 /// One StreamedRow object (`{"row":...}`, `{"header":...}`, ...), no surrounding whitespace.
@@ -146,12 +145,10 @@ pub(super) fn streamed_row_message(text: &Bytes) -> Result<Event, MessageError> 
                 b"header" => header(value)?,
                 b"errorMessage" => Event::Error(server_error(value)?),
                 b"finalMessage" => Event::FinalMessage(parse_json(value, "finalMessage")?),
-                b"continuationToken" => Event::ContinuationToken(
-                    parse_json::<TokenValue>(value, "token")?.into_string(),
-                ),
-                b"consistencyToken" => {
-                    Event::ConsistencyToken(parse_json::<TokenValue>(value, "token")?.into_string())
+                b"continuationToken" => {
+                    Event::ContinuationToken(parse_json::<TokenValue>(value, "token")?.into_string())
                 }
+                b"consistencyToken" => Event::ConsistencyToken(parse_json::<TokenValue>(value, "token")?.into_string()),
                 // `sourceHost` accompanies rows in debug mode; other members are future additions.
                 _ => continue,
             }
@@ -164,19 +161,17 @@ pub(super) fn streamed_row_message(text: &Bytes) -> Result<Event, MessageError> 
     if scan::skip_whitespace(bytes, members.end()) != bytes.len() {
         return Err(MessageError::new("unexpected text after the object"));
     }
-    event
-        .ok_or_else(|| MessageError::new("unknown message: no row, header, error or final message"))
+    event.ok_or_else(|| MessageError::new("unknown message: no row, header, error or final message"))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(value: &'a [u8], what: &str) -> Result<T, MessageError> {
-    serde_json::from_slice(value)
-        .map_err(|error| MessageError::new(format!("invalid {what}: {error}")))
+    serde_json::from_slice(value).map_err(|error| MessageError::new(format!("invalid {what}: {error}")))
 }
 
 fn header(value: &[u8]) -> Result<Event, MessageError> {
     let header: StreamedRowHeader = parse_json(value, "header")?;
-    let columns = parse_schema(&header.schema)
-        .map_err(|error| MessageError::new(format!("invalid header schema: {error}")))?;
+    let columns =
+        parse_schema(&header.schema).map_err(|error| MessageError::new(format!("invalid header schema: {error}")))?;
     Ok(Event::Header(Header { query_id: header.query_id, columns }))
 }
 
@@ -198,18 +193,14 @@ fn row(message: &Bytes, start: usize) -> Result<(Event, usize), MessageError> {
                 columns = Some(value);
             }
             b"tombstone" => tombstone = &bytes[value] == b"true",
-            b"protobufBytes" => {
-                protobuf = Some(parse_json::<String>(&bytes[value], "protobufBytes")?)
-            }
+            b"protobufBytes" => protobuf = Some(parse_json::<String>(&bytes[value], "protobufBytes")?),
             _ => {}
         }
     }
     let event = match (columns, protobuf) {
         (Some(columns), _) => Event::Row { values: message.slice(columns), tombstone },
         (None, Some(encoded)) => Event::ProtobufRow(encoded),
-        (None, None) => {
-            return Err(MessageError::new("row has neither `columns` nor `protobufBytes`"))
-        }
+        (None, None) => return Err(MessageError::new("row has neither `columns` nor `protobufBytes`")),
     };
     Ok((event, members.end()))
 }

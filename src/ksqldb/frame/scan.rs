@@ -130,8 +130,7 @@ impl ContainerScanner {
 pub(super) fn string_end(text: &[u8], start: usize) -> Result<usize, ScanError> {
     let mut index = start + 1;
     loop {
-        let Some(found) = memchr::memchr2(b'"', b'\\', text.get(index..).unwrap_or_default())
-        else {
+        let Some(found) = memchr::memchr2(b'"', b'\\', text.get(index..).unwrap_or_default()) else {
             return Err(ScanError::at(start, "unterminated string"));
         };
         let at = index + found;

@@ -66,8 +66,7 @@ fn header(query_id: Option<&str>, columns: &[(&str, KsqlType)]) -> Event {
 fn split_every_way(framing: Framing, body: &[u8]) -> Vec<Outcome> {
     let whole = decode_chunks(framing, &[Bytes::copy_from_slice(body)]);
     for split in 1..body.len() {
-        let chunks =
-            [Bytes::copy_from_slice(&body[..split]), Bytes::copy_from_slice(&body[split..])];
+        let chunks = [Bytes::copy_from_slice(&body[..split]), Bytes::copy_from_slice(&body[split..])];
         assert_eq!(decode_chunks(framing, &chunks), whole, "split at {split}");
     }
     let bytewise: Vec<Bytes> = body.iter().map(|byte| Bytes::copy_from_slice(&[*byte])).collect();
@@ -115,8 +114,7 @@ fn delimited_header_rows_and_tokens() {
 
 #[test]
 fn delimited_null_query_id_crlf_and_missing_final_newline() {
-    let body =
-        "{\"queryId\":null,\"columnNames\":[\"C\"],\"columnTypes\":[\"BIGINT\"]}\r\n[0]\r\n\r\n[1]";
+    let body = "{\"queryId\":null,\"columnNames\":[\"C\"],\"columnTypes\":[\"BIGINT\"]}\r\n[0]\r\n\r\n[1]";
     let outcomes = split_every_way(Framing::Delimited, body.as_bytes());
     let decoded: Vec<Event> = outcomes.into_iter().map(Result::unwrap).collect();
     assert_eq!(decoded, vec![header(None, &[("C", KsqlType::Bigint)]), row("[0]"), row("[1]")]);
@@ -184,10 +182,7 @@ fn streamed_row_push_query_with_limit() {
     assert_eq!(
         split_every_way(Framing::StreamedRow, body.as_bytes()),
         vec![
-            Ok(header(
-                Some("transient_PV_1"),
-                &[("USERID", KsqlType::String), ("VIEWTIME", KsqlType::Bigint)]
-            )),
+            Ok(header(Some("transient_PV_1"), &[("USERID", KsqlType::String), ("VIEWTIME", KsqlType::Bigint)])),
             Ok(row(r#"["USER_1",1]"#)),
             Ok(tombstone("[null]")),
             Ok(Event::FinalMessage("Limit Reached".into())),
@@ -204,10 +199,8 @@ fn streamed_row_old_writer_heartbeats_and_unclosed_error() {
         "\n",
         "\n{\"errorMessage\":{\"@type\":\"generic_error\",\"error_code\":50000,\"message\":\"boom\"}},\n",
     );
-    let decoded: Vec<Event> = split_every_way(Framing::StreamedRow, body.as_bytes())
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let decoded: Vec<Event> =
+        split_every_way(Framing::StreamedRow, body.as_bytes()).into_iter().map(Result::unwrap).collect();
     assert_eq!(decoded.len(), 3);
     let Event::Header(header) = &decoded[0] else { panic!("expected a header") };
     assert_eq!(header.columns[0].role, ColumnRole::Key);
@@ -218,10 +211,7 @@ fn streamed_row_old_writer_heartbeats_and_unclosed_error() {
 #[test]
 fn streamed_row_endings_spq_dangling_comma_and_old_final_newline() {
     let spq = "[{\"header\":{\"queryId\":\"SCALABLE_PUSH_QUERY_1\",\"schema\":\"`A` BIGINT\"}},\n{\"row\":{\"columns\":[1]}},\n{\"continuationToken\":{\"continuationToken\":\"dG9r\"}},\n]";
-    assert_eq!(
-        events(Framing::StreamedRow, spq)[1..],
-        [row("[1]"), Event::ContinuationToken("dG9r".into())]
-    );
+    assert_eq!(events(Framing::StreamedRow, spq)[1..], [row("[1]"), Event::ContinuationToken("dG9r".into())]);
     let old = "[{\"header\":{\"queryId\":\"q\",\"schema\":\"`A` BIGINT\"}},\n{\"row\":{\"columns\":[1]}},\n{\"finalMessage\":\"Query Completed\"}]\n";
     assert_eq!(events(Framing::StreamedRow, old)[2], Event::FinalMessage("Query Completed".into()));
     let pull = "[{\"header\":{\"queryId\":\"query_1\",\"schema\":\"`A` BIGINT KEY\"}}]";
@@ -295,13 +285,8 @@ fn json_array_compact_and_pretty() {
 
 #[test]
 fn json_array_structural_errors_are_final() {
-    let cases = [
-        ("{\"queryId\":\"q\"}", 0),
-        ("[{\"a\":1} {\"b\":2}]", 9),
-        ("[[1],x]", 5),
-        ("[[1]] [2]", 6),
-        ("[[1,}]", 1),
-    ];
+    let cases =
+        [("{\"queryId\":\"q\"}", 0), ("[{\"a\":1} {\"b\":2}]", 9), ("[[1],x]", 5), ("[[1]] [2]", 6), ("[[1,}]", 1)];
     for (body, offset) in cases {
         let outcomes = split_every_way(Framing::JsonArray, body.as_bytes());
         let error = outcomes.last().unwrap().clone().unwrap_err();
@@ -383,17 +368,10 @@ fn response() -> impl Strategy<Value = Response> {
         any::<bool>(),
         prop_oneof![Just(Ending::Complete), Just(Ending::Dangling), Just(Ending::Cut)],
     )
-        .prop_map(|(rows, crlf, heartbeats, pretty, ending)| Response {
-            rows,
-            crlf,
-            heartbeats,
-            pretty,
-            ending,
-        })
+        .prop_map(|(rows, crlf, heartbeats, pretty, ending)| Response { rows, crlf, heartbeats, pretty, ending })
 }
 
-const METADATA: &str =
-    r#"{"queryId":"transient_T_1","columnNames":["A"],"columnTypes":["STRING"]}"#;
+const METADATA: &str = r#"{"queryId":"transient_T_1","columnNames":["A"],"columnTypes":["STRING"]}"#;
 
 /// Line framings can't carry pretty-printed rows: Jackson never writes raw newlines there.
 fn compact(text: &str) -> String {
@@ -423,9 +401,7 @@ fn render(framing: Framing, response: &Response) -> (String, Vec<Event>) {
             }
         }
         Framing::StreamedRow => {
-            body.push_str(
-                "[{\"header\":{\"queryId\":\"transient_T_1\",\"schema\":\"`A` STRING\"}},",
-            );
+            body.push_str("[{\"header\":{\"queryId\":\"transient_T_1\",\"schema\":\"`A` STRING\"}},");
             body.push_str(newline);
             for (index, (values, tombstone)) in response.rows.iter().enumerate() {
                 if heartbeat(index) {
@@ -434,10 +410,7 @@ fn render(framing: Framing, response: &Response) -> (String, Vec<Event>) {
                 let values = compact(values);
                 let flag = if *tombstone { ",\"tombstone\":true" } else { "" };
                 body.push_str(&format!("{{\"row\":{{\"columns\":{values}{flag}}}}},{newline}"));
-                expected.push(Event::Row {
-                    values: Bytes::from(values.into_bytes()),
-                    tombstone: *tombstone,
-                });
+                expected.push(Event::Row { values: Bytes::from(values.into_bytes()), tombstone: *tombstone });
             }
             match response.ending {
                 Ending::Complete => {

@@ -92,7 +92,6 @@ fn encoded_files_read_back_with_values_metadata_and_codec() {
         .flat_map(|b| b.column(2).as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>())
         .collect();
     assert_eq!(countries[..3], ["DE", "FR", "DE"]);
-
 }
 
 /// The footer of `bytes`, read back the way the lake reads it: two range reads of an object.

@@ -6,9 +6,9 @@ use object_store::ObjectStore;
 
 use super::*;
 use crate::lake::parquet::Footer;
-use crate::lake::Runs;
 use crate::lake::partition::{PartitionSpec, Partitioning};
 use crate::lake::testing::{orders, FaultyStore, TestFeed};
+use crate::lake::Runs;
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2024-05-01T00:00:00Z

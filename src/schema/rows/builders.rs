@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Decimal256Array,
-    Float64Array, Int32Array, Int64Array, ListArray, MapArray, StringArray, StructArray,
-    Time32MillisecondArray, TimestampMillisecondArray,
+    ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Decimal256Array, Float64Array, Int32Array,
+    Int64Array, ListArray, MapArray, StringArray, StructArray, Time32MillisecondArray, TimestampMillisecondArray,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{i256, FieldRef, Fields};
@@ -56,8 +55,8 @@ impl Bytes {
     /// Closes the current slot after its bytes were appended to `data`. Fails when the batch
     /// outgrows 32-bit offsets.
     pub fn close_slot(&mut self) -> Result<(), super::Fail> {
-        let end = i32::try_from(self.data.len())
-            .map_err(|_| super::Fail::new("more than 2 GiB of data in one batch"))?;
+        let end =
+            i32::try_from(self.data.len()).map_err(|_| super::Fail::new("more than 2 GiB of data in one batch"))?;
         self.offsets.push(end);
         Ok(())
     }
@@ -65,8 +64,7 @@ impl Bytes {
 
 /// Pushes the current child length as the end of a list or map slot.
 pub(super) fn close_offset(offsets: &mut Vec<i32>, child_len: usize) -> Result<(), super::Fail> {
-    let end = i32::try_from(child_len)
-        .map_err(|_| super::Fail::new("more than 2^31 nested values in one batch"))?;
+    let end = i32::try_from(child_len).map_err(|_| super::Fail::new("more than 2^31 nested values in one batch"))?;
     offsets.push(end);
     Ok(())
 }
@@ -82,9 +80,7 @@ impl Builder {
             KsqlType::Integer => Values::Integer(Vec::new()),
             KsqlType::Bigint => Values::Bigint(Vec::new()),
             KsqlType::Double => Values::Double(Vec::new()),
-            KsqlType::Decimal { precision, scale }
-                if *precision <= crate::schema::types::DECIMAL128_MAX_PRECISION =>
-            {
+            KsqlType::Decimal { precision, scale } if *precision <= crate::schema::types::DECIMAL128_MAX_PRECISION => {
                 Values::Decimal128 { values: Vec::new(), precision: *precision, scale: *scale }
             }
             KsqlType::Decimal { precision, scale } => {
@@ -146,9 +142,7 @@ impl Builder {
         self.validity.truncate(len);
         match &mut self.values {
             Values::Boolean(values) => values.truncate(len),
-            Values::Integer(values) | Values::Date(values) | Values::Time(values) => {
-                values.truncate(len)
-            }
+            Values::Integer(values) | Values::Date(values) | Values::Time(values) => values.truncate(len),
             Values::Bigint(values) | Values::Timestamp(values) => values.truncate(len),
             Values::Double(values) => values.truncate(len),
             Values::Decimal128 { values, .. } => values.truncate(len),
@@ -181,20 +175,14 @@ impl Builder {
         size(&self.validity)
             + match &self.values {
                 Values::Boolean(values) => size(values),
-                Values::Integer(values) | Values::Date(values) | Values::Time(values) => {
-                    size(values)
-                }
+                Values::Integer(values) | Values::Date(values) | Values::Time(values) => size(values),
                 Values::Bigint(values) | Values::Timestamp(values) => size(values),
                 Values::Double(values) => size(values),
                 Values::Decimal128 { values, .. } => size(values),
                 Values::Decimal256 { values, .. } => size(values),
-                Values::String(bytes) | Values::Bytes(bytes) => {
-                    size(&bytes.offsets) + size(&bytes.data)
-                }
+                Values::String(bytes) | Values::Bytes(bytes) => size(&bytes.offsets) + size(&bytes.data),
                 Values::List { offsets, item, .. } => size(offsets) + item.data_bytes(),
-                Values::Map { offsets, keys, values, .. } => {
-                    size(offsets) + keys.data_bytes() + values.data_bytes()
-                }
+                Values::Map { offsets, keys, values, .. } => size(offsets) + keys.data_bytes() + values.data_bytes(),
                 Values::Struct { fields, .. } => fields.iter().map(Builder::data_bytes).sum(),
             }
     }
@@ -206,28 +194,20 @@ impl Builder {
     pub fn finish(&mut self) -> ArrayRef {
         let len = self.len();
         let validity = take_vec(&mut self.validity);
-        let nulls = if validity.iter().all(|&valid| valid) {
-            None
-        } else {
-            Some(NullBuffer::from(validity))
-        };
+        let nulls = if validity.iter().all(|&valid| valid) { None } else { Some(NullBuffer::from(validity)) };
         match &mut self.values {
-            Values::Boolean(values) => {
-                Arc::new(BooleanArray::new(BooleanBuffer::from(take_vec(values)), nulls))
-            }
+            Values::Boolean(values) => Arc::new(BooleanArray::new(BooleanBuffer::from(take_vec(values)), nulls)),
             Values::Integer(values) => Arc::new(Int32Array::new(take(values), nulls)),
             Values::Bigint(values) => Arc::new(Int64Array::new(take(values), nulls)),
             Values::Double(values) => Arc::new(Float64Array::new(take(values), nulls)),
-            Values::Decimal128 { values, precision, scale } => {
-                Arc::new(Decimal128Array::new(take(values), nulls).with_data_type(
-                    arrow::datatypes::DataType::Decimal128(*precision, *scale as i8),
-                ))
-            }
-            Values::Decimal256 { values, precision, scale } => {
-                Arc::new(Decimal256Array::new(take(values), nulls).with_data_type(
-                    arrow::datatypes::DataType::Decimal256(*precision, *scale as i8),
-                ))
-            }
+            Values::Decimal128 { values, precision, scale } => Arc::new(
+                Decimal128Array::new(take(values), nulls)
+                    .with_data_type(arrow::datatypes::DataType::Decimal128(*precision, *scale as i8)),
+            ),
+            Values::Decimal256 { values, precision, scale } => Arc::new(
+                Decimal256Array::new(take(values), nulls)
+                    .with_data_type(arrow::datatypes::DataType::Decimal256(*precision, *scale as i8)),
+            ),
             Values::String(bytes) => {
                 let (offsets, data) = take_bytes(bytes);
                 Arc::new(StringArray::new(offsets, data, nulls))
@@ -251,8 +231,7 @@ impl Builder {
                     arrow::datatypes::DataType::Struct(fields) => fields.clone(),
                     _ => Fields::empty(),
                 };
-                let entry_array =
-                    StructArray::new(entry_fields, vec![keys.finish(), values.finish()], None);
+                let entry_array = StructArray::new(entry_fields, vec![keys.finish(), values.finish()], None);
                 Arc::new(MapArray::new(entries.clone(), offsets, entry_array, nulls, false))
             }
             Values::Struct { fields, arrow_fields, .. } => {

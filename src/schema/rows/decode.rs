@@ -9,8 +9,8 @@ use base64::Engine as _;
 use super::builders::{close_offset, Builder, Values};
 use super::json::Cursor;
 use super::scalars::{
-    parse_date, parse_decimal128, parse_decimal256, parse_f64, parse_i32, parse_i64,
-    parse_special_f64, parse_time, parse_timestamp, time_from_millis,
+    parse_date, parse_decimal128, parse_decimal256, parse_f64, parse_i32, parse_i64, parse_special_f64, parse_time,
+    parse_timestamp, time_from_millis,
 };
 use super::{Fail, Segment};
 
@@ -42,11 +42,9 @@ pub(super) fn decode_value(builder: &mut Builder, cur: &mut Cursor<'_>) -> Resul
         Values::Boolean(values) => values.push(cur.boolean()?),
         Values::Integer(values) => values.push(parse_i32(integer(cur)?)?),
         Values::Bigint(values) => values.push(parse_i64(integer(cur)?)?),
-        Values::Double(values) => values.push(if is_string {
-            parse_special_f64(cur.string()?)?
-        } else {
-            parse_f64(cur.number()?.text)?
-        }),
+        Values::Double(values) => {
+            values.push(if is_string { parse_special_f64(cur.string()?)? } else { parse_f64(cur.number()?.text)? })
+        }
         Values::Decimal128 { values, precision, scale } => {
             values.push(parse_decimal128(cur.number()?.text, *precision, *scale)?)
         }
@@ -61,11 +59,9 @@ pub(super) fn decode_value(builder: &mut Builder, cur: &mut Cursor<'_>) -> Resul
             base64_into(cur.string()?, &mut bytes.data)?;
             bytes.close_slot()?;
         }
-        Values::Timestamp(values) => values.push(if is_string {
-            parse_timestamp(cur.string()?)?
-        } else {
-            parse_i64(integer(cur)?)?
-        }),
+        Values::Timestamp(values) => {
+            values.push(if is_string { parse_timestamp(cur.string()?)? } else { parse_i64(integer(cur)?)? })
+        }
         Values::Date(values) => values.push(if is_string {
             parse_date(cur.string()?)?
         } else {
@@ -115,9 +111,8 @@ pub(super) fn decode_value(builder: &mut Builder, cur: &mut Cursor<'_>) -> Resul
             if !cur.eat(b'}') {
                 loop {
                     let name = cur.string()?;
-                    let index = find_field(names, name).ok_or_else(|| {
-                        Fail::new(format!("unknown struct field `{}`", lossy(name)))
-                    })?;
+                    let index = find_field(names, name)
+                        .ok_or_else(|| Fail::new(format!("unknown struct field `{}`", lossy(name))))?;
                     let at_field = |fail: Fail| fail.at(Segment::Field(names[index].clone()));
                     cur.expect(b':')?;
                     let field = &mut fields[index];
@@ -153,9 +148,10 @@ fn expect_open(cur: &mut Cursor<'_>, byte: u8, what: &str) -> Result<(), Fail> {
 
 /// A struct field by name: exact case first, then ASCII case-insensitive.
 fn find_field(names: &[String], name: &[u8]) -> Option<usize> {
-    names.iter().position(|candidate| candidate.as_bytes() == name).or_else(|| {
-        names.iter().position(|candidate| candidate.as_bytes().eq_ignore_ascii_case(name))
-    })
+    names
+        .iter()
+        .position(|candidate| candidate.as_bytes() == name)
+        .or_else(|| names.iter().position(|candidate| candidate.as_bytes().eq_ignore_ascii_case(name)))
 }
 
 pub(super) fn lossy(bytes: &[u8]) -> String {

@@ -256,9 +256,7 @@ pub(super) fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Fail> {
                 out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 continue;
             }
-            other => {
-                return Err(Fail::new(format!("invalid escape `\\{}` in a string", other as char)))
-            }
+            other => return Err(Fail::new(format!("invalid escape `\\{}` in a string", other as char))),
         };
         out.push(byte);
     }

@@ -47,10 +47,7 @@ pub(super) fn parse_i32(text: &[u8]) -> Result<i32, Fail> {
 
 /// Parses a JSON number's text (any form) as a double.
 pub(super) fn parse_f64(text: &[u8]) -> Result<f64, Fail> {
-    std::str::from_utf8(text)
-        .ok()
-        .and_then(|text| text.parse::<f64>().ok())
-        .ok_or_else(|| Fail::new("invalid number"))
+    std::str::from_utf8(text).ok().and_then(|text| text.parse::<f64>().ok()).ok_or_else(|| Fail::new("invalid number"))
 }
 
 /// The non-finite doubles Jackson writes as strings.
@@ -140,9 +137,7 @@ fn rescale(text: &[u8], precision: u8, scale: u8, mut push: impl FnMut(u8)) -> R
     };
     let significant = (kept - first) as u64 + zeros;
     if significant > u64::from(precision) {
-        return Err(Fail::new(format!(
-            "value needs {significant} digits, more than the precision {precision}"
-        )));
+        return Err(Fail::new(format!("value needs {significant} digits, more than the precision {precision}")));
     }
     (first..kept).for_each(|i| push(digit_at(i)));
     (0..zeros).for_each(|_| push(0));

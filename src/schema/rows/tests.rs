@@ -1,7 +1,7 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Decimal256Type, Float64Type, Int32Type, Int64Type,
-    Time32MillisecondType, TimeUnit, TimestampMillisecondType,
+    DataType, Date32Type, Decimal128Type, Decimal256Type, Float64Type, Int32Type, Int64Type, Time32MillisecondType,
+    TimeUnit, TimestampMillisecondType,
 };
 
 use super::*;
@@ -66,21 +66,15 @@ pub(super) fn extract(array: &dyn Array, index: usize) -> V {
         DataType::Int32 => V::Int(array.as_primitive::<Int32Type>().value(index)),
         DataType::Int64 => V::Big(array.as_primitive::<Int64Type>().value(index)),
         DataType::Float64 => V::Double(array.as_primitive::<Float64Type>().value(index)),
-        DataType::Decimal128(..) => {
-            V::Dec(array.as_primitive::<Decimal128Type>().value(index).to_string())
-        }
-        DataType::Decimal256(..) => {
-            V::Dec(array.as_primitive::<Decimal256Type>().value(index).to_string())
-        }
+        DataType::Decimal128(..) => V::Dec(array.as_primitive::<Decimal128Type>().value(index).to_string()),
+        DataType::Decimal256(..) => V::Dec(array.as_primitive::<Decimal256Type>().value(index).to_string()),
         DataType::Utf8 => V::Str(array.as_string::<i32>().value(index).to_string()),
         DataType::Binary => V::Bytes(array.as_binary::<i32>().value(index).to_vec()),
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             V::Ts(array.as_primitive::<TimestampMillisecondType>().value(index))
         }
         DataType::Date32 => V::Date(array.as_primitive::<Date32Type>().value(index)),
-        DataType::Time32(TimeUnit::Millisecond) => {
-            V::Time(array.as_primitive::<Time32MillisecondType>().value(index))
-        }
+        DataType::Time32(TimeUnit::Millisecond) => V::Time(array.as_primitive::<Time32MillisecondType>().value(index)),
         DataType::List(_) => {
             let items = array.as_list::<i32>().value(index);
             V::List((0..items.len()).map(|i| extract(items.as_ref(), i)).collect())
@@ -89,11 +83,7 @@ pub(super) fn extract(array: &dyn Array, index: usize) -> V {
             let entries = array.as_map().value(index);
             let (keys, values) = (entries.column(0), entries.column(1));
             assert_eq!(keys.null_count(), 0, "map keys are never null");
-            V::Map(
-                (0..entries.len())
-                    .map(|i| (extract(keys.as_ref(), i), extract(values.as_ref(), i)))
-                    .collect(),
-            )
+            V::Map((0..entries.len()).map(|i| (extract(keys.as_ref(), i), extract(values.as_ref(), i))).collect())
         }
         DataType::Struct(_) => {
             let fields = array.as_struct();
@@ -157,16 +147,7 @@ fn decodes_the_eight_column_shape() {
     );
     assert_eq!(
         rows[1],
-        vec![
-            V::Big(-5),
-            s(""),
-            V::Double(15207.0),
-            dec("12000"),
-            V::Ts(1),
-            V::Bool(false),
-            V::Int(i32::MIN),
-            V::Null,
-        ]
+        vec![V::Big(-5), s(""), V::Double(15207.0), dec("12000"), V::Ts(1), V::Bool(false), V::Int(i32::MIN), V::Null,]
     );
 }
 
@@ -175,10 +156,7 @@ fn batch_types_match_the_schema_mapping() {
     let mut decoder = decoder(EIGHT);
     decoder.append(br#"[1,"a",1.0,1.0,"2021-01-01T00:00:00.000",true,1,"b"]"#).unwrap();
     let batch = decoder.finish();
-    assert_eq!(
-        batch.column(4).data_type(),
-        &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
-    );
+    assert_eq!(batch.column(4).data_type(), &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())));
     assert_eq!(batch.column(3).data_type(), &DataType::Decimal128(20, 4));
     assert_eq!(batch.schema(), decoder.schema());
     assert_eq!(batch.schema().field(0).metadata()["ksql.type"], "BIGINT");
@@ -219,10 +197,7 @@ fn decimal_is_rescaled_exactly_from_its_text() {
     assert_eq!(one("DECIMAL(3, 3)", "0.999"), dec("999"));
     assert_eq!(one("DECIMAL(38, 0)", &"9".repeat(38)), dec(&"9".repeat(38)));
     let wide = format!("-{}.{}", "1".repeat(40), "2".repeat(20));
-    assert_eq!(
-        one("DECIMAL(60, 20)", &wide),
-        dec(&format!("-{}{}", "1".repeat(40), "2".repeat(20)))
-    );
+    assert_eq!(one("DECIMAL(60, 20)", &wide), dec(&format!("-{}{}", "1".repeat(40), "2".repeat(20))));
     assert_eq!(one("DECIMAL(76, 0)", &"9".repeat(76)), dec(&"9".repeat(76)));
 }
 
@@ -288,10 +263,7 @@ fn decodes_the_nested_types_capture() {
                 (s("a"), V::Map(vec![(s("a"), V::Int(1)), (s("b"), V::Int(2))])),
                 (s("b"), V::Map(vec![(s("d"), V::Int(4)), (s("c"), V::Int(3))])),
             ]),
-            V::Map(vec![
-                (V::Int(1), V::List(vec![s("a"), s("b")])),
-                (V::Int(2), V::List(vec![s("c"), s("d")])),
-            ]),
+            V::Map(vec![(V::Int(1), V::List(vec![s("a"), s("b")])), (V::Int(2), V::List(vec![s("c"), s("d")])),]),
             title("Aliens", 1),
             V::Int(1986),
         ]
@@ -300,8 +272,7 @@ fn decodes_the_nested_types_capture() {
 
 #[test]
 fn struct_values_use_the_nested_forms() {
-    let schema =
-        "`S` STRUCT<`Amount` DECIMAL(10, 4), `At` TIMESTAMP, `Day` DATE, `Tm` TIME, `B` BYTES>";
+    let schema = "`S` STRUCT<`Amount` DECIMAL(10, 4), `At` TIMESTAMP, `Day` DATE, `Tm` TIME, `B` BYTES>";
     let rows = decode(
         schema,
         &[
@@ -321,10 +292,7 @@ fn struct_values_use_the_nested_forms() {
             V::Bytes(vec![0, 1, 2])
         ])
     );
-    assert_eq!(
-        rows[1][0],
-        V::Struct(vec![dec("15"), V::Ts(1_611_327_570_881), V::Null, V::Null, V::Null])
-    );
+    assert_eq!(rows[1][0], V::Struct(vec![dec("15"), V::Ts(1_611_327_570_881), V::Null, V::Null, V::Null]));
     assert_eq!(rows[2][0], V::Struct(vec![V::Null; 5]));
     assert_eq!(rows[3][0], V::Null);
 }
@@ -337,8 +305,7 @@ fn struct_prefers_the_exact_case_field() {
 
 #[test]
 fn nulls_at_every_level() {
-    let schema =
-        "`A` ARRAY<STRUCT<`X` MAP<STRING, ARRAY<INTEGER>>>>, `M` MAP<STRING, STRUCT<`Y` STRING>>";
+    let schema = "`A` ARRAY<STRUCT<`X` MAP<STRING, ARRAY<INTEGER>>>>, `M` MAP<STRING, STRUCT<`Y` STRING>>";
     let rows = decode(
         schema,
         &[
@@ -370,18 +337,12 @@ fn map_keys_convert_to_the_key_type() {
         one("MAP<BIGINT, BOOLEAN>", r#"{"-9223372036854775808":true,"7":false}"#),
         V::Map(vec![(V::Big(i64::MIN), V::Bool(true)), (V::Big(7), V::Bool(false))])
     );
-    assert_eq!(
-        one("MAP<DECIMAL(4, 1), STRING>", r#"{"1.5":"x"}"#),
-        V::Map(vec![(dec("15"), s("x"))])
-    );
+    assert_eq!(one("MAP<DECIMAL(4, 1), STRING>", r#"{"1.5":"x"}"#), V::Map(vec![(dec("15"), s("x"))]));
     assert_eq!(
         one("MAP<DATE, DOUBLE>", r#"{"1970-01-02":"NaN","3":1}"#),
         V::Map(vec![(V::Date(1), V::Double(f64::NAN)), (V::Date(3), V::Double(1.0))])
     );
-    assert_eq!(
-        one("MAP<STRING, INTEGER>", r#"{"a\"b\u00e9":1}"#),
-        V::Map(vec![(s("a\"bé"), V::Int(1))])
-    );
+    assert_eq!(one("MAP<STRING, INTEGER>", r#"{"a\"b\u00e9":1}"#), V::Map(vec![(s("a\"bé"), V::Int(1))]));
 }
 
 #[test]

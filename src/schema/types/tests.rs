@@ -46,8 +46,7 @@ fn parses_pull_query_header_schema_with_key_markers() {
     let schema = "`ID` STRING KEY, `WINDOWSTART` BIGINT KEY, `WINDOWEND` BIGINT KEY, `ROWTIME` BIGINT, \
                   `HEAD` BYTES HEADER('abc'), `HS` ARRAY<STRUCT<`KEY` STRING, `VALUE` BYTES>> HEADERS";
     let columns = parse_schema(schema).unwrap();
-    let summary: Vec<(&str, ColumnRole)> =
-        columns.iter().map(|c| (c.name.as_str(), c.role.clone())).collect();
+    let summary: Vec<(&str, ColumnRole)> = columns.iter().map(|c| (c.name.as_str(), c.role.clone())).collect();
     assert_eq!(
         summary,
         [
@@ -65,8 +64,18 @@ fn parses_pull_query_header_schema_with_key_markers() {
 
 #[test]
 fn rejects_bad_types_with_position() {
-    for bad in ["", "FLOAT", "ARRAY<INTEGER", "MAP<STRING>", "DECIMAL(2, 3)", "DECIMAL(0, 0)",
-                "DECIMAL(77, 1)", "STRUCT<`A` INTEGER", "INTEGER INTEGER", "STRUCT<`A INTEGER>"] {
+    for bad in [
+        "",
+        "FLOAT",
+        "ARRAY<INTEGER",
+        "MAP<STRING>",
+        "DECIMAL(2, 3)",
+        "DECIMAL(0, 0)",
+        "DECIMAL(77, 1)",
+        "STRUCT<`A` INTEGER",
+        "INTEGER INTEGER",
+        "STRUCT<`A INTEGER>",
+    ] {
         let error = parse_type(bad).unwrap_err();
         assert!(error.to_string().contains("invalid ksqlDB type"), "{bad}: {error}");
     }
@@ -110,7 +119,8 @@ fn type_strategy() -> impl Strategy<Value = KsqlType> {
         Just(KsqlType::Timestamp),
         Just(KsqlType::Date),
         Just(KsqlType::Time),
-        (1u8..=76).prop_flat_map(|p| (Just(p), 0..=p))
+        (1u8..=76)
+            .prop_flat_map(|p| (Just(p), 0..=p))
             .prop_map(|(precision, scale)| KsqlType::Decimal { precision, scale }),
     ];
     leaf.prop_recursive(5, 48, 4, |inner| {

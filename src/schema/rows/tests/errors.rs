@@ -70,8 +70,7 @@ fn scalar_values_out_of_shape_are_rejected() {
 
 #[test]
 fn nested_failures_name_their_path() {
-    let schema =
-        "`ID` INTEGER, `ARR` ARRAY<STRUCT<`TITLE` STRING, `TAGS` MAP<INTEGER, ARRAY<DATE>>>>";
+    let schema = "`ID` INTEGER, `ARR` ARRAY<STRUCT<`TITLE` STRING, `TAGS` MAP<INTEGER, ARRAY<DATE>>>>";
     let cases = [
         (r#"[1,[{"TITLE":5}]]"#, "ARR[0].TITLE"),
         (r#"[1,[null,null,null,{"TAGS":{"7":["2020-01-01","x"]}}]]"#, "ARR[3].TAGS{7}[1]"),
@@ -158,10 +157,7 @@ fn failed_rows_are_rolled_back() {
         assert_eq!(rows_of(&batch), expected, "after {bad}");
         assert_eq!(
             expected[0][4],
-            V::List(vec![V::Map(vec![(
-                s("k"),
-                V::Struct(vec![s("x1"), V::List(vec![V::Int(1), V::Int(2)])])
-            )])])
+            V::List(vec![V::Map(vec![(s("k"), V::Struct(vec![s("x1"), V::List(vec![V::Int(1), V::Int(2)])]))])])
         );
         assert_eq!(expected[1][3], dec("-200"));
         assert_eq!(expected[1][4], V::List(vec![V::Null, V::Map(vec![])]));

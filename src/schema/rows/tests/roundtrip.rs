@@ -43,31 +43,24 @@ fn any_type() -> impl Strategy<Value = KsqlType> {
     leaf_type().prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             inner.clone().prop_map(|item| KsqlType::Array(Box::new(item))),
-            (key_type(), inner.clone())
-                .prop_map(|(key, value)| KsqlType::Map(Box::new(key), Box::new(value))),
+            (key_type(), inner.clone()).prop_map(|(key, value)| KsqlType::Map(Box::new(key), Box::new(value))),
             prop::collection::vec(inner, 0..4).prop_map(|types| KsqlType::Struct(
-                types
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, ty)| StructField { name: format!("F{i}"), ty })
-                    .collect()
+                types.into_iter().enumerate().map(|(i, ty)| StructField { name: format!("F{i}"), ty }).collect()
             )),
         ]
     })
 }
 
 fn digits(precision: u8) -> impl Strategy<Value = V> {
-    (prop::collection::vec(0u8..10, 1..=precision as usize), any::<bool>()).prop_map(
-        |(digits, negative)| {
-            let text: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
-            let text = text.trim_start_matches('0');
-            match (text.is_empty(), negative) {
-                (true, _) => dec("0"),
-                (false, true) => dec(&format!("-{text}")),
-                (false, false) => dec(text),
-            }
-        },
-    )
+    (prop::collection::vec(0u8..10, 1..=precision as usize), any::<bool>()).prop_map(|(digits, negative)| {
+        let text: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
+        let text = text.trim_start_matches('0');
+        match (text.is_empty(), negative) {
+            (true, _) => dec("0"),
+            (false, true) => dec(&format!("-{text}")),
+            (false, false) => dec(text),
+        }
+    })
 }
 
 fn non_null(ty: &KsqlType) -> BoxedStrategy<V> {
@@ -79,21 +72,14 @@ fn non_null(ty: &KsqlType) -> BoxedStrategy<V> {
         KsqlType::Decimal { precision, .. } => digits(*precision).boxed(),
         KsqlType::String => any::<String>().prop_map(V::Str).boxed(),
         KsqlType::Bytes => prop::collection::vec(any::<u8>(), 0..12).prop_map(V::Bytes).boxed(),
-        KsqlType::Timestamp => {
-            (-62_135_596_800_000i64..253_402_300_800_000).prop_map(V::Ts).boxed()
-        }
+        KsqlType::Timestamp => (-62_135_596_800_000i64..253_402_300_800_000).prop_map(V::Ts).boxed(),
         KsqlType::Date => (-719_162i32..2_932_897).prop_map(V::Date).boxed(),
         KsqlType::Time => (0i32..86_400_000).prop_map(V::Time).boxed(),
         KsqlType::Array(item) => prop::collection::vec(value(item), 0..4).prop_map(V::List).boxed(),
-        KsqlType::Map(key, item) => {
-            prop::collection::vec((non_null(key), value(item)), 0..4).prop_map(V::Map).boxed()
+        KsqlType::Map(key, item) => prop::collection::vec((non_null(key), value(item)), 0..4).prop_map(V::Map).boxed(),
+        KsqlType::Struct(fields) => {
+            fields.iter().map(|field| value(&field.ty)).collect::<Vec<_>>().prop_map(V::Struct).boxed()
         }
-        KsqlType::Struct(fields) => fields
-            .iter()
-            .map(|field| value(&field.ty))
-            .collect::<Vec<_>>()
-            .prop_map(V::Struct)
-            .boxed(),
     }
 }
 
@@ -104,11 +90,8 @@ fn value(ty: &KsqlType) -> BoxedStrategy<V> {
 fn rows() -> impl Strategy<Value = (Vec<Column>, Vec<Vec<V>>, u64)> {
     prop::collection::vec(any_type(), 1..4).prop_flat_map(|types| {
         let row: Vec<_> = types.iter().map(value).collect();
-        let columns = types
-            .iter()
-            .enumerate()
-            .map(|(i, ty)| Column::new(format!("C{i}"), ty.clone()))
-            .collect::<Vec<_>>();
+        let columns =
+            types.iter().enumerate().map(|(i, ty)| Column::new(format!("C{i}"), ty.clone())).collect::<Vec<_>>();
         (Just(columns), prop::collection::vec(row, 1..4), any::<u64>())
     })
 }
@@ -193,13 +176,10 @@ impl Renderer {
                 self.out.push_str(if *x > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" })
             }
             (_, V::Double(x)) => {
-                let text =
-                    if self.rng.random_bool(0.5) { format!("{x:?}") } else { format!("{x:E}") };
+                let text = if self.rng.random_bool(0.5) { format!("{x:?}") } else { format!("{x:E}") };
                 self.out.push_str(&text);
             }
-            (KsqlType::Decimal { scale, .. }, V::Dec(unscaled)) => {
-                self.decimal(unscaled, *scale, in_struct)
-            }
+            (KsqlType::Decimal { scale, .. }, V::Dec(unscaled)) => self.decimal(unscaled, *scale, in_struct),
             (_, V::Str(text)) => self.string(text),
             (_, V::Bytes(bytes)) => self.string(&STANDARD.encode(bytes)),
             (_, V::Ts(ms)) if in_struct => self.out.push_str(&ms.to_string()),
@@ -211,8 +191,7 @@ impl Renderer {
             (_, V::Date(days)) => self.string(&date_text(*days)),
             (_, V::Time(ms)) if in_struct => self.out.push_str(&ms.to_string()),
             (_, V::Time(ms)) => {
-                let (h, m, sec, milli) =
-                    (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+                let (h, m, sec, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
                 let text = match (sec, milli) {
                     (0, 0) => format!("{h:02}:{m:02}"),
                     (_, 0) => format!("{h:02}:{m:02}:{sec:02}"),
@@ -241,8 +220,7 @@ impl Renderer {
                         V::Str(text) => text.clone(),
                         V::Date(days) if !in_struct => date_text(*days),
                         other => {
-                            let mut inner =
-                                Renderer { rng: StdRng::seed_from_u64(0), out: String::new() };
+                            let mut inner = Renderer { rng: StdRng::seed_from_u64(0), out: String::new() };
                             inner.value(key_ty, other, true);
                             inner.out.trim().to_string()
                         }
@@ -269,11 +247,8 @@ impl Renderer {
                         self.out.push(',');
                     }
                     first = false;
-                    let name = if self.rng.random_bool(0.2) {
-                        fields[i].name.to_lowercase()
-                    } else {
-                        fields[i].name.clone()
-                    };
+                    let name =
+                        if self.rng.random_bool(0.2) { fields[i].name.to_lowercase() } else { fields[i].name.clone() };
                     self.string(&name);
                     self.out.push(':');
                     self.value(&fields[i].ty, &values[i], true);
