@@ -26,6 +26,8 @@ fi
 echo "== formatting and lints"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The core library builds, lint-free, without the simulator and the test helpers.
+cargo clippy --lib --no-default-features --quiet -- -D warnings
 
 echo "== building"
 cargo build --all-targets --quiet

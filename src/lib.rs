@@ -10,11 +10,14 @@
 //!
 //! - [`schema`]: ksqlDB type strings ↔ Arrow types, and rows → RecordBatches.
 //! - [`ksqldb`]: the HTTP query protocol: response decoder, client, errors.
-//! - [`simulator`]: a ksqlDB-compatible server for tests, benchmarks and the demo.
+//! - `simulator` (feature `simulator`, on by default and needed by the binary): a
+//!   ksqlDB-compatible server for tests, benchmarks and `ksql-lake demo`. The core library
+//!   builds without it (`--no-default-features`).
 
 pub mod backoff;
 pub mod config;
 pub mod defaults;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod http;
 pub mod ksqldb;
@@ -22,4 +25,5 @@ pub mod lake;
 pub mod metrics;
 pub mod pipeline;
 pub mod schema;
+#[cfg(feature = "simulator")]
 pub mod simulator;

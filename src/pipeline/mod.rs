@@ -9,10 +9,11 @@
 //! Shutdown is "end the input": the token stops every source, each source drops its sender,
 //! each sink drains its buffers with reason `shutdown` and returns.
 
+#[cfg(feature = "simulator")]
 pub mod demo;
 mod events;
 pub mod query;
-pub mod sink;
+pub(crate) mod sink;
 pub mod source;
 
 use std::sync::Arc;
