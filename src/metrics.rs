@@ -205,6 +205,7 @@ struct HealthInner {
     feeds: BTreeMap<String, FeedState>,
     store_error: Option<String>,
     shutting_down: bool,
+    http_address: Option<std::net::SocketAddr>,
 }
 
 impl Health {
@@ -214,6 +215,16 @@ impl Health {
 
     pub fn set_store_error(&self, error: Option<String>) {
         self.lock().store_error = error;
+    }
+
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on (a listen port of 0
+    /// picks one).
+    pub fn set_http_address(&self, address: std::net::SocketAddr) {
+        self.lock().http_address = Some(address);
+    }
+
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.lock().http_address
     }
 
     pub fn set_shutting_down(&self) {

@@ -4,14 +4,13 @@
 mod pipeline_support;
 mod support;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use pipeline_support::*;
-use support::free_port;
+use support::spawn_service;
 use tokio::process::Command;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
@@ -37,19 +36,11 @@ async fn sigterm_flushes_every_buffer_commits_and_exits_zero() {
     let rows = 4_000;
     let dir = tempfile::tempdir().unwrap();
     let (simulator, server) = simulator_with_rows(rows).await;
-    let port = free_port();
     // Nothing would flush for an hour and no day closes: every row reaches the lake through the
     // SIGTERM flush.
-    let config = write_config(dir.path(), &server.url(), port, "flush_max_age = \"1h\"\nallowed_lateness = \"3650d\"");
-    let mut child = Command::new(BINARY)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let config = write_config(dir.path(), &server.url(), 0, "flush_max_age = \"1h\"\nallowed_lateness = \"3650d\"");
+    let (mut child, address) = spawn_service(BINARY, &["run".as_ref(), "--config".as_ref(), config.as_os_str()]).await;
+    let port = address.port();
 
     let http = reqwest::Client::new();
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
@@ -132,7 +123,7 @@ async fn config_default_prints_a_config_that_check_accepts_then_probes() {
     // `check` against a live simulator and a local lake: every line passes.
     let dir = tempfile::tempdir().unwrap();
     let (_simulator, server) = simulator_with_rows(10).await;
-    let config = write_config(dir.path(), &server.url(), free_port(), "");
+    let config = write_config(dir.path(), &server.url(), 0, "");
     let output = Command::new(BINARY).args(["check", "--config"]).arg(&config).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");

@@ -19,7 +19,7 @@ use object_store::ObjectStore;
 use pipeline_support::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{free_port, s3_options, Moto};
+use support::{s3_options, Moto};
 use tokio::process::Command;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
@@ -183,7 +183,7 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     };
     let mut rng = StdRng::seed_from_u64(20);
     for _ in 0..20 {
-        let mut child = spawn(free_port());
+        let mut child = spawn(0);
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
         child.start_kill().unwrap();
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
@@ -191,8 +191,7 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     }
     producer.await.unwrap();
     // A last run commits what is left, then stops on SIGTERM.
-    let port = free_port();
-    let mut child = spawn(port);
+    let mut child = spawn(0);
     // Every row in a committed file (duplicates counted once, so at-least-once cannot stop
     // early on copies while rows are still missing).
     let lake_store = local_store(&dir.path().join("lake"));
@@ -277,10 +276,9 @@ async fn stop_s3_for_30_seconds(delivery: &str, timing: Timing) -> u64 {
     let rows: i64 = 20_000;
     let mut moto = Moto::start("lake").await;
     let (simulator, server) = simulator_with_rows(0).await;
-    let port = free_port();
     let lake_section = format!(
         "endpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\naccess_key_id = \"testing\"\n\
-         secret_access_key = \"testing\"\nrequest_timeout = \"1s\"\n[http]\nlisten = \"127.0.0.1:{port}\"",
+         secret_access_key = \"testing\"\nrequest_timeout = \"1s\"\n[http]\nlisten = \"127.0.0.1:0\"",
         moto.endpoint
     );
     let config = config(
@@ -299,7 +297,7 @@ async fn stop_s3_for_30_seconds(delivery: &str, timing: Timing) -> u64 {
     running.wait_until("the first half committed", Duration::from_secs(60), |r| r.written() >= (rows / 2) as u64).await;
 
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{}", running.health.http_address().expect("serving /metrics"));
     assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
     moto.pause();
     let outage = std::time::Instant::now();

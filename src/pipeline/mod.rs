@@ -100,6 +100,7 @@ pub async fn run_with(
         let address = crate::http::serve(config.http_listen, metrics.clone(), health.clone(), http_stop.clone())
             .await
             .with_context(|| format!("cannot serve metrics on {}", config.http_listen))?;
+        health.set_http_address(address);
         tracing::info!(%address, "serving /metrics, /healthz, /readyz");
     }
     let _stop_http = http_stop.drop_guard();

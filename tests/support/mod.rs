@@ -3,11 +3,13 @@
 //! creates. A missing venv fails the test: nothing is silently skipped.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::TcpListener;
+use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 /// The venv holding moto, DuckDB, pyarrow and pandas.
@@ -23,9 +25,50 @@ pub fn venv() -> PathBuf {
     venv
 }
 
-/// A free port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Reads `output` line by line until `found` picks a value out of one (at most `limit`), then
+/// keeps draining it in the background so the writer never blocks on a full pipe.
+async fn watch_lines<T>(
+    output: impl AsyncRead + Unpin + Send + 'static,
+    limit: Duration,
+    what: &str,
+    found: impl Fn(&str) -> Option<T>,
+) -> T {
+    let mut lines = BufReader::new(output).lines();
+    let mut seen = Vec::new();
+    let value = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(value) = found(&line) {
+                return Some(value);
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await;
+    let Ok(Some(value)) = value else { panic!("{what} not seen within {limit:?}; output:\n{}", seen.join("\n")) };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    value
+}
+
+/// Starts the `ksql-lake` binary with `args` (its config listening on 127.0.0.1:0) and
+/// returns it with the address it bound for /metrics, read from its JSON log.
+pub async fn spawn_service(binary: &str, args: &[&OsStr]) -> (Child, SocketAddr) {
+    let mut child = Command::new(binary)
+        .args(["--log-format", "json"])
+        .args(args)
+        .env("RUST_LOG", "warn,ksql_lake::pipeline=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ksql-lake starts");
+    let stderr = child.stderr.take().unwrap();
+    let address = watch_lines(stderr, Duration::from_secs(30), "the metrics address", |line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        entry["fields"]["address"].as_str()?.parse().ok()
+    })
+    .await;
+    (child, address)
 }
 
 /// A moto S3 server on 127.0.0.1, killed when dropped.
@@ -36,24 +79,29 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto on a free port with `bucket` created; waits at most 30 s.
+    /// Starts moto with `bucket` created; waits at most 30 s.
     pub async fn start(bucket: &str) -> Moto {
-        let mut moto = Moto::start_on(free_port()).await;
+        let mut moto = Moto::start_empty().await;
         moto.create_bucket(bucket).await;
         moto
     }
 
-    /// Starts moto on `port` (state starts empty).
-    pub async fn start_on(port: u16) -> Moto {
+    /// Starts moto on a port the system picks (state starts empty); it says which on stderr.
+    pub async fn start_empty() -> Moto {
         let binary = venv().join("bin/moto_server");
         assert!(binary.is_file(), "moto_server not found at {}: run `scripts/test.sh`", binary.display());
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("moto_server starts");
+        let stderr = child.stderr.take().unwrap();
+        let port: u16 = watch_lines(stderr, Duration::from_secs(30), "moto's port", |line| {
+            line.split("Running on http://127.0.0.1:").nth(1)?.trim().parse().ok()
+        })
+        .await;
         let endpoint = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
