@@ -23,7 +23,7 @@ use super::frame::Framing;
 const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
 const STREAMED_ROW: &str = "application/vnd.ksql.v1+json";
 
-/// `/query-stream` over HTTP/1.1 on a server before 0.24 (protocol brief, section 2.2).
+/// `/query-stream` over HTTP/1.1 on a server before 0.24.
 const ERROR_CODE_HTTP2_ONLY: i64 = 40004;
 
 /// TCP keep-alive is the only liveness signal of an idle push query on 0.24+ (no heartbeats).

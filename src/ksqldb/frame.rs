@@ -1,7 +1,7 @@
 //! The incremental response decoder: turns any split of a query response's bytes into
 //! [`Event`]s, for the three framings ksqlDB writes (delimited, StreamedRow, JSON array).
 //!
-//! CONTRACT (implemented by the frame work item): `push` bytes as they arrive, then call
+//! Use: `push` bytes as they arrive, then call
 //! `next_event` until it returns `Ok(None)` ("need more bytes"); at end of body call `finish`.
 //! The events never depend on where the chunks were split.
 

@@ -1,7 +1,7 @@
 //! Rows → Arrow: decodes the JSON array of one ksqlDB row (`[1,"a",{"X":2}]`) straight from
 //! the response bytes into column builders, and hands out RecordBatches.
 //!
-//! CONTRACT (implemented by the rows work item):
+//! What the decoder guarantees:
 //! - no per-row heap allocation on the hot path (builders and scratch buffers are reused);
 //! - a row that fails to decode leaves the decoder exactly as it was before the row;
 //! - DECIMAL is decoded from the number's text (no float rounding), BIGINT over the full
@@ -11,7 +11,7 @@
 //!   strings converted to the key type; nulls at every level.
 //!
 //! Values nested in a STRUCT go through Kafka Connect's JSON converter on the server, which
-//! (protocol brief, "Unverified" 1) writes TIMESTAMP/DATE/TIME as integers (epoch ms, days,
+//! (as read from ksqlDB 0.29's source) writes TIMESTAMP/DATE/TIME as integers (epoch ms, days,
 //! ms of day) and DECIMAL as a double. So every temporal column also accepts the integer
 //! form, and DECIMAL accepts any JSON number spelling (`1.2`, `1.2E+3`), converted exactly
 //! from its text. A decimal whose digits do not fit the column's scale or precision is

@@ -37,8 +37,8 @@ pub struct QueryControl {
     inbox: Mutex<Vec<Fault>>,
     /// Woken (with a stored permit) when a fault arrives.
     pub wake: Notify,
-    /// Whether `/close-query` can find it: scalable push queries are not registered there
-    /// (brief section 2.6), though faults still reach them.
+    /// Whether `/close-query` can find it: scalable push queries are not registered there,
+    /// though faults still reach them.
     pub closable: bool,
 }
 

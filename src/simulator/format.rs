@@ -1,4 +1,4 @@
-//! The three response framings of ksqlDB 0.29 (protocol brief sections 1.3, 2.4 and 2.5), byte
+//! The three response framings of ksqlDB 0.29 (delimited, StreamedRow and JSON array), byte
 //! for byte.
 
 use super::plan::{Plan, QueryKind};
@@ -53,7 +53,7 @@ impl Writer {
         Writer { framing, pull_table: kind == QueryKind::PullTable, scalable: false }
     }
 
-    /// Appends a standalone continuation-token entry (brief section 3).
+    /// Appends a standalone continuation-token entry (a scalable push query's).
     pub fn continuation_token(&self, out: &mut Vec<u8>, token: &str) {
         let mut text = String::new();
         match self.framing {

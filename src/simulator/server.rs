@@ -1,6 +1,6 @@
 //! The HTTP side: one listener serving HTTP/1.1 and h2c (prior knowledge) through
-//! hyper-util's auto builder, routing, content negotiation and the pre-stream errors of
-//! section 5 of the protocol brief.
+//! hyper-util's auto builder, routing, content negotiation and the errors ksqlDB
+//! answers before a stream starts.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -162,7 +162,7 @@ enum Endpoint {
 }
 
 fn error_response(endpoint: Endpoint, status: StatusCode, body: String) -> Response<Body> {
-    // FailureHandler (/query-stream, /close-query) sets no Content-Type (brief, Unverified 4)
+    // FailureHandler (/query-stream, /close-query) sets no Content-Type
     let content_type = (endpoint == Endpoint::Query).then_some("application/json");
     respond(status, content_type, body)
 }
@@ -218,7 +218,7 @@ fn info(config: &SimulatorConfig) -> Response<Body> {
     respond(StatusCode::OK, Some("application/json"), body)
 }
 
-/// Picks the framing from `Accept` (brief sections 1.2 and 2.3); `None` means 406.
+/// Picks the framing from `Accept`; `None` means 406.
 fn negotiate<B>(req: &Request<B>, endpoint: Endpoint) -> Option<Framing> {
     let header = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut any = false;
@@ -299,7 +299,7 @@ async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpo
         .and_then(|props| props.get("ksql.streams.auto.offset.reset").or_else(|| props.get("auto.offset.reset")))
         .and_then(|v| v.as_str())
         .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
-    // /query coerces property types, /query-stream passes them through (brief 1.1, 2.1)
+    // /query coerces property types, /query-stream passes them through
     let flag = |name: &str, default: bool| match props.and_then(|props| props.get(name)) {
         Some(serde_json::Value::Bool(value)) => *value,
         Some(serde_json::Value::String(value)) if endpoint == Endpoint::Query => value.eq_ignore_ascii_case("true"),

@@ -1,4 +1,4 @@
-//! Continuation tokens of scalable push queries (protocol brief section 3): the position of a
+//! Continuation tokens of scalable push queries: the position of a
 //! query in every partition of its source, so a client that lost its connection can resume
 //! exactly after the last rows it saw.
 //!

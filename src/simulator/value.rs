@@ -218,7 +218,7 @@ impl Value {
 
 /// Where a value sits: ksqlDB writes STRUCT contents through Kafka Connect's JsonConverter and
 /// re-reads them with a plain mapper, so temporal values become numbers there and decimals
-/// become doubles (protocol brief, Unverified 1: derived from the 0.29 code).
+/// become doubles (read from ksqlDB 0.29's code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     TopLevel,

@@ -1,4 +1,4 @@
-//! Text → scalar conversions for the ksqlDB value forms (section 4 of the protocol brief).
+//! Text → scalar conversions for the ksqlDB value forms (as ksqlDB 0.29 writes them).
 //!
 //! Everything works on the exact text of the JSON token: integers and decimals never go
 //! through `f64`, so `BIGINT` keeps all 64 bits and `DECIMAL` keeps every digit.
