@@ -8,6 +8,8 @@
 
 use arrow::datatypes::Schema;
 use chrono::{DateTime, SecondsFormat, Utc};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -293,6 +295,68 @@ impl FeedMetadata {
         let version = self.schema_history.iter().map(|entry| entry.version).max().unwrap_or(0) + 1;
         self.schema_history.push(SchemaVersion { version, columns: columns.clone(), first_seen: now.to_string() });
         self.schema = Some(SchemaInfo { version, columns });
+    }
+}
+
+/// Why the manifest could not be read or replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: the store failed")]
+    Store {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{path} is not a valid manifest")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The manifest at `path` and the version it was read at, `None` when there is none.
+pub async fn load_manifest(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+) -> Result<Option<(FeedMetadata, UpdateVersion)>, ManifestError> {
+    let failed = |source| ManifestError::Store { path: path.to_string(), source };
+    let result = match store.get(path).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(failed(source)),
+    };
+    let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+    let bytes = result.bytes().await.map_err(failed)?;
+    let metadata =
+        FeedMetadata::from_json(&bytes).map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
+    Ok(Some((metadata, version)))
+}
+
+/// Replaces the manifest that was read at `version` (`None`: there was none) with `metadata`,
+/// atomically: a conditional put where the store has one (S3, GCS, Azure, in-memory), else an
+/// atomic overwrite (LocalFileSystem stages the file and renames it). `Ok(false)` when someone
+/// else changed it meanwhile: read it again and retry.
+pub async fn replace_manifest(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    metadata: &FeedMetadata,
+    version: Option<UpdateVersion>,
+) -> Result<bool, ManifestError> {
+    let body = metadata.to_json().map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
+    let put = |mode| store.put_opts(path, PutPayload::from(body.clone()), PutOptions { mode, ..PutOptions::default() });
+    let mode = match version {
+        None => PutMode::Create,
+        Some(version) => PutMode::Update(version),
+    };
+    let result = match put(mode).await {
+        Err(object_store::Error::NotImplemented { .. }) => put(PutMode::Overwrite).await,
+        other => other,
+    };
+    match result {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(source) => Err(ManifestError::Store { path: path.to_string(), source }),
     }
 }
 

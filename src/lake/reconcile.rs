@@ -20,12 +20,15 @@ use std::collections::HashMap;
 use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use tracing::{error, info, warn};
 
 use super::commit::{merge_runs, CommitState};
 use super::layout::{FeedKind, LayoutError};
-use super::metadata::{columns_of, format_ms, FeedMetadata, FileEntry, SchemaInfo, SchemaVersion};
+use super::metadata::{
+    columns_of, format_ms, load_manifest, replace_manifest, FeedMetadata, FileEntry, ManifestError, SchemaInfo,
+    SchemaVersion,
+};
 use super::parquet::{read_footer_of, Footer, FooterError};
 use super::store::Lake;
 use super::{merge_positions, Positions};
@@ -80,12 +83,8 @@ pub enum ReconcileError {
         #[source]
         source: object_store::Error,
     },
-    #[error("{path} is not a valid manifest (rebuild it from the data files)")]
-    MetadataCorrupt {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("the manifest could not be read or replaced (a corrupt one can be rebuilt from the data files)")]
+    Manifest(#[from] ManifestError),
     #[error("serializing the manifest of {path} failed")]
     Serialize {
         path: String,
@@ -120,11 +119,8 @@ pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<Reconc
     let mut report = ReconcileReport { removed_temp: remove_staged(lake, &dir).await?, ..Default::default() };
     let objects = list_data_files(lake, &dir).await?;
     let mut footers: HashMap<Path, Result<Footer, String>> = HashMap::new();
-    let mut conditional = true;
-    let mut attempt = 0;
-    while attempt < MAX_ATTEMPTS {
-        attempt += 1;
-        let (mut metadata, version) = match load_manifest(lake, &metadata_path).await? {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let (mut metadata, version) = match load_manifest(lake.store().as_ref(), &metadata_path).await? {
             Some((metadata, version)) => (metadata, Some(version)),
             None => (FeedMetadata::new(feed, kind), None),
         };
@@ -153,33 +149,14 @@ pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<Reconc
         if adopted.is_empty() {
             return Ok(report);
         }
-        let body = metadata
-            .to_json()
-            .map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
-        let mode = match version {
-            None => PutMode::Create,
-            Some(version) if conditional => PutMode::Update(version),
-            Some(_) => PutMode::Overwrite,
-        };
-        let options = PutOptions { mode, ..PutOptions::default() };
-        match lake.store().put_opts(&metadata_path, PutPayload::from(body), options).await {
-            Ok(_) => {
-                for path in &adopted {
-                    info!(path = %path, "adopted a data file the manifest did not list");
-                }
-                report.adopted = adopted;
-                return Ok(report);
+        if replace_manifest(lake.store().as_ref(), &metadata_path, &metadata, version).await? {
+            for path in &adopted {
+                info!(path = %path, "adopted a data file the manifest did not list");
             }
-            Err(object_store::Error::NotImplemented { .. }) if conditional => {
-                // LocalFileSystem: a plain put is a staged write plus rename, atomic as well.
-                conditional = false;
-                attempt -= 1;
-            }
-            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-                warn!(path = %metadata_path, attempt, "manifest changed while reconciling; retrying");
-            }
-            Err(source) => return Err(ReconcileError::Write { path: metadata_path.to_string(), source }),
+            report.adopted = adopted;
+            return Ok(report);
         }
+        warn!(path = %metadata_path, attempt, "manifest changed while reconciling; retrying");
     }
     Err(ReconcileError::Contended { path: metadata_path.to_string(), attempts: MAX_ATTEMPTS })
 }
@@ -327,20 +304,6 @@ async fn read_footer(lake: &Lake, kind: FeedKind, feed: &str, meta: &ObjectMeta)
     let footer = read_footer_of(lake.store().as_ref(), meta).await?;
     footer.belongs_to(feed, kind)?;
     Ok(footer)
-}
-
-/// The manifest and its version, `None` when absent.
-async fn load_manifest(lake: &Lake, path: &Path) -> Result<Option<(FeedMetadata, UpdateVersion)>, ReconcileError> {
-    let result = match lake.store().get(path).await {
-        Ok(result) => result,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(ReconcileError::Read { path: path.to_string(), source }),
-    };
-    let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
-    let bytes = result.bytes().await.map_err(|source| ReconcileError::Read { path: path.to_string(), source })?;
-    let metadata = FeedMetadata::from_json(&bytes)
-        .map_err(|source| ReconcileError::MetadataCorrupt { path: path.to_string(), source })?;
-    Ok(Some((metadata, version)))
 }
 
 /// True for LocalFileSystem's staging names: `<name>#<digits>` (object_store's `local.rs`

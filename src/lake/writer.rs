@@ -23,8 +23,6 @@
 //! If the data file is written but the manifest update fails, the file stays as an orphan that
 //! is not part of the committed lake; committing the same job again adopts it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use bytes::Bytes;
 use chrono::Utc;
 use object_store::path::Path;
@@ -34,7 +32,7 @@ use tracing::{debug, info, warn};
 use super::buffer::{FlushJob, FlushReason};
 use super::commit::highest_offsets;
 use super::layout::{FeedKind, LayoutError};
-use super::metadata::{columns_of, format_ms, FeedMetadata, FileEntry};
+use super::metadata::{columns_of, format_ms, load_manifest, replace_manifest, FeedMetadata, FileEntry, ManifestError};
 use super::parquet::{encode, read_footer_of, EncodeError, EncodedFile, FileInfo, FooterError, ParquetOptions};
 use super::partition::PartitionKey;
 use super::store::Lake;
@@ -171,13 +169,11 @@ const MANIFEST_RACES: u32 = 5;
 pub struct LakeWriter {
     lake: Lake,
     options: WriterOptions,
-    /// Cleared once the store answers NotImplemented to a conditional update.
-    conditional_update: AtomicBool,
 }
 
 impl LakeWriter {
     pub fn new(lake: Lake, options: WriterOptions) -> Self {
-        LakeWriter { lake, options, conditional_update: AtomicBool::new(true) }
+        LakeWriter { lake, options }
     }
 
     pub fn lake(&self) -> &Lake {
@@ -365,47 +361,29 @@ impl LakeWriter {
             metadata.record_file(&partition_path, entry, columns.clone(), now);
             // The ledger's state for this file: the exact committed set, recorded as it is.
             metadata.set_commit_state(job.commit.clone());
-            let body =
-                metadata.to_json().map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
-            let conditional = self.conditional_update.load(Ordering::Relaxed);
-            let mode = match version {
-                None => PutMode::Create,
-                Some(version) if conditional => PutMode::Update(version),
-                Some(_) => PutMode::Overwrite,
-            };
-            let options = PutOptions { mode, ..PutOptions::default() };
-            match self.lake.store().put_opts(path, PutPayload::from(body), options).await {
-                Ok(_) => return Ok((metadata.committed_positions, false)),
-                Err(object_store::Error::NotImplemented { .. }) if conditional => {
-                    debug!(path = %path, "store has no conditional update; using atomic overwrite");
-                    self.conditional_update.store(false, Ordering::Relaxed);
-                }
-                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. })
-                    if races + 1 < MANIFEST_RACES =>
-                {
-                    races += 1;
-                    warn!(path = %path, races, "the manifest changed meanwhile; reading it again");
-                }
-                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-                    return Err(WriteError::Contended { path: path.to_string(), attempts: MANIFEST_RACES });
-                }
-                Err(source) => return Err(WriteError::Metadata { path: path.to_string(), source }),
+            if replace_manifest(self.lake.store().as_ref(), path, &metadata, version).await.map_err(WriteError::from)? {
+                return Ok((metadata.committed_positions, false));
             }
+            races += 1;
+            if races >= MANIFEST_RACES {
+                return Err(WriteError::Contended { path: path.to_string(), attempts: MANIFEST_RACES });
+            }
+            warn!(path = %path, races, "the manifest changed meanwhile; reading it again");
         }
     }
 
     /// The manifest and its version, `None` if absent.
     async fn load_metadata(&self, path: &Path) -> Result<Option<(FeedMetadata, UpdateVersion)>, WriteError> {
-        let result = match self.lake.store().get(path).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(source) => return Err(WriteError::Metadata { path: path.to_string(), source }),
-        };
-        let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
-        let bytes = result.bytes().await.map_err(|source| WriteError::Metadata { path: path.to_string(), source })?;
-        let metadata = FeedMetadata::from_json(&bytes)
-            .map_err(|source| WriteError::MetadataCorrupt { path: path.to_string(), source })?;
-        Ok(Some((metadata, version)))
+        Ok(load_manifest(self.lake.store().as_ref(), path).await?)
+    }
+}
+
+impl From<ManifestError> for WriteError {
+    fn from(error: ManifestError) -> Self {
+        match error {
+            ManifestError::Store { path, source } => WriteError::Metadata { path, source },
+            ManifestError::Corrupt { path, source } => WriteError::MetadataCorrupt { path, source },
+        }
     }
 }
 

@@ -123,38 +123,24 @@ impl Writer {
     /// Appends one row; returns false when the framing drops it (tombstones outside
     /// StreamedRow).
     pub fn row(&self, out: &mut Vec<u8>, plan: &Plan, row: &Row) -> bool {
-        match self.framing {
-            Framing::Delimited => {
-                if row.tombstone {
-                    return false;
-                }
-                out.push(b'[');
-                plan.write_values(out, row);
-                out.extend_from_slice(b"]\n");
-            }
-            Framing::JsonArray => {
-                if row.tombstone {
-                    return false;
-                }
-                out.extend_from_slice(b",[");
-                plan.write_values(out, row);
-                out.push(b']');
-            }
+        // The delimited and JSON-array framings carry no tombstones: ksqlDB drops them.
+        let (before, after): (&[u8], &[u8]) = match self.framing {
+            Framing::Delimited | Framing::JsonArray if row.tombstone => return false,
+            Framing::Delimited => (b"[", b"]\n"),
+            Framing::JsonArray => (b",[", b"]"),
             Framing::StreamedRow => {
                 if self.pull_table {
                     out.extend_from_slice(b",\n");
                 }
-                out.extend_from_slice(b"{\"row\":{\"columns\":[");
-                plan.write_values(out, row);
-                if row.tombstone {
-                    out.extend_from_slice(b"],\"tombstone\":true}}");
-                } else {
-                    out.extend_from_slice(b"]}}");
-                }
-                if !self.pull_table {
-                    out.extend_from_slice(b",\n");
-                }
+                let end: &[u8] = if row.tombstone { b"],\"tombstone\":true}}" } else { b"]}}" };
+                (b"{\"row\":{\"columns\":[", end)
             }
+        };
+        out.extend_from_slice(before);
+        plan.write_values(out, row);
+        out.extend_from_slice(after);
+        if self.framing == Framing::StreamedRow && !self.pull_table {
+            out.extend_from_slice(b",\n");
         }
         true
     }

@@ -95,24 +95,35 @@ async fn local_filesystem_commit_falls_back_to_atomic_overwrite_for_the_manifest
     assert_eq!(metadata.partitions[0].files.len(), 2);
 }
 
-#[tokio::test]
-async fn a_failed_put_is_retryable_and_the_same_encoded_file_is_written_once() {
+/// The first `failures` puts of paths containing `filter` fail; the same encoded file is
+/// committed again after each failure (as the commit stage does), which must be retryable and
+/// leave nothing visible, until it commits. Returns what committed and the stores.
+async fn commit_through_failures(
+    filter: &str,
+    failures: usize,
+) -> (CommittedFile, Arc<FaultyStore>, Arc<dyn ObjectStore>) {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let faulty = FaultyStore::with_filter(Arc::clone(&inner), ".parquet");
-    faulty.fail_next_puts(2);
+    let faulty = FaultyStore::with_filter(Arc::clone(&inner), filter);
+    faulty.fail_next_puts(failures);
     let writer = writer_over(faulty.clone());
     let job = job(10, 0, 5);
     let encoded = writer.encode(&job).await.unwrap();
-    for _ in 0..2 {
+    for _ in 0..failures {
         let error = writer.commit(&job, &encoded).await.unwrap_err();
-        assert!(matches!(error, WriteError::Put { .. }) && error.is_retryable(), "{error:?}");
-        assert!(objects(&inner).await.is_empty(), "a failed put leaves nothing");
+        assert!(error.is_retryable(), "{error:?}");
+        assert!(metadata_bytes(&inner).await.is_none(), "nothing is committed by a failed attempt");
     }
     let committed = writer.commit(&job, &encoded).await.unwrap();
+    assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 5);
+    (committed, faulty, inner)
+}
+
+#[tokio::test]
+async fn a_failed_put_is_retryable_and_the_same_encoded_file_is_written_once() {
+    let (committed, faulty, inner) = commit_through_failures(".parquet", 2).await;
     assert_eq!(committed.outcome, CommitOutcome::Written);
     assert_eq!(faulty.puts(), 4, "3 data attempts + 1 manifest");
     assert_eq!(objects(&inner).await.len(), 2);
-    assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 5);
 }
 
 #[tokio::test]
@@ -141,19 +152,9 @@ async fn a_failed_data_write_leaves_no_file_and_the_manifest_untouched() {
 
 #[tokio::test]
 async fn a_failed_manifest_update_is_retryable_and_the_retry_reuses_the_data_file() {
-    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let faulty = FaultyStore::with_filter(Arc::clone(&inner), "_metadata.json");
-    faulty.fail_next_puts(2);
-    let writer = writer_over(faulty.clone());
-    let job = job(10, 0, 5);
-    let encoded = writer.encode(&job).await.unwrap();
-    for _ in 0..2 {
-        let error = writer.commit(&job, &encoded).await.unwrap_err();
-        assert!(matches!(error, WriteError::Metadata { .. }) && error.is_retryable(), "{error:?}");
-    }
-    let committed = writer.commit(&job, &encoded).await.unwrap();
+    let (committed, _, inner) = commit_through_failures("_metadata.json", 2).await;
     assert_eq!(committed.outcome, CommitOutcome::ReusedExisting, "found by its footer, not rewritten");
-    assert_eq!(writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap().total_records, 5);
+    assert_eq!(objects(&inner).await.len(), 2);
 }
 
 #[tokio::test]
