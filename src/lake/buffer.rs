@@ -2,7 +2,7 @@
 //!
 //! Rows are held as the RecordBatches they arrived in, one list per [`PartitionKey`], until a
 //! flush predicate fires. The caller drives it:
-//! - after every [`PartitionBuffers::push`] and on a periodic tick (about once a second) call
+//! - after every [`PartitionBuffers::push_batch`] and on a periodic tick (about once a second) call
 //!   [`PartitionBuffers::drain_ready`], so idle partitions flush by age and close even when no
 //!   row arrives;
 //! - while [`MemoryBudget::over_budget`], call [`PartitionBuffers::drain_largest`] (reason
@@ -11,13 +11,16 @@
 //!
 //! Ages use `tokio::time::Instant` (tests pause and advance tokio's clock). Partition close
 //! compares partition bounds with the feed's event-time **watermark**, which the caller passes
-//! to [`PartitionBuffers::push`] and [`PartitionBuffers::drain_ready`] (epoch ms): the buffers
-//! read no clock of their own.
+//! to [`PartitionBuffers::push_batch`] and [`PartitionBuffers::drain_ready`] (epoch ms): the
+//! buffers read no clock of their own.
+//!
+//! The buffers own the feed's [`CommitLedger`]: every job they hand out carries its exact
+//! runs and the commit state the manifest records with it, so nothing downstream completes it.
 //!
 //! Late rows: rows for a partition that is already closed (end + allowed lateness has passed)
 //! open a buffer marked `late`. It does not flush on partition close again (that would write a
 //! file per tick) but by rows, bytes or age, so late data lands as one extra file per
-//! `max_age` in the old folder. [`PartitionBuffers::push`] says how many rows were late.
+//! `max_age` in the old folder. [`PartitionBuffers::push_batch`] says how many rows were late.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +31,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::budget::{MemoryBudget, Reservation};
-use super::commit::{CommitState, Runs};
+use super::commit::{CommitLedger, CommitState, Destination, Runs};
 use super::layout::{data_file_name, ulid, FeedKind};
 use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
 use super::Position;
@@ -87,13 +90,17 @@ impl Default for FlushPolicy {
 /// Encoded/in-memory ratio assumed before the first flush teaches a better one.
 pub const INITIAL_COMPRESSION_RATIO: f64 = 0.25;
 
-/// What [`PartitionBuffers::push`] did.
-#[derive(Debug)]
+/// What [`PartitionBuffers::push_batch`] did.
+#[derive(Debug, Default)]
 pub struct Pushed {
-    /// Buffers drained before the rows were added (a schema change).
+    /// Buffers drained before the rows were added (a schema change), in commit order.
     pub drained: Vec<FlushJob>,
+    /// Rows buffered.
+    pub rows: usize,
     /// Rows added to a partition that had already closed.
     pub late_rows: usize,
+    /// Rows without a usable event time, routed by processing time.
+    pub null_event_time_rows: usize,
 }
 
 /// The rows of one partition, ready to be written as one file.
@@ -116,8 +123,7 @@ pub struct FlushJob {
     pub null_event_time_rows: usize,
     /// Rows that arrived after their partition closed.
     pub late: bool,
-    /// Exact runs of ksqlDB offsets in this file, from the feed's
-    /// [`CommitLedger`](super::commit::CommitLedger).
+    /// Exact runs of ksqlDB offsets in this file, from the feed's [`CommitLedger`].
     pub runs: Runs,
     /// The feed's commit state once this file is committed, from the ledger: the manifest
     /// records it as it is.
@@ -165,6 +171,8 @@ pub struct PartitionBuffers {
     schema: Option<SchemaRef>,
     buffers: BTreeMap<PartitionKey, PartitionBuffer>,
     compression_ratio: f64,
+    /// Where every row went, so each drained job carries its exact runs and commit state.
+    ledger: CommitLedger,
 }
 
 impl PartitionBuffers {
@@ -184,25 +192,58 @@ impl PartitionBuffers {
             schema: None,
             buffers: BTreeMap::new(),
             compression_ratio: INITIAL_COMPRESSION_RATIO,
+            ledger: CommitLedger::default(),
         }
     }
 
-    /// Buffers routed rows; a partition already closed at `watermark_ms` gets a `late` buffer.
-    /// If their schema differs from the buffered one, every partition is drained first (reason
-    /// `schema_change`) and returned: one file never mixes schemas.
-    pub fn push(&mut self, routed: RoutedBatch, watermark_ms: i64) -> Pushed {
-        let mut jobs = Vec::new();
+    /// Starts from the manifest's commit state (a restart); the default is an empty lake.
+    pub fn resuming_from(mut self, committed: CommitState) -> Self {
+        self.ledger = CommitLedger::new(committed);
+        self
+    }
+
+    /// Buffers the routed parts of one source batch and records in the ledger where each of
+    /// its rows went; `passed` are the rows that arrived but are not in the batch (skipped as
+    /// committed, rejected). A part for a partition already closed at `watermark_ms` goes to a
+    /// `late` buffer. If the batch's schema differs from the buffered one, every partition is
+    /// drained first (reason `schema_change`) and returned: one file never mixes schemas.
+    ///
+    /// A batch is recorded as a whole: rows of one ksqlDB partition interleave between its
+    /// parts, and only together do they say where each run of a time partition ends.
+    pub fn push_batch(&mut self, parts: Vec<RoutedBatch>, passed: &[Position], watermark_ms: i64) -> Pushed {
+        let mut pushed = Pushed::default();
+        let mut arrivals: Vec<(Position, Destination)> =
+            passed.iter().map(|&position| (position, Destination::Passed)).collect();
+        for part in parts {
+            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(part.key))));
+            let key = part.key;
+            self.push_part(part, watermark_ms, &mut pushed);
+            self.ledger.arrived(key);
+        }
+        self.ledger.record(&mut arrivals);
+        pushed
+    }
+
+    /// A continuation token: every row buffered so far precedes it.
+    pub fn token(&mut self, token: String) {
+        self.ledger.token(token);
+    }
+
+    fn push_part(&mut self, routed: RoutedBatch, watermark_ms: i64, pushed: &mut Pushed) {
         let schema = routed.batch.schema();
         if let Some(current) = &self.schema {
             if current.fields() != schema.fields() {
-                jobs = self.drain_all(FlushReason::SchemaChange);
+                let drained = self.drain_all(FlushReason::SchemaChange);
+                pushed.drained.extend(drained);
             }
         }
         self.schema = Some(schema);
         let stats = routed.stats;
         if stats.rows == 0 {
-            return Pushed { drained: jobs, late_rows: 0 };
+            return;
         }
+        pushed.rows += stats.rows;
+        pushed.null_event_time_rows += stats.null_event_time_rows;
         let bytes = routed.batch.get_array_memory_size() as u64;
         let buffer = match self.buffers.get_mut(&routed.key) {
             Some(buffer) => buffer,
@@ -226,7 +267,9 @@ impl PartitionBuffers {
                 self.buffers.entry(routed.key).or_insert(buffer)
             }
         };
-        let late_rows = if buffer.late { stats.rows } else { 0 };
+        if buffer.late {
+            pushed.late_rows += stats.rows;
+        }
         buffer.batches.push(routed.batch);
         buffer.rows += stats.rows;
         buffer.in_memory_bytes += bytes;
@@ -237,7 +280,6 @@ impl PartitionBuffers {
             buffer.first_position = stats.first_position;
         }
         buffer.null_event_time_rows += stats.null_event_time_rows;
-        Pushed { drained: jobs, late_rows }
     }
 
     /// Drains every partition whose flush predicate holds at `now` and `watermark_ms`.
@@ -312,9 +354,12 @@ impl PartitionBuffers {
         }
     }
 
+    /// Every job is taken here, in the order it must be committed in: the ledger's state for
+    /// it assumes every job taken before it is committed first.
     fn take(&mut self, key: PartitionKey, reason: FlushReason) -> Option<FlushJob> {
         let buffer = self.buffers.remove(&key)?;
         let schema = self.schema.clone()?;
+        let (runs, commit) = self.ledger.take(&key);
         let now_ms = chrono::Utc::now().timestamp_millis();
         let file_name = data_file_name(buffer.first_event_ms, self.spec.timezone, buffer.first_position, now_ms)
             .unwrap_or_else(|_| format!("data_00000000_000000_{}.parquet", ulid(now_ms)));
@@ -334,8 +379,8 @@ impl PartitionBuffers {
             first_position: buffer.first_position,
             null_event_time_rows: buffer.null_event_time_rows,
             late: buffer.late,
-            runs: Runs::new(),
-            commit: CommitState::default(),
+            runs,
+            commit,
             reservation: buffer.reservation,
         })
     }

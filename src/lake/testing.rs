@@ -10,8 +10,8 @@ use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMi
 use arrow::datatypes::Schema;
 
 use super::{
-    CommitLedger, Destination, EventTime, FeedKind, FlushJob, FlushPolicy, FlushReason, MemoryBudget, PartitionBuffers,
-    PartitionSpec, Position, RowRouter,
+    EventTime, FeedKind, FlushJob, FlushPolicy, FlushReason, MemoryBudget, PartitionBuffers, PartitionSpec, Position,
+    RowRouter,
 };
 use crate::schema::types::{arrow_schema, Column, KsqlType};
 use async_trait::async_trait;
@@ -152,14 +152,13 @@ pub fn orders(times: &[i64], partition: u32, first_offset: u64) -> Rows {
     Rows { batch, positions }
 }
 
-/// A feed's buffer stage without its tasks: rows go through the router, the buffers and the
-/// ledger exactly as in the pipeline, and come out as flush jobs carrying their runs and
-/// commit state, ready for [`LakeWriter`](super::LakeWriter).
+/// A feed's buffer stage without its tasks: rows go through the router and the buffers (and
+/// their commit ledger) exactly as in the pipeline, and come out as flush jobs carrying their
+/// runs and commit state, ready for [`LakeWriter`](super::LakeWriter).
 #[derive(Debug)]
 pub struct TestFeed {
     pub router: RowRouter,
     pub buffers: PartitionBuffers,
-    pub ledger: CommitLedger,
     /// The event-time watermark handed to the buffers (ms).
     pub watermark_ms: i64,
 }
@@ -170,7 +169,6 @@ impl TestFeed {
         TestFeed {
             router: RowRouter::new(spec, EventTime::Column("ROWTIME".into())),
             buffers: PartitionBuffers::new("orders", FeedKind::Stream, spec, policy, budget),
-            ledger: CommitLedger::default(),
             watermark_ms,
         }
     }
@@ -183,41 +181,22 @@ impl TestFeed {
     /// Routes and buffers `rows`; returns the jobs a schema change drained.
     pub fn push(&mut self, rows: &Rows) -> Vec<FlushJob> {
         let routed = self.router.route(&rows.batch, &rows.positions, self.watermark_ms).expect("routable rows");
-        let mut arrivals = Vec::new();
-        let mut drained = Vec::new();
-        for part in routed {
-            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(part.key))));
-            let key = part.key;
-            let pushed = self.buffers.push(part, self.watermark_ms).drained;
-            drained.extend(self.finish(pushed));
-            self.ledger.arrived(key);
-        }
-        self.ledger.record(&mut arrivals);
-        drained
+        self.buffers.push_batch(routed, &[], self.watermark_ms).drained
     }
 
     /// The jobs whose flush trigger holds now.
     pub fn drain_ready(&mut self) -> Vec<FlushJob> {
-        let jobs = self.buffers.drain_ready(tokio::time::Instant::now(), self.watermark_ms);
-        self.finish(jobs)
+        self.buffers.drain_ready(tokio::time::Instant::now(), self.watermark_ms)
     }
 
     /// Every buffer as a job.
     pub fn drain_all(&mut self, reason: FlushReason) -> Vec<FlushJob> {
-        let jobs = self.buffers.drain_all(reason);
-        self.finish(jobs)
+        self.buffers.drain_all(reason)
     }
 
     /// Pushes `rows` and drains everything: one job per partition.
     pub fn jobs_for(&mut self, rows: &Rows) -> Vec<FlushJob> {
         assert!(self.push(rows).is_empty());
         self.drain_all(FlushReason::Shutdown)
-    }
-
-    fn finish(&mut self, mut jobs: Vec<FlushJob>) -> Vec<FlushJob> {
-        for job in &mut jobs {
-            (job.runs, job.commit) = self.ledger.take(&job.key);
-        }
-        jobs
     }
 }

@@ -77,7 +77,6 @@ impl FeedMetrics {
 /// One source batch routed into the partition buffers.
 #[derive(Debug, Default)]
 pub(crate) struct BatchRouted {
-    pub(crate) rows: usize,
     /// Rows added to a partition that had already closed.
     pub(crate) late_rows: usize,
     /// Rows without a usable event time, routed by processing time.

@@ -28,8 +28,7 @@ use crate::config::{self, Config, FeedConfig};
 use crate::defaults;
 use crate::ksqldb::client::KsqlClient;
 use crate::lake::{
-    self, CommitLedger, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter,
-    WriterOptions,
+    self, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions,
 };
 use crate::metrics::{Health, Metrics};
 use events::FeedMetrics;
@@ -226,12 +225,12 @@ fn build_sink(
         max_age: settings.flush_max_age,
         allowed_lateness: settings.allowed_lateness,
     };
-    let buffers = PartitionBuffers::new(feed.name.clone(), feed.kind, spec, policy, budget.clone());
+    let buffers =
+        PartitionBuffers::new(feed.name.clone(), feed.kind, spec, policy, budget.clone()).resuming_from(committed);
     FeedSink {
         feed: feed.name.clone(),
         router,
         buffers,
-        ledger: CommitLedger::new(committed),
         writer: writer.clone(),
         budget: budget.clone(),
         metrics: FeedMetrics::new(metrics, &feed.name),

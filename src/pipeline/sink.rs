@@ -1,6 +1,6 @@
 //! The buffer stage of a feed: routes each decoded batch row by row to its partition, buffers
-//! per partition, tells the feed's [`CommitLedger`] where every row went, and hands files to
-//! the commit stage when a flush trigger fires (rows, bytes, age, partition close, memory,
+//! per partition (the buffers record in the feed's commit ledger where every row went), and
+//! hands files to the commit stage when a flush trigger fires (rows, bytes, age, partition close, memory,
 //! schema change, shutdown).
 //!
 //! ```text
@@ -24,10 +24,7 @@ use tokio::time::Instant;
 use super::events::{BatchRouted, CommitAttemptFailed, CommitsRecovered, FeedMetrics, FileCommitted, RowsNotRoutable};
 use super::source::SourceMessage;
 use crate::backoff::Backoff;
-use crate::lake::{
-    CommitLedger, Destination, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, Position, RowRouter,
-    WriteError,
-};
+use crate::lake::{FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, Position, RowRouter, WriteError};
 use crate::metrics::Health;
 
 /// Partition close follows the feed's event-time watermark: the highest event time seen, never
@@ -76,9 +73,8 @@ pub struct SinkFailed {
 pub(crate) struct FeedSink {
     pub(crate) feed: String,
     pub(crate) router: RowRouter,
+    /// The buffers, and with them the feed's commit ledger.
     pub(crate) buffers: PartitionBuffers,
-    /// The one owner of the feed's commit state.
-    pub(crate) ledger: CommitLedger,
     pub(crate) writer: Arc<LakeWriter>,
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) metrics: FeedMetrics,
@@ -144,7 +140,7 @@ impl FeedSink {
                         sent
                     }
                     Some(SourceMessage::Token(token)) => {
-                        self.ledger.token(token);
+                        self.buffers.token(token);
                         true
                     }
                     Some(SourceMessage::Batch { batch, positions, passed }) => {
@@ -192,37 +188,26 @@ impl FeedSink {
         passed: Vec<Position>,
     ) -> bool {
         let processing_ms = wall_ms();
-        let mut arrivals: Vec<(Position, Destination)> =
-            passed.into_iter().map(|position| (position, Destination::Passed)).collect();
         let routed = match self.router.route(&batch, &positions, processing_ms) {
             Ok(routed) => routed,
             Err(error) => {
                 // Only a batch the router cannot read gets here (a missing or unusable event-time
                 // column); its rows count as passed so the feed is not stuck on them.
                 RowsNotRoutable { rows: batch.num_rows(), error: &error }.emit(&self.metrics);
-                arrivals.extend(positions.iter().flatten().map(|&position| (position, Destination::Passed)));
-                self.ledger.record(&mut arrivals);
+                let passed: Vec<Position> = passed.into_iter().chain(positions.into_iter().flatten()).collect();
+                self.buffers.push_batch(Vec::new(), &passed, stage.watermark.at(processing_ms));
                 return true;
             }
         };
-        let mut event = BatchRouted::default();
-        for part in routed {
+        for part in &routed {
             stage.watermark.observe(part.stats.max_event_ms);
-            let key = part.key;
-            event.rows += part.stats.rows;
-            event.null_event_time_rows += part.stats.null_event_time_rows;
-            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(key))));
-            // Jobs from a push (a schema change) are handed on before this batch's rows are
-            // recorded, so the two never mix.
-            let pushed = self.buffers.push(part, stage.watermark.at(processing_ms));
-            event.late_rows += pushed.late_rows;
-            if !self.hand_on(stage, pushed.drained).await {
-                return false;
-            }
-            self.ledger.arrived(key);
         }
-        self.ledger.record(&mut arrivals);
-        event.emit(&self.metrics);
+        let pushed = self.buffers.push_batch(routed, &passed, stage.watermark.at(processing_ms));
+        BatchRouted { late_rows: pushed.late_rows, null_event_time_rows: pushed.null_event_time_rows }
+            .emit(&self.metrics);
+        if !self.hand_on(stage, pushed.drained).await {
+            return false;
+        }
         // Above the budget: flush the largest buffer while buffers alone exceed it; when files on
         // their way out hold the excess, wait for them (reading pauses) rather than grow.
         while self.budget.used() > self.budget.limit() {
@@ -245,11 +230,11 @@ impl FeedSink {
         true
     }
 
-    /// Hands files to the commit stage in order, each with its runs and the commit state the
-    /// ledger computes for it. False when the commit stage has stopped.
+    /// Hands files to the commit stage in the order the buffers drained them (each carries the
+    /// commit state that holds once it and every file before it are committed). False when the
+    /// commit stage has stopped.
     async fn hand_on(&mut self, stage: &mut Stage, drained: Vec<FlushJob>) -> bool {
-        for mut job in drained {
-            (job.runs, job.commit) = self.ledger.take(&job.key);
+        for job in drained {
             let Some(jobs) = &stage.jobs else { return false };
             stage.in_flight += job.reserved_bytes();
             if jobs.send(Prepared { job, queued: Instant::now() }).await.is_err() {

@@ -108,7 +108,7 @@ async fn late_rows_are_counted_and_flush_by_age_not_on_every_tick() {
     let mut f = fixture(FlushPolicy::default());
     let late = rows(&[ms(10, 5, 0), ms(10, 6, 0)], 0);
     let routed = f.feed.router.route(&late.batch, &late.positions, 0).unwrap();
-    let pushed = f.feed.buffers.push(routed.into_iter().next().unwrap(), ms(12, 0, 0)); // hour 10 closed at 11:10
+    let pushed = f.feed.buffers.push_batch(routed, &[], ms(12, 0, 0)); // hour 10 closed at 11:10
     assert_eq!(pushed.late_rows, 2);
     assert!(pushed.drained.is_empty());
     assert!(f.feed.drain_ready().is_empty());
@@ -150,7 +150,7 @@ async fn a_new_schema_drains_everything_buffered_first() {
     let schema = Arc::new(Schema::new(vec![Field::new("ROWTIME", DataType::Int64, true)]));
     let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![ms(10, 2, 0)]))]).unwrap();
     let routed = RowRouter::new(spec(), EventTime::Column("ROWTIME".into())).route(&batch, &[], 0).unwrap();
-    let jobs = f.feed.buffers.push(routed.into_iter().next().unwrap(), ms(10, 30, 0)).drained;
+    let jobs = f.feed.buffers.push_batch(routed, &[], ms(10, 30, 0)).drained;
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|job| job.reason == FlushReason::SchemaChange && job.schema.fields().len() == 4));
     assert_eq!(f.feed.buffers.buffered_rows(), 1);
@@ -172,4 +172,26 @@ fn reasons_have_stable_metric_labels() {
     ];
     let labels: Vec<&str> = all.iter().map(|reason| reason.as_str()).collect();
     assert_eq!(labels, ["rows", "bytes", "age", "partition_close", "memory", "shutdown", "schema_change"]);
+}
+
+/// Rows of one ksqlDB partition alternating between two hours in one batch (late and early
+/// rows at an hour boundary): each job holds exactly its own rows' runs, and the first job's
+/// commit state never covers a row the other hour still buffers.
+#[tokio::test(start_paused = true)]
+async fn interleaved_hours_give_each_job_its_exact_runs() {
+    let mut f = fixture(FlushPolicy::default());
+    let times: Vec<i64> = (0..10).map(|i| if i % 2 == 0 { ms(10, 59, 0) } else { ms(11, 0, 0) }).collect();
+    push_all(&mut f, rows(&times, 0));
+    let mut jobs = f.feed.drain_all(FlushReason::Shutdown);
+    assert_eq!(jobs.len(), 2);
+    let eleven = jobs.pop().unwrap();
+    let ten = jobs.pop().unwrap();
+    assert_eq!(ten.runs[&0], [(0, 0), (2, 2), (4, 4), (6, 6), (8, 8)]);
+    assert_eq!(eleven.runs[&0], [(1, 1), (3, 3), (5, 5), (7, 7), (9, 9)]);
+    for offset in [1, 3, 5, 7, 9] {
+        assert!(!ten.commit.covers(0, offset), "offset {offset} is still buffered in hour 11");
+    }
+    assert!((0..10).step_by(2).all(|offset| ten.commit.covers(0, offset)));
+    assert_eq!(eleven.commit.low[&0], 9, "both committed: everything up to 9");
+    assert!(eleven.commit.ranges.is_empty());
 }
