@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use prometheus::{Counter, Gauge, Histogram, IntCounter, IntGauge};
 
+use crate::ksqldb::client::ClientError;
 use crate::lake::{CommittedFile, PartitionError, WriteError};
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{FeedState, Health, Metrics};
+use crate::schema::RowError;
 
 /// A feed's metric series, resolved once (label lookups are not free per row or per batch).
 #[derive(Clone)]
@@ -71,6 +73,85 @@ impl FeedMetrics {
 
     fn error(&self, stage: &str, error_type: &str) {
         self.metrics.errors.with_label_values(&[&self.feed, stage, error_type]).inc();
+    }
+}
+
+/// The source handed a batch to the buffer stage, after waiting `blocked` for room.
+pub(crate) struct BatchSent {
+    pub(crate) rows: usize,
+    pub(crate) blocked: Duration,
+}
+
+impl BatchSent {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        metrics.rows_received.inc_by(self.rows as u64);
+        if self.blocked > Duration::from_millis(1) {
+            metrics.backpressure_seconds.inc_by(self.blocked.as_secs_f64());
+        }
+    }
+}
+
+/// A row that could not be decoded.
+pub(crate) struct RowRejected<'a> {
+    pub(crate) error: &'a RowError,
+}
+
+impl RowRejected<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        metrics.rows_rejected.inc();
+        let error = self.error;
+        tracing::warn!(feed = %metrics.feed, column = %error.column, reason = %error.reason, raw = %error.raw,
+            "row rejected");
+    }
+}
+
+/// The push query ended and is reopened after `delay`.
+pub(crate) struct QueryReopening<'a> {
+    pub(crate) reason: &'a str,
+    pub(crate) detail: &'a str,
+    pub(crate) attempt: u32,
+    pub(crate) delay: Duration,
+    /// Reopened at `latest`: what was produced meanwhile is not ingested.
+    pub(crate) at_latest: bool,
+}
+
+impl QueryReopening<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
+        metrics.reconnect(self.reason);
+        let delay_ms = self.delay.as_millis() as u64;
+        let (reason, detail, attempt) = (self.reason, self.detail, self.attempt);
+        if self.at_latest {
+            tracing::warn!(feed = %metrics.feed, reason, detail, attempt, delay_ms,
+                "push query ended; reopening at latest: rows produced meanwhile are not ingested");
+        } else {
+            tracing::warn!(feed = %metrics.feed, reason, detail, attempt, delay_ms, "push query ended; reopening");
+        }
+        health.set_feed(&metrics.feed, FeedState::Reconnecting { reason: reason.into() });
+    }
+}
+
+/// The push query failed with an error that retrying cannot fix: the feed stops.
+pub(crate) struct QueryFailed<'a> {
+    pub(crate) error: &'a ClientError,
+}
+
+impl QueryFailed<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
+        metrics.push_query_up.set(0);
+        tracing::error!(feed = %metrics.feed, error = %self.error, "push query failed permanently; feed stopped");
+        health.set_feed(&metrics.feed, FeedState::Failed { error: self.error.to_string() });
+    }
+}
+
+/// ksqlDB refused ROWPARTITION/ROWOFFSET in the resume WHERE clause.
+pub(crate) struct ResumeFilterRejected<'a> {
+    pub(crate) error: &'a ClientError,
+}
+
+impl ResumeFilterRejected<'_> {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        tracing::warn!(feed = %metrics.feed, error = %self.error,
+            "ksqlDB rejected the resume filter; reading from earliest and skipping committed rows client-side");
     }
 }
 

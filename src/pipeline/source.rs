@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::FeedMetrics;
+use super::events::{BatchSent, FeedMetrics, QueryFailed, QueryReopening, ResumeFilterRejected, RowRejected};
 use super::query::{leading_position, push_query, Resume};
 use crate::backoff::Backoff;
 use crate::config::Delivery;
@@ -122,7 +122,6 @@ impl FeedSource {
         }
         let mut resume = Resume::new(committed);
         let feed = self.settings.feed.clone();
-        let up = &self.metrics.push_query_up;
         let mut columns: Option<Vec<Column>> = None;
         let mut attempt: u32 = 0;
         loop {
@@ -135,20 +134,17 @@ impl FeedSource {
                 Err(error) if filtered && error.error_code() == Some(40001) => {
                     // A server that refuses ROWPARTITION/ROWOFFSET in WHERE: resume without the
                     // server-side filter; the client-side check still skips committed rows.
-                    tracing::warn!(feed = %feed, %error,
-                        "ksqlDB rejected the resume filter; reading from earliest and skipping committed rows client-side");
+                    ResumeFilterRejected { error: &error }.emit(&self.metrics);
                     resume.server_filter = false;
                     continue;
                 }
                 Err(error) if !error.is_retryable() => {
-                    up.set(0);
-                    tracing::error!(feed = %feed, %error, "push query failed permanently; feed stopped");
-                    self.health.set_feed(&feed, FeedState::Failed { error: error.to_string() });
+                    QueryFailed { error: &error }.emit(&self.metrics, &self.health);
                     return Err(FeedFailed { feed, source: error });
                 }
                 Err(error) => Ended::Reopen(EndReason::ServerError, error.to_string()),
             };
-            up.set(0);
+            self.metrics.push_query_up.set(0);
             match ended {
                 Ended::Shutdown => {
                     self.health.set_feed(&feed, FeedState::Stopped);
@@ -157,16 +153,9 @@ impl FeedSource {
                 Ended::Reopen(reason, detail) => {
                     let delay = self.settings.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
-                    self.metrics.reconnect(reason.as_str());
-                    if self.settings.delivery == Delivery::Latest {
-                        tracing::warn!(feed = %feed, reason = reason.as_str(), detail = %detail, attempt,
-                            delay_ms = delay.as_millis() as u64,
-                            "push query ended; reopening at latest: rows produced meanwhile are not ingested");
-                    } else {
-                        tracing::warn!(feed = %feed, reason = reason.as_str(), detail = %detail, attempt,
-                            delay_ms = delay.as_millis() as u64, "push query ended; reopening");
-                    }
-                    self.health.set_feed(&feed, FeedState::Reconnecting { reason: reason.as_str().into() });
+                    let at_latest = self.settings.delivery == Delivery::Latest;
+                    QueryReopening { reason: reason.as_str(), detail: &detail, attempt, delay, at_latest }
+                        .emit(&self.metrics, &self.health);
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
@@ -218,7 +207,6 @@ impl FeedSource {
         // Scalable push queries cannot select ROWPARTITION/ROWOFFSET.
         let positioned = settings.delivery != Delivery::ContinuationToken;
         let mut hold_for_token = settings.delivery == Delivery::ContinuationToken;
-        let rejected = &self.metrics.rows_rejected;
         // Two timers made once and reset sparingly (not one per row): the linger of a partly
         // filled batch, and the stall detector, which fires between 7/8 and all of
         // `idle_timeout` after the last event.
@@ -274,9 +262,7 @@ impl FeedSource {
                     match decoder.append(&values) {
                         Ok(()) => batch.positions.push(position),
                         Err(error) => {
-                            rejected.inc();
-                            tracing::warn!(feed = %settings.feed, column = %error.column, reason = %error.reason,
-                                raw = %error.raw, "row rejected");
+                            RowRejected { error: &error }.emit(&self.metrics);
                             batch.passed.extend(position);
                         }
                     }
@@ -352,17 +338,14 @@ impl FeedSource {
             return true;
         }
         let batch = decoder.finish();
-        self.metrics.rows_received.inc_by(batch.num_rows() as u64);
+        let rows = batch.num_rows();
         let Pending { mut positions, passed } = std::mem::take(pending);
         if positions.iter().all(Option::is_none) {
             positions.clear();
         }
         let waited = Instant::now();
         let sent = sender.send(SourceMessage::Batch { batch, positions, passed }).await.is_ok();
-        let blocked = waited.elapsed();
-        if blocked > Duration::from_millis(1) {
-            self.metrics.backpressure_seconds.inc_by(blocked.as_secs_f64());
-        }
+        BatchSent { rows, blocked: waited.elapsed() }.emit(&self.metrics);
         sent
     }
 }
