@@ -130,7 +130,7 @@ fn invalid_values_name_the_key_and_what_is_allowed() {
     let twice = format!("{MINIMAL}[[feeds]]\nname = \"transaction_stream\"\nkind = \"stream\"\nsource = \"X\"\n");
     assert!(load(&twice, &[]).unwrap_err().to_string().contains("defined twice"));
     // One feed-name rule, the lake's, at load time: nothing the lake would refuse later passes.
-    for name in ["_x".to_string(), "a.b".to_string(), "x".repeat(300)] {
+    for name in ["_x".to_string(), "a..b".to_string(), "x".repeat(300)] {
         let text = MINIMAL.replace("name = \"transaction_stream\"", &format!("name = \"{name}\""));
         let message = load(&text, &[]).unwrap_err().to_string();
         assert!(message.contains("feeds[0].name"), "{name}: {message}");

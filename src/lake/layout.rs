@@ -57,8 +57,9 @@ pub enum LayoutError {
 
 /// The one rule for feed names, checked when the config is loaded and again wherever a path is
 /// built from a name. A name becomes a folder, a metric label and often a table name in
-/// Trino or Spark, so it is 1 to 128 ASCII letters, digits, `_` and `-`, starting with a
-/// letter or digit (names starting with `_` or `.` are hidden from most lake readers).
+/// Trino or Spark, so it is 1 to 128 ASCII letters, digits, `_`, `.` and `-`, starting with a
+/// letter or digit (names starting with `_` or `.` are hidden from most lake readers), and
+/// never `..`.
 pub fn validate_feed_name(name: &str) -> Result<(), LayoutError> {
     let invalid = |reason| Err(LayoutError::InvalidFeedName { name: name.to_string(), reason });
     if name.is_empty() {
@@ -67,8 +68,11 @@ pub fn validate_feed_name(name: &str) -> Result<(), LayoutError> {
     if name.len() > MAX_FEED_NAME_BYTES {
         return invalid("it is longer than 128 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return invalid("only letters, digits, `_` and `-` are allowed");
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        return invalid("only letters, digits, `_`, `.` and `-` are allowed");
+    }
+    if name.contains("..") {
+        return invalid("it contains `..`");
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {
         return invalid("it must start with a letter or digit");
@@ -124,10 +128,10 @@ mod tests {
 
     #[test]
     fn feed_names_are_single_safe_segments() {
-        assert!(validate_feed_name("orders_v2-eu1").is_ok());
+        assert!(validate_feed_name("orders_v2.eu-1").is_ok());
         assert!(validate_feed_name(&"a".repeat(MAX_FEED_NAME_BYTES)).is_ok());
         let long = "a".repeat(MAX_FEED_NAME_BYTES + 1);
-        for bad in ["", "_x", "-x", ".x", "a.b", "a/b", "a b", "é", "..", long.as_str()] {
+        for bad in ["", "_x", "-x", ".x", "a..b", "a/b", "a\\b", "a b", "é", "..", long.as_str()] {
             assert!(validate_feed_name(bad).is_err(), "{bad:?} should be rejected");
         }
     }
