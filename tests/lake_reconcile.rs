@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ksql_lake::lake::metadata::FeedMetadata;
-use ksql_lake::lake::reconcile::{ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON};
 use ksql_lake::lake::{
     encode, open_lake, rebuild, reconcile, CommitState, FeedKind, FileInfo, Lake, LakeWriter, ParquetOptions,
     PartitionSpec, Partitioning, Positions, Runs, S3Options, WriterOptions,
 };
+use ksql_lake::lake::{ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON};
 use lake_support::{jobs_for, orders, DAY_MS, HOUR_MS};
 use object_store::memory::InMemory;
 use object_store::path::Path;

@@ -12,9 +12,6 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-/// Default limit: 512 MiB.
-pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 512 * 1024 * 1024;
-
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,

@@ -22,18 +22,18 @@
 //! so the manifest is the commit point. Positions (ROWPARTITION/ROWOFFSET) recorded there are
 //! what a restart resumes from. See [`writer`] and `docs/METADATA.md`.
 
-pub mod budget;
-pub mod buffer;
-pub mod commit;
-pub mod layout;
+pub(crate) mod budget;
+pub(crate) mod buffer;
+pub(crate) mod commit;
+pub(crate) mod layout;
 pub mod metadata;
-pub mod parquet;
-pub mod partition;
-pub mod reconcile;
-pub mod store;
+pub(crate) mod parquet;
+pub(crate) mod partition;
+pub(crate) mod reconcile;
+pub(crate) mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 
@@ -46,7 +46,7 @@ pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, Parqu
 pub use partition::{
     EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter, RowStats,
 };
-pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport};
+pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport, ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON};
 pub use store::{open_lake, Lake, S3Options, StoreError};
 pub use writer::{CommitOutcome, CommittedFile, LakeWriter, WriteError, WriterOptions};
 

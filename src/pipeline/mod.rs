@@ -14,7 +14,7 @@ pub mod demo;
 mod events;
 pub mod query;
 pub(crate) mod sink;
-pub mod source;
+pub(crate) mod source;
 
 use std::sync::Arc;
 use std::time::Duration;

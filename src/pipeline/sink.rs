@@ -129,7 +129,7 @@ impl FeedSink {
             let sent = tokio::select! {
                 message = receiver.recv() => match message {
                     None => break false,
-                    Some(SourceMessage::Schema(_)) => {
+                    Some(SourceMessage::Schema) => {
                         // New columns (CREATE OR REPLACE): one file never mixes schemas.
                         let mut sent = true;
                         if schema_seen {

@@ -25,9 +25,9 @@ use crate::schema::{Column, RowDecoder};
 /// What the source stage hands to the buffer stage.
 #[derive(Debug)]
 pub enum SourceMessage {
-    /// The columns of the rows that follow. Sent on the first connect and whenever a reconnect
-    /// brings different columns (the buffer then flushes with reason `schema_change`).
-    Schema(Vec<Column>),
+    /// New columns follow. Sent on the first connect and whenever a reconnect brings different
+    /// columns (the buffer then flushes with reason `schema_change`).
+    Schema,
     /// Decoded rows with their ksqlDB positions, read once where each row was decoded:
     /// `positions` has one entry per row of `batch` (empty when the query selects none), and
     /// `passed` lists the rows that arrived but are not in `batch` (skipped as committed,
@@ -65,7 +65,6 @@ pub enum EndReason {
     Terminated,
     Stall,
     InBandError,
-    Decode,
 }
 
 impl EndReason {
@@ -76,7 +75,6 @@ impl EndReason {
             EndReason::Terminated => "terminated",
             EndReason::Stall => "stall",
             EndReason::InBandError => "in_band_error",
-            EndReason::Decode => "decode",
         }
     }
 }
@@ -194,7 +192,7 @@ impl FeedSource {
                 tracing::info!(feed = %settings.feed, "push query schema changed");
             }
             *columns = Some(header_columns.clone());
-            if sender.send(SourceMessage::Schema(header_columns.clone())).await.is_err() {
+            if sender.send(SourceMessage::Schema).await.is_err() {
                 return Ok(Ended::Shutdown);
             }
         }
