@@ -177,8 +177,8 @@ impl Model {
             }
             let key = key(row.hour);
             process.buffers.entry(key).or_default().push(position);
-            process.ledger.arrived(key);
-            arrivals.push((position, Destination::Buffered(key)));
+            process.ledger.arrived(key.into());
+            arrivals.push((position, Destination::Buffered(key.into())));
         }
         process.ledger.record(&mut arrivals);
     }
@@ -190,7 +190,7 @@ impl Model {
         }
         let key = keys[index % keys.len()];
         let rows: BTreeSet<Position> = process.buffers.remove(&key).unwrap().into_iter().collect();
-        let (runs, state) = process.ledger.take(&key);
+        let (runs, state) = process.ledger.take(&key.into());
         for &row in &rows {
             assert!(in_runs(&runs, row), "{row:?} is in the file but not in its runs {runs:?}");
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use ksql_lake::lake::testing::TestFeed;
+use ksql_lake::lake::testing::{self, TestFeed};
 use ksql_lake::lake::{
     open_lake, CommitOutcome, FeedKind, FlushPolicy, FlushReason, Lake, LakeWriter, MemoryBudget, PartitionSpec,
     Partitioning, Positions, S3Options, WriterOptions,
@@ -36,7 +36,8 @@ async fn rows_spanning_three_hours_land_in_three_local_hour_folders() {
     let names: Vec<String> =
         std::fs::read_dir(&hour1).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
     // Named after the first row (01:10 Berlin) and its position.
-    assert_eq!(names, ["data_20240501_011000_p0000000000o0000000000000000101.parquet"]);
+    assert_eq!(names.len(), 1);
+    assert_eq!(testing::without_digest(&names[0]), "data_20240501_011000_p0000000000o0000000000000000101.parquet");
     let bytes = bytes::Bytes::from(std::fs::read(hour1.join(&names[0])).unwrap());
     assert_eq!(order_ids(bytes), ["order-101", "order-102"]);
     assert!(feed.join("year=2024/month=05/day=01/hour=00").is_dir());

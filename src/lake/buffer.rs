@@ -31,7 +31,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::budget::{MemoryBudget, Reservation};
-use super::commit::{CommitLedger, CommitState, Destination, Runs};
+use super::commit::{Bucket, CommitLedger, CommitState, Destination, Runs};
 use super::layout::{data_file_name, ulid, FeedKind};
 use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
 use super::Position;
@@ -215,10 +215,10 @@ impl PartitionBuffers {
         let mut arrivals: Vec<(Position, Destination)> =
             passed.iter().map(|&position| (position, Destination::Passed)).collect();
         for part in parts {
-            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(part.key))));
-            let key = part.key;
+            let bucket = Bucket::Partition(part.key);
+            arrivals.extend(part.positions.iter().map(|&position| (position, Destination::Buffered(bucket))));
             self.push_part(part, watermark_ms, &mut pushed);
-            self.ledger.arrived(key);
+            self.ledger.arrived(bucket);
         }
         self.ledger.record(&mut arrivals);
         pushed
@@ -359,9 +359,9 @@ impl PartitionBuffers {
     fn take(&mut self, key: PartitionKey, reason: FlushReason) -> Option<FlushJob> {
         let buffer = self.buffers.remove(&key)?;
         let schema = self.schema.clone()?;
-        let (runs, commit) = self.ledger.take(&key);
+        let (runs, commit) = self.ledger.take(&Bucket::Partition(key));
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let file_name = data_file_name(buffer.first_event_ms, self.spec.timezone, buffer.first_position, now_ms)
+        let file_name = data_file_name(buffer.first_event_ms, self.spec.timezone, buffer.first_position, &runs, now_ms)
             .unwrap_or_else(|_| format!("data_00000000_000000_{}.parquet", ulid(now_ms)));
         Some(FlushJob {
             feed: self.feed.clone(),

@@ -30,6 +30,7 @@ use super::{Position, Positions};
 pub type Runs = BTreeMap<u32, Vec<(u64, u64)>>;
 
 /// Adds `[first, last]` to `runs` of `partition`, merging overlapping or touching ranges.
+#[cfg(test)]
 pub fn add_run(runs: &mut Runs, partition: u32, first: u64, last: u64) {
     let ranges = runs.entry(partition).or_default();
     ranges.push((first, last));
@@ -44,12 +45,31 @@ pub fn add_run(runs: &mut Runs, partition: u32, first: u64, last: u64) {
     *ranges = merged;
 }
 
-/// Adds every range of `other` to `runs`.
+/// Adds every range of `other` to `runs`: one linear merge per partition (a file whose rows
+/// alternated with another partition's carries one run per row, so this must not be quadratic).
 pub fn merge_runs(runs: &mut Runs, other: &Runs) {
-    for (&partition, ranges) in other {
-        for &(first, last) in ranges {
-            add_run(runs, partition, first, last);
+    for (&partition, incoming) in other {
+        if incoming.is_empty() {
+            continue;
         }
+        let existing = std::mem::take(runs.entry(partition).or_default());
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(existing.len() + incoming.len());
+        let (mut left, mut right) = (existing.iter().peekable(), incoming.iter().peekable());
+        loop {
+            let next = match (left.peek(), right.peek()) {
+                (Some(a), Some(b)) if a.0 <= b.0 => left.next(),
+                (Some(_), Some(_)) => right.next(),
+                (Some(_), None) => left.next(),
+                (None, Some(_)) => right.next(),
+                (None, None) => break,
+            };
+            let &(start, end) = next.expect("peeked");
+            match merged.last_mut() {
+                Some(previous) if start <= previous.1.saturating_add(1) => previous.1 = previous.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        runs.insert(partition, merged);
     }
 }
 
@@ -83,16 +103,17 @@ impl CommitState {
         *entry = (*entry).max(low);
         let low = *entry;
         if let Some(ranges) = self.ranges.get_mut(&partition) {
-            ranges.retain(|&(_, last)| last > low);
-            // A run that starts at or before the watermark + 1 extends it.
-            while let Some(&(first, last)) = ranges.first() {
-                if first <= low.saturating_add(1) {
-                    self.low.insert(partition, last.max(low));
-                    ranges.remove(0);
-                } else {
-                    break;
-                }
+            // Runs are sorted and disjoint: those the watermark reaches (starting at or before
+            // it + 1) are a prefix, and each one extends it.
+            let mut low = low;
+            let mut reached = 0;
+            while let Some(&(first, last)) = ranges.get(reached).filter(|&&(first, _)| first <= low.saturating_add(1)) {
+                debug_assert!(first <= last);
+                low = low.max(last);
+                reached += 1;
             }
+            ranges.drain(..reached);
+            self.low.insert(partition, low);
             if ranges.is_empty() {
                 self.ranges.remove(&partition);
             }
@@ -125,12 +146,26 @@ impl CommitState {
     }
 }
 
+/// Where buffered rows wait for their file: a time partition, or the feed's dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bucket {
+    Partition(PartitionKey),
+    DeadLetter,
+}
+
+impl From<PartitionKey> for Bucket {
+    fn from(key: PartitionKey) -> Self {
+        Bucket::Partition(key)
+    }
+}
+
 /// Where one arriving row went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
-    /// Buffered in this time partition, to be written with its next file.
-    Buffered(PartitionKey),
-    /// Not buffered: skipped because it was committed already, or rejected as undecodable.
+    /// Buffered in this bucket, to be written with its next file.
+    Buffered(Bucket),
+    /// Not buffered: skipped because it was committed already, or rejected and not kept
+    /// (`error_policy = "skip"`).
     Passed,
 }
 
@@ -146,14 +181,14 @@ pub struct CommitLedger {
     /// The commit state once every file handed on so far is committed.
     projected: CommitState,
     /// Buffered rows per time partition, as runs.
-    pending: BTreeMap<PartitionKey, Runs>,
+    pending: BTreeMap<Bucket, Runs>,
     /// Per ksqlDB partition: the latest offset that arrived, and where it went.
     last: BTreeMap<u32, (u64, Destination)>,
     /// Arrival order of buffered rows and tokens, for continuation tokens: a token is committed
     /// once every buffer holding rows from before it has been written.
     next_sequence: u64,
     /// Per time partition, the arrival sequence of its oldest buffered rows.
-    oldest_sequence: BTreeMap<PartitionKey, u64>,
+    oldest_sequence: BTreeMap<Bucket, u64>,
     /// Tokens not yet superseded by a committed one, with their arrival sequence.
     tokens: VecDeque<(u64, String)>,
 }
@@ -188,7 +223,7 @@ impl CommitLedger {
     }
 
     /// Notes that rows were buffered in `key` (before any token that arrives later).
-    pub fn arrived(&mut self, key: PartitionKey) {
+    pub fn arrived(&mut self, key: Bucket) {
         self.oldest_sequence.entry(key).or_insert(self.next_sequence);
         self.next_sequence += 1;
     }
@@ -202,7 +237,7 @@ impl CommitLedger {
     /// Takes the runs of a time partition whose buffer is flushed, and returns them with the
     /// commit state the manifest may record once this file, and every file taken before it,
     /// is committed. Files must be committed in the order they were taken.
-    pub fn take(&mut self, key: &PartitionKey) -> (Runs, CommitState) {
+    pub fn take(&mut self, key: &Bucket) -> (Runs, CommitState) {
         let runs = self.pending.remove(key).unwrap_or_default();
         self.oldest_sequence.remove(key);
         merge_runs(&mut self.projected.ranges, &runs);
@@ -292,5 +327,90 @@ mod tests {
         assert_eq!(state.low[&0], 200, "never lowered");
         state.raise_low(0, 400);
         assert!(!state.ranges.contains_key(&0));
+    }
+
+    fn hour(hour: u32) -> Bucket {
+        Bucket::Partition(PartitionKey { year: 2024, month: 5, day: 1, hour: Some(hour) })
+    }
+
+    fn record(ledger: &mut CommitLedger, rows: &[(u32, u64, Bucket)]) {
+        let mut arrivals: Vec<_> = rows
+            .iter()
+            .map(|&(partition, offset, bucket)| (Position { partition, offset }, Destination::Buffered(bucket)))
+            .collect();
+        ledger.record(&mut arrivals);
+    }
+
+    #[test]
+    fn a_newer_file_committed_first_does_not_move_the_watermark_past_older_buffered_rows() {
+        let mut ledger = CommitLedger::default();
+        // Partition 0: offsets 100..=110 go to hour 10, 111..=120 to hour 11.
+        let rows: Vec<_> = (100..=110).map(|o| (0, o, hour(10))).chain((111..=120).map(|o| (0, o, hour(11)))).collect();
+        record(&mut ledger, &rows);
+        let (runs, state) = ledger.take(&hour(11));
+        assert_eq!(runs[&0], vec![(111, 120)]);
+        assert!(!state.covers(0, 100) && !state.covers(0, 110), "hour 10 is still buffered");
+        assert!(state.covers(0, 111) && state.covers(0, 120));
+        assert_eq!(state.low.get(&0), Some(&99));
+        let (_, state) = ledger.take(&hour(10));
+        assert_eq!(state.low[&0], 120, "both committed: the watermark passes everything seen");
+        assert!(state.ranges.is_empty());
+    }
+
+    #[test]
+    fn rows_recorded_part_by_part_or_at_once_give_the_same_runs_only_at_once() {
+        // One batch, rows alternating between two hours: recorded as a whole, each hour's runs
+        // are single rows; a later, lower offset is a row seen before and changes nothing.
+        let mut ledger = CommitLedger::default();
+        record(&mut ledger, &[(0, 1, hour(1)), (0, 2, hour(2)), (0, 3, hour(1)), (1, 7, hour(1))]);
+        record(&mut ledger, &[(0, 2, hour(1))]);
+        let (runs, state) = ledger.take(&hour(1));
+        assert_eq!(runs[&0], vec![(1, 1), (3, 3)]);
+        assert_eq!(runs[&1], vec![(7, 7)]);
+        assert!(state.covers(0, 1) && !state.covers(0, 2) && state.covers(0, 3) && state.covers(1, 7));
+    }
+
+    #[test]
+    fn a_run_continues_across_batches_until_its_buffer_is_taken_and_a_passed_row_ends_it() {
+        let mut ledger = CommitLedger::default();
+        record(&mut ledger, &[(0, 1, hour(1)), (0, 2, hour(1))]);
+        record(&mut ledger, &[(0, 3, hour(1))]);
+        ledger.record(&mut [(Position { partition: 0, offset: 4 }, Destination::Passed)]);
+        record(&mut ledger, &[(0, 5, hour(1))]);
+        assert_eq!(ledger.take(&hour(1)).0[&0], vec![(1, 3), (5, 5)]);
+        record(&mut ledger, &[(0, 6, hour(1))]);
+        assert_eq!(ledger.take(&hour(1)).0[&0], vec![(6, 6)]);
+    }
+
+    #[test]
+    fn a_token_is_committed_only_when_every_row_before_it_is() {
+        let mut ledger = CommitLedger::default();
+        ledger.arrived(hour(1));
+        ledger.token("t1".into());
+        ledger.arrived(hour(2));
+        ledger.token("t2".into());
+        let (_, state) = ledger.take(&hour(2));
+        assert_eq!(state.token, None, "hour 1 still holds rows from before both tokens");
+        let (_, state) = ledger.take(&hour(1));
+        assert_eq!(state.token.as_deref(), Some("t2"));
+        ledger.arrived(hour(1));
+        ledger.token("t3".into());
+        assert_eq!(ledger.take(&hour(3)).1.token.as_deref(), Some("t2"), "hour 1 holds rows from before t3");
+        assert_eq!(ledger.take(&hour(1)).1.token.as_deref(), Some("t3"));
+    }
+
+    #[test]
+    fn a_file_with_a_run_per_row_merges_and_absorbs_in_linear_time() {
+        // 400,000 rows alternating between two hours: 200,000 single-row runs per file.
+        let mut ledger = CommitLedger::default();
+        let rows: Vec<_> = (0..400_000u64).map(|o| (0, o, hour((o % 2) as u32))).collect();
+        record(&mut ledger, &rows);
+        let (runs, state) = ledger.take(&hour(1));
+        assert_eq!(runs[&0].len(), 200_000);
+        assert_eq!(state.ranges[&0].len(), 200_000, "odd offsets committed above the watermark");
+        let (runs, state) = ledger.take(&hour(0));
+        assert_eq!(runs[&0].len(), 200_000);
+        assert_eq!(state.low[&0], 399_999);
+        assert!(state.ranges.is_empty(), "the even offsets close every gap");
     }
 }

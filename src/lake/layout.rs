@@ -16,6 +16,7 @@ use chrono::TimeZone;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::commit::Runs;
 use super::Position;
 
 /// Name of the per-feed manifest, next to the partition folders.
@@ -84,11 +85,18 @@ pub fn validate_feed_name(name: &str) -> Result<(), LayoutError> {
 pub const MAX_FEED_NAME_BYTES: usize = 128;
 
 /// The data file name for a file whose first row has `first_event_ms` and, if known,
-/// `first_position`. `creation_ms` feeds the ULID when there is no position.
+/// `first_position`; `runs` are the file's exact rows. `creation_ms` feeds the ULID when there
+/// is no position.
+///
+/// With positions the name is deterministic: the same rows always get the same name, so a
+/// retry whose response was lost finds its own file. The digest of the runs tells apart two
+/// files that start at the same row but hold different rows (an at-least-once replay that
+/// buffered more rows than the first time), which must both be kept.
 pub fn data_file_name(
     first_event_ms: i64,
     timezone: Tz,
     first_position: Option<Position>,
+    runs: &Runs,
     creation_ms: i64,
 ) -> Result<String, LayoutError> {
     let local = timezone
@@ -96,10 +104,22 @@ pub fn data_file_name(
         .single()
         .ok_or(LayoutError::TimeOutOfRange { event_ms: first_event_ms })?;
     let unique = match first_position {
-        Some(position) => position_id(position),
+        Some(position) => format!("{}_{:08x}", position_id(position), runs_digest(runs)),
         None => ulid(creation_ms),
     };
     Ok(format!("data_{}_{unique}.parquet", local.format("%Y%m%d_%H%M%S")))
+}
+
+/// A stable 32-bit digest (FNV-1a, folded) of a file's runs.
+fn runs_digest(runs: &Runs) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (&partition, ranges) in runs {
+        let bytes = std::iter::once(u64::from(partition)).chain(ranges.iter().flat_map(|&(a, b)| [a, b]));
+        for byte in bytes.flat_map(u64::to_le_bytes) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// `p<partition>o<offset>`, zero-padded to the widest u32 / non-negative i64 so names sort.
@@ -141,12 +161,17 @@ mod tests {
         // 2024-03-10T01:02:03.456Z is 2024-03-09 20:02:03 in New York (UTC-5).
         let ms = 1_710_032_523_456;
         let position = Some(Position { partition: 3, offset: 12_345 });
-        let utc = data_file_name(ms, chrono_tz::UTC, position, 0).unwrap();
-        assert_eq!(utc, "data_20240310_010203_p0000000003o0000000000000012345.parquet");
-        let ny = data_file_name(ms, chrono_tz::America::New_York, position, 0).unwrap();
-        assert_eq!(ny, "data_20240309_200203_p0000000003o0000000000000012345.parquet");
-        // Same inputs, same name: the property replays rely on.
-        assert_eq!(utc, data_file_name(ms, chrono_tz::UTC, position, 99).unwrap());
+        let runs = Runs::from([(3, vec![(12_345, 12_400)])]);
+        let utc = data_file_name(ms, chrono_tz::UTC, position, &runs, 0).unwrap();
+        assert!(utc.starts_with("data_20240310_010203_p0000000003o0000000000000012345_"), "{utc}");
+        assert_eq!(utc.len(), "data_20240310_010203_p0000000003o0000000000000012345_01234567.parquet".len());
+        let ny = data_file_name(ms, chrono_tz::America::New_York, position, &runs, 0).unwrap();
+        assert!(ny.starts_with("data_20240309_200203_p0000000003o0000000000000012345_"), "{ny}");
+        // Same rows, same name: the property retries rely on.
+        assert_eq!(utc, data_file_name(ms, chrono_tz::UTC, position, &runs, 99).unwrap());
+        // Same first row, other rows: another name, so an at-least-once replay never collides.
+        let more = Runs::from([(3, vec![(12_345, 12_500)])]);
+        assert_ne!(utc, data_file_name(ms, chrono_tz::UTC, position, &more, 0).unwrap());
     }
 
     #[test]
@@ -164,7 +189,7 @@ mod tests {
         assert_eq!(first.len(), 26);
         assert_ne!(first, second);
         assert!(first < later && second < later);
-        let name = data_file_name(0, chrono_tz::UTC, None, 5).unwrap();
+        let name = data_file_name(0, chrono_tz::UTC, None, &Runs::new(), 5).unwrap();
         assert!(name.starts_with("data_19700101_000000_") && name.ends_with(".parquet"));
     }
 }

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 
 pub use budget::{MemoryBudget, Reservation};
 pub use buffer::{FlushJob, FlushPolicy, FlushReason, PartitionBuffers, Pushed};
-pub use commit::{CommitLedger, CommitState, Destination, Runs};
+pub use commit::{Bucket, CommitLedger, CommitState, Destination, Runs};
 pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};

@@ -131,7 +131,15 @@ pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<Reconc
                 continue;
             }
             if !footers.contains_key(&object.meta.location) {
-                let footer = read_footer(lake, kind, feed, &object.meta).await.map_err(|error| error.to_string());
+                let footer = match read_footer(lake, kind, feed, &object.meta).await {
+                    Ok(footer) => Ok(footer),
+                    // The store failed, not the file: leaving the file unlisted would let a
+                    // replay write its rows again, so the start-up fails and is retried.
+                    Err(FooterError::Store(source)) => {
+                        return Err(ReconcileError::Read { path: object.meta.location.to_string(), source })
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
                 footers.insert(object.meta.location.clone(), footer);
             }
             match &footers[&object.meta.location] {
@@ -177,6 +185,9 @@ pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMeta
     for object in &objects {
         let footer = match read_footer(lake, kind, feed, &object.meta).await {
             Ok(footer) => footer,
+            Err(FooterError::Store(source)) => {
+                return Err(ReconcileError::Read { path: object.meta.location.to_string(), source })
+            }
             Err(reason) => {
                 error!(path = %object.meta.location, error = %reason, "data file footer unreadable; left out of the rebuilt manifest");
                 continue;

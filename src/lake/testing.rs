@@ -200,3 +200,18 @@ impl TestFeed {
         self.drain_all(FlushReason::Shutdown)
     }
 }
+
+/// A data file name without its 8-hex-digit digest of the file's runs, for comparing with names
+/// written out by hand.
+pub fn without_digest(name: &str) -> String {
+    match name.strip_suffix(".parquet") {
+        Some(stem)
+            if stem.len() > 9
+                && stem.as_bytes()[stem.len() - 9] == b'_'
+                && stem[stem.len() - 8..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            format!("{}.parquet", &stem[..stem.len() - 9])
+        }
+        _ => name.to_string(),
+    }
+}

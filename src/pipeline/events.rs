@@ -178,9 +178,12 @@ pub(crate) struct RowsNotRoutable<'a> {
 }
 
 impl RowsNotRoutable<'_> {
-    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
         metrics.error("partition", "event_time");
-        tracing::error!(feed = %metrics.feed, error = %self.error, rows = self.rows, "rows not routable");
+        tracing::error!(feed = %metrics.feed, error = %self.error, rows = self.rows,
+            "rows cannot be partitioned; feed stopped (nothing was skipped: a restart reads them again)");
+        let error = format!("rows cannot be partitioned: {}", self.error);
+        health.set_feed(&metrics.feed, FeedState::Failed { error });
     }
 }
 

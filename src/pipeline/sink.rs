@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use super::events::{BatchRouted, CommitAttemptFailed, CommitsRecovered, FeedMetrics, FileCommitted, RowsNotRoutable};
 use super::source::SourceMessage;
 use crate::backoff::Backoff;
-use crate::lake::{FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, Position, RowRouter, WriteError};
+use crate::lake::{
+    FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, PartitionError, Position, RowRouter, WriteError,
+};
 use crate::metrics::Health;
 
 /// Partition close follows the feed's event-time watermark: the highest event time seen, never
@@ -60,14 +62,26 @@ pub struct SinkSummary {
     pub files_written: u64,
 }
 
-/// A feed whose rows cannot be committed (a non-retryable write error).
+/// A feed whose rows cannot be committed. Nothing of theirs was committed, so a restart (once
+/// the cause is fixed) reads them again.
 #[derive(Debug, thiserror::Error)]
-#[error("feed {feed}: committing {rows} rows failed")]
-pub struct SinkFailed {
-    pub feed: String,
-    pub rows: usize,
-    #[source]
-    pub source: WriteError,
+pub enum SinkFailed {
+    /// A write error that retrying cannot fix.
+    #[error("feed {feed}: committing {rows} rows failed")]
+    Commit {
+        feed: String,
+        rows: usize,
+        #[source]
+        source: WriteError,
+    },
+    /// Rows whose partition cannot be computed (the event-time column is missing or of an
+    /// unusable type): they are not skipped, which would lose them, but stop the feed.
+    #[error("feed {feed}: rows cannot be partitioned")]
+    Route {
+        feed: String,
+        #[source]
+        source: PartitionError,
+    },
 }
 
 pub(crate) struct FeedSink {
@@ -121,7 +135,8 @@ impl FeedSink {
             acks: ack_sender,
         };
         let mut commit_task = tokio::spawn(committer.run(queue));
-        let mut stage = Stage { jobs: Some(jobs), acks, in_flight: 0, watermark: EventWatermark::default() };
+        let mut stage =
+            Stage { jobs: Some(jobs), acks, in_flight: 0, watermark: EventWatermark::default(), failure: None };
         let mut schema_seen = false;
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,7 +159,13 @@ impl FeedSink {
                         true
                     }
                     Some(SourceMessage::Batch { batch, positions, passed }) => {
-                        self.take_batch(&mut stage, batch, positions, passed).await
+                        match self.take_batch(&mut stage, batch, positions, passed).await {
+                            Ok(sent) => sent,
+                            Err(failure) => {
+                                stage.failure = Some(failure);
+                                false
+                            }
+                        }
                     }
                 },
                 Some(ack) = stage.acks.recv() => {
@@ -167,10 +188,13 @@ impl FeedSink {
             self.hand_on(&mut stage, rest).await;
         }
         stage.jobs = None; // the commit stage finishes what is queued, then ends
-        let summary = match (&mut commit_task).await {
+        let mut summary = match (&mut commit_task).await {
             Ok(result) => result,
             Err(error) => panic!("the commit stage of feed {} panicked: {error}", self.feed),
         };
+        if let Some(failure) = stage.failure.take() {
+            summary = Err(failure);
+        }
         while let Ok(ack) = stage.acks.try_recv() {
             stage.apply(ack, &mut self.buffers);
         }
@@ -186,17 +210,16 @@ impl FeedSink {
         batch: arrow::record_batch::RecordBatch,
         positions: Vec<Option<Position>>,
         passed: Vec<Position>,
-    ) -> bool {
+    ) -> Result<bool, SinkFailed> {
         let processing_ms = wall_ms();
         let routed = match self.router.route(&batch, &positions, processing_ms) {
             Ok(routed) => routed,
             Err(error) => {
-                // Only a batch the router cannot read gets here (a missing or unusable event-time
-                // column); its rows count as passed so the feed is not stuck on them.
-                RowsNotRoutable { rows: batch.num_rows(), error: &error }.emit(&self.metrics);
-                let passed: Vec<Position> = passed.into_iter().chain(positions.into_iter().flatten()).collect();
-                self.buffers.push_batch(Vec::new(), &passed, stage.watermark.at(processing_ms));
-                return true;
+                // A batch the router cannot read (a missing or unusable event-time column, as
+                // after a CREATE OR REPLACE that dropped it): the feed stops rather than skip
+                // rows it would then never read again.
+                RowsNotRoutable { rows: batch.num_rows(), error: &error }.emit(&self.metrics, &self.health);
+                return Err(SinkFailed::Route { feed: self.feed.clone(), source: error });
             }
         };
         for part in &routed {
@@ -206,7 +229,7 @@ impl FeedSink {
         BatchRouted { late_rows: pushed.late_rows, null_event_time_rows: pushed.null_event_time_rows }
             .emit(&self.metrics);
         if !self.hand_on(stage, pushed.drained).await {
-            return false;
+            return Ok(false);
         }
         // Above the budget: flush the largest buffer while buffers alone exceed it; when files on
         // their way out hold the excess, wait for them (reading pauses) rather than grow.
@@ -214,7 +237,7 @@ impl FeedSink {
             if self.budget.used().saturating_sub(stage.in_flight) > self.budget.limit() {
                 if let Some(job) = self.buffers.drain_largest() {
                     if !self.hand_on(stage, vec![job]).await {
-                        return false;
+                        return Ok(false);
                     }
                     continue;
                 }
@@ -224,10 +247,10 @@ impl FeedSink {
             }
             match stage.acks.recv().await {
                 Some(ack) => stage.apply(ack, &mut self.buffers),
-                None => return false,
+                None => return Ok(false),
             }
         }
-        true
+        Ok(true)
     }
 
     /// Hands files to the commit stage in the order the buffers drained them (each carries the
@@ -264,6 +287,8 @@ struct Stage {
     /// Memory reserved by files handed on and not yet acknowledged.
     in_flight: u64,
     watermark: EventWatermark,
+    /// Why the buffer stage stopped early, when it did.
+    failure: Option<SinkFailed>,
 }
 
 impl Stage {
@@ -305,7 +330,7 @@ impl Committer {
     /// and encoded sizes.
     async fn commit(&self, prepared: Prepared, summary: &mut SinkSummary) -> Result<(u64, u64), SinkFailed> {
         let Prepared { job, queued } = prepared;
-        let failed = |error: WriteError| SinkFailed { feed: self.feed.clone(), rows: job.rows, source: error };
+        let failed = |error: WriteError| SinkFailed::Commit { feed: self.feed.clone(), rows: job.rows, source: error };
         let encode_started = Instant::now();
         let encoded = self.writer.encode(&job).await.map_err(|error| {
             CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }

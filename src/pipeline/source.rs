@@ -253,6 +253,14 @@ impl FeedSource {
                             resume.observe(position);
                             if resume.committed.covers(position.partition, position.offset) {
                                 batch.passed.push(position); // in the lake already: never twice
+                                                             // A replay of committed history sends only these: hand them
+                                                             // on in bounded batches rather than hold them all.
+                                if batch.passed.len() >= settings.batch_rows {
+                                    if !self.send_batch(&mut decoder, &mut batch, sender).await {
+                                        break Ended::Shutdown;
+                                    }
+                                    lingering = false;
+                                }
                                 continue;
                             }
                         }
@@ -311,7 +319,10 @@ impl FeedSource {
                 Err(error) => return Err(error),
             }
         };
-        if hold_for_token {
+        // Held rows are sent again by the next query only when it can start from a token; with
+        // none yet (a server that sends none), dropping them would lose them.
+        let replayable = resume.token.is_some() || resume.committed.token.is_some();
+        if hold_for_token && replayable {
             // Not covered by a token: the next query (from the last token) sends them again.
             decoder.finish();
         } else {
