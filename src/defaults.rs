@@ -36,6 +36,11 @@ pub const FLUSH_MAX_BYTES: u64 = 128 * MIB;
 pub const FLUSH_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 pub const ALLOWED_LATENESS: Duration = Duration::from_secs(10 * 60);
 pub const DELIVERY: &str = "exactly-once";
+pub const ERROR_POLICY: &str = "dead_letter";
+/// More rejected rows than this within a minute stop a feed: a stream that is mostly garbage
+/// is a broken producer, not a few bad rows.
+pub const MAX_REJECTED_PER_MINUTE: u64 = 1000;
+pub const MAX_LINE_BYTES: u64 = 16 * MIB;
 
 /// Files larger than this go up as a multipart upload.
 pub const MULTIPART_THRESHOLD: usize = 256 * MIB as usize;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub files_written: IntCounterVec,
     /// Rows that could not be decoded and were set aside.
     pub rows_rejected: IntCounterVec,
+    /// Rejected rows committed to the dead letter.
+    pub dead_letter_rows: IntCounterVec,
     /// Rows whose partition was already closed when they arrived.
     pub late_rows: IntCounterVec,
     /// Rows without a usable event time, routed by processing time.
@@ -118,7 +120,16 @@ impl Metrics {
             rows_written: counter("ksql_lake_rows_written_total", "Rows committed to the lake", &["feed"]),
             bytes_written: counter("ksql_lake_bytes_written_total", "Encoded Parquet bytes committed", &["feed"]),
             files_written: counter("ksql_lake_files_written_total", "Parquet files committed", &["feed", "reason"]),
-            rows_rejected: counter("ksql_lake_rows_rejected_total", "Rows that could not be decoded", &["feed"]),
+            rows_rejected: counter(
+                "ksql_lake_rows_rejected_total",
+                "Rows or lines that could not be decoded, by error type",
+                &["feed", "error_type"],
+            ),
+            dead_letter_rows: counter(
+                "ksql_lake_dead_letter_rows_total",
+                "Rejected rows committed to the dead letter",
+                &["feed"],
+            ),
             late_rows: counter("ksql_lake_late_rows_total", "Rows for an already closed partition", &["feed"]),
             null_event_time_rows: counter(
                 "ksql_lake_null_event_time_rows_total",

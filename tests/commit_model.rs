@@ -6,15 +6,16 @@
 //! It drives the same types the pipeline uses ([`Resume`] on the source side, [`CommitLedger`]
 //! in the buffer stage, [`CommitState`] in the manifest and at adoption) and checks, against an
 //! oracle that knows which rows are in which committed file:
-//! - what the manifest says is committed is exactly in the lake (or was undecodable): a row it
-//!   covers is never read again, so nothing it covers may be missing;
+//! - what the manifest says is committed is exactly in the lake (data files, or the dead letter
+//!   for undecodable rows): a row it covers is never read again, so nothing it covers may be
+//!   missing;
 //! - every row in the lake is covered by the manifest: a restart never writes it twice;
 //! - nothing that has not arrived yet is covered;
 //! - at the end every row is in the lake exactly once (at least once for at-least-once).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use ksql_lake::lake::{CommitLedger, CommitState, Destination, PartitionKey, Position, Runs};
+use ksql_lake::lake::{Bucket, CommitLedger, CommitState, Destination, PartitionKey, Position, Runs};
 use ksql_lake::pipeline::query::Resume;
 use proptest::prelude::*;
 
@@ -25,7 +26,7 @@ struct Row {
     /// The time partition its event time routes it to (`None`: null or out of range, routed by
     /// processing time into a partition of its own).
     hour: Option<u32>,
-    /// Undecodable: rejected, never written.
+    /// Undecodable: kept in the dead letter (`error_policy = "dead_letter"`).
     poison: bool,
 }
 
@@ -103,7 +104,7 @@ struct Process {
     resume: Resume,
     /// Per partition, the index of the next row the server sends.
     cursors: BTreeMap<u32, usize>,
-    buffers: BTreeMap<PartitionKey, Vec<Position>>,
+    buffers: BTreeMap<Bucket, Vec<Position>>,
     ledger: CommitLedger,
     in_flight: VecDeque<(BTreeSet<Position>, Runs, CommitState)>,
 }
@@ -171,26 +172,26 @@ impl Model {
             process.resume.observe(position);
             let arrived = self.arrived.entry(partition).or_insert(position.offset);
             *arrived = (*arrived).max(position.offset);
-            if process.resume.committed.covers(position.partition, position.offset) || row.poison {
+            if process.resume.committed.covers(position.partition, position.offset) {
                 arrivals.push((position, Destination::Passed));
                 continue;
             }
-            let key = key(row.hour);
-            process.buffers.entry(key).or_default().push(position);
-            process.ledger.arrived(key.into());
-            arrivals.push((position, Destination::Buffered(key.into())));
+            let bucket = if row.poison { Bucket::DeadLetter } else { Bucket::Partition(key(row.hour)) };
+            process.buffers.entry(bucket).or_default().push(position);
+            process.ledger.arrived(bucket);
+            arrivals.push((position, Destination::Buffered(bucket)));
         }
         process.ledger.record(&mut arrivals);
     }
 
     fn flush(&self, process: &mut Process, index: usize) {
-        let keys: Vec<PartitionKey> = process.buffers.keys().copied().collect();
+        let keys: Vec<Bucket> = process.buffers.keys().copied().collect();
         if keys.is_empty() {
             return;
         }
         let key = keys[index % keys.len()];
         let rows: BTreeSet<Position> = process.buffers.remove(&key).unwrap().into_iter().collect();
-        let (runs, state) = process.ledger.take(&key.into());
+        let (runs, state) = process.ledger.take(&key);
         for &row in &rows {
             assert!(in_runs(&runs, row), "{row:?} is in the file but not in its runs {runs:?}");
         }
@@ -229,7 +230,7 @@ impl Model {
                 assert!(!covers(row), "{when}: {row:?} has not arrived but is covered: {:?}", self.lake.manifest);
                 continue;
             }
-            if covers(row) && !row.poison {
+            if covers(row) {
                 assert!(in_lake.contains_key(&row.position), "{when}: {row:?} is covered but not in the lake (lost)");
             }
             if in_lake.contains_key(&row.position) {
@@ -274,9 +275,7 @@ fn run_model(topic: Vec<Row>, ops: Vec<Op>, at_least_once: bool) {
     let in_lake = model.lake.rows();
     for row in &topic {
         let copies = in_lake.get(&row.position).copied().unwrap_or(0);
-        if row.poison {
-            assert_eq!(copies, 0, "{row:?} is undecodable and never written");
-        } else if at_least_once {
+        if at_least_once {
             assert!(copies >= 1, "{row:?} lost");
         } else {
             assert_eq!(copies, 1, "{row:?} must be in the lake exactly once");

@@ -243,3 +243,27 @@ async fn in_memory_lakes_reconcile_with_conditional_updates_and_rebuild_without_
     assert_eq!(rebuilt.committed_positions, Positions::from([(0, 111)]));
     assert!(rebuilt.committed_ranges.is_empty());
 }
+
+#[tokio::test]
+async fn a_dead_letter_file_a_crash_left_unlisted_is_adopted_with_its_rows() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let lake = Lake::new(store, Path::from("lake"), "memory");
+    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    commit(&writer, 10, 0, 10, Some(9)).await;
+    // Rows 10 and 11 could not be decoded; their dead-letter file was put, the manifest not.
+    let lines = "{\"feed\":\"orders\",\"error_type\":\"frame\",\"partition\":0,\"offset\":10,\"raw\":\"[1,\"}\n\
+                 {\"feed\":\"orders\",\"error_type\":\"frame\",\"partition\":null,\"offset\":null,\"raw\":\"x]\"}\n\
+                 {\"feed\":\"orders\",\"error_type\":\"value\",\"partition\":0,\"offset\":11,\"raw\":\"[\\\"a\\\"]\"}\n";
+    let relative = "year=2024/month=05/day=01/rejected_20240501_100000_p0000000000o0000000000000000010.jsonl";
+    let path = lake.dead_letter_path(FEED, relative).unwrap();
+    lake.store().put(&path, PutPayload::from(lines.as_bytes().to_vec())).await.unwrap();
+
+    let report = reconcile(&lake, FeedKind::Stream, FEED).await.unwrap();
+    assert_eq!(report.adopted, [path.to_string()]);
+    let (_, metadata) = manifest(&lake).await;
+    assert_eq!(metadata.dead_letter.records, 3);
+    assert_eq!(metadata.dead_letter.files[0].path, relative);
+    assert_eq!(metadata.committed_positions, Positions::from([(0, 11)]), "its rows are committed: not read again");
+    // Reconciling again changes nothing.
+    assert!(!reconcile(&lake, FeedKind::Stream, FEED).await.unwrap().changed());
+}

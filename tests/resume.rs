@@ -62,6 +62,8 @@ struct Timing {
     /// committed while the late buffers beside them still hold rows of the same ksqlDB
     /// partitions: the moments a crash used to lose rows in.
     flush_max_age: &'static str,
+    /// A row that cannot be decoded after every this many good ones (0: none).
+    bad_every: i64,
 }
 
 impl Timing {
@@ -72,12 +74,16 @@ impl Timing {
 
 const HOUR_MS: i64 = 3_600_000;
 /// Event time follows the stream, as in a quiet test stream.
-const IN_ORDER: Timing = Timing { partitioning: "hourly", lateness_ms: 0, flush_max_age: "200ms" };
-const IN_ORDER_DAILY: Timing = Timing { partitioning: "daily", lateness_ms: 0, flush_max_age: "300ms" };
+const IN_ORDER: Timing = Timing { partitioning: "hourly", lateness_ms: 0, flush_max_age: "200ms", bad_every: 0 };
+const IN_ORDER_DAILY: Timing = Timing { partitioning: "daily", lateness_ms: 0, flush_max_age: "300ms", bad_every: 0 };
 /// Rows off by up to two partitions' width, so several partitions are open at once and a
 /// ksqlDB partition's rows interleave between them.
-const LATE_HOURLY: Timing = Timing { partitioning: "hourly", lateness_ms: 2 * HOUR_MS, flush_max_age: "3s" };
-const LATE_DAILY: Timing = Timing { partitioning: "daily", lateness_ms: 48 * HOUR_MS, flush_max_age: "3s" };
+const LATE_HOURLY: Timing =
+    Timing { partitioning: "hourly", lateness_ms: 2 * HOUR_MS, flush_max_age: "3s", bad_every: 0 };
+const LATE_DAILY: Timing =
+    Timing { partitioning: "daily", lateness_ms: 48 * HOUR_MS, flush_max_age: "3s", bad_every: 0 };
+/// Late and early rows, and an undecodable row after every 97 good ones.
+const LATE_WITH_BAD_ROWS: Timing = Timing { bad_every: 97, ..LATE_HOURLY };
 
 /// 100,000 rows produced in 50 rounds; before each round the simulator is told to cut the
 /// connection a random number of rows into it.
@@ -180,10 +186,21 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     let producer = {
         let simulator = simulator.clone();
         tokio::spawn(async move {
+            let mut bad = 0;
             for chunk in 0..60 {
-                produce_with_lateness(&simulator, chunk * 500..(chunk + 1) * 500, rows, timing.lateness_ms);
+                for id in chunk * 500..(chunk + 1) * 500 {
+                    produce_with_lateness(&simulator, id..id + 1, rows, timing.lateness_ms);
+                    if timing.bad_every > 0 && id % timing.bad_every == 0 {
+                        // A string where the BIGINT ID belongs: the row cannot be decoded.
+                        let mut columns = vec!["\"bad\""; 14];
+                        columns[1] = "true";
+                        simulator.produce_rendered(SOURCE, [(None, event_ms(id, rows), columns.as_slice())]).unwrap();
+                        bad += 1;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
+            bad
         })
     };
     let mut rng = StdRng::seed_from_u64(20);
@@ -194,7 +211,7 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
         assert!(!status.success(), "killed, not exited");
     }
-    producer.await.unwrap();
+    let bad_rows = producer.await.unwrap();
     // A last run commits what is left, then stops on SIGTERM.
     let mut child = spawn(0);
     // Every row in a committed file (duplicates counted once, so at-least-once cannot stop
@@ -224,6 +241,22 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
         delivery == "at-least-once",
         timing.lateness_ms,
     );
+    // Every undecodable row is in the dead letter exactly once (at least once).
+    let dead_letter = feed_objects(&lake_store, &Path::from("dead_letter/everything")).await;
+    let mut rejected: Vec<(u64, u64)> = Vec::new();
+    for (_, bytes) in &dead_letter {
+        for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+            rejected.push((line["partition"].as_u64().unwrap(), line["offset"].as_u64().unwrap()));
+        }
+    }
+    let copies = rejected.len();
+    rejected.sort_unstable();
+    rejected.dedup();
+    assert_eq!(rejected.len(), bad_rows, "every undecodable row is in the dead letter");
+    if delivery == "exactly-once" {
+        assert_eq!(copies, bad_rows, "and only once");
+    }
     server.shutdown().await;
     duplicates
 }
@@ -251,6 +284,11 @@ fn distinct_positions(objects: &[(String, bytes::Bytes)]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_20_sigkills() {
     assert_eq!(kill_the_process_20_times("exactly-once", IN_ORDER).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_20_sigkills_with_late_rows_and_dead_letters() {
+    assert_eq!(kill_the_process_20_times("exactly-once", LATE_WITH_BAD_ROWS).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

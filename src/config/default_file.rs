@@ -74,6 +74,13 @@ flush_max_age = "5m"
 allowed_lateness = "10m"
 # exactly-once (needs ksqlDB 0.23.1+), at-least-once, latest, continuation-token.
 delivery = "exactly-once"
+# A row or line that cannot be decoded: dead_letter (kept under <lake>/dead_letter/<feed>/,
+# exactly once), skip (counted and logged), or fail (the feed stops).
+error_policy = "dead_letter"
+# More rejected rows than this within a minute stop the feed.
+max_rejected_per_minute = 1000
+# A longer line is rejected without being held whole (its first max_line_bytes are kept).
+max_line_bytes = "16MiB"
 
 # One entry per ksqlDB stream or table to ingest.
 # [[feeds]]

@@ -135,6 +135,23 @@ pub struct FeedSettings {
     pub flush_max_age: Duration,
     pub allowed_lateness: Duration,
     pub delivery: Delivery,
+    /// What happens to a row or line that cannot be decoded.
+    pub error_policy: ErrorPolicy,
+    /// More rejected rows than this within a minute stop the feed.
+    pub max_rejected_per_minute: u64,
+    /// A longer line is rejected (and dead-lettered truncated) without being held whole.
+    pub max_line_bytes: usize,
+}
+
+/// What happens to a row or line that cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Kept in `<lake>/dead_letter/<feed>/` as JSON lines, exactly once; the feed goes on.
+    DeadLetter,
+    /// Counted and logged, not kept; the feed goes on.
+    Skip,
+    /// The feed stops with the error.
+    Fail,
 }
 
 impl Config {

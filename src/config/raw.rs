@@ -86,6 +86,9 @@ pub struct RawFeedSettings {
     pub flush_max_age: Option<String>,
     pub allowed_lateness: Option<String>,
     pub delivery: Option<String>,
+    pub error_policy: Option<String>,
+    pub max_rejected_per_minute: Option<u64>,
+    pub max_line_bytes: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -242,6 +242,20 @@ fn validate_settings(
             ))
         }
     };
+    let (error_policy, key) = pick!(error_policy);
+    let error_policy = match error_policy.as_deref().unwrap_or(defaults::ERROR_POLICY) {
+        "dead_letter" => ErrorPolicy::DeadLetter,
+        "skip" => ErrorPolicy::Skip,
+        "fail" => ErrorPolicy::Fail,
+        other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: dead_letter, skip, fail"))),
+    };
+    let (max_rejected_per_minute, key) = pick!(max_rejected_per_minute);
+    let max_rejected_per_minute = positive(&key, max_rejected_per_minute.unwrap_or(defaults::MAX_REJECTED_PER_MINUTE))?;
+    let (max_line_bytes, key) = pick!(max_line_bytes);
+    let max_line_bytes = size(&key, max_line_bytes.as_deref(), defaults::MAX_LINE_BYTES)?;
+    if !(1024..=1 << 30).contains(&max_line_bytes) {
+        return Err(ConfigError::invalid(key, format!("{max_line_bytes} bytes: allowed: 1KiB to 1GiB")));
+    }
     Ok(FeedSettings {
         partitioning,
         event_time,
@@ -254,6 +268,9 @@ fn validate_settings(
         flush_max_age,
         allowed_lateness,
         delivery,
+        error_policy,
+        max_rejected_per_minute,
+        max_line_bytes: max_line_bytes as usize,
     })
 }
 

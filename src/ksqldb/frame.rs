@@ -70,9 +70,16 @@ pub struct FrameError {
     pub reason: String,
     /// The offending text, lossily decoded, cut to at most 512 bytes.
     pub snippet: String,
+    /// The offending message as received, cut to the decoder's message limit.
+    pub raw: Bytes,
+    /// Its whole length in bytes (more than `raw` holds when it was too long).
+    pub length: u64,
+    /// The message exceeded the decoder's limit.
+    pub too_long: bool,
 }
 
-/// A single message larger than this is rejected instead of buffered without bound.
+/// A single message larger than this is rejected instead of buffered without bound, unless
+/// [`FrameDecoder::set_max_message_bytes`] sets another limit.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Snippets in [`FrameError`] are cut to this many bytes.
@@ -100,6 +107,12 @@ impl Framing {
 
 impl FrameError {
     fn new(offset: u64, reason: impl Into<String>, text: &[u8]) -> Self {
+        FrameError::of_message(offset, reason, Bytes::copy_from_slice(text))
+    }
+
+    /// An error about the message `raw`, kept whole.
+    fn of_message(offset: u64, reason: impl Into<String>, raw: Bytes) -> Self {
+        let text = &raw[..];
         let cut = &text[..text.len().min(SNIPPET_BYTES)];
         let mut snippet = String::from_utf8_lossy(cut).into_owned();
         let mut end = snippet.len().min(SNIPPET_BYTES);
@@ -107,7 +120,8 @@ impl FrameError {
             end -= 1;
         }
         snippet.truncate(end);
-        FrameError { offset, reason: reason.into(), snippet }
+        let length = raw.len() as u64;
+        FrameError { offset, reason: reason.into(), snippet, raw, length, too_long: false }
     }
 }
 
@@ -144,8 +158,11 @@ pub struct FrameDecoder {
     carry_offset: u64,
     /// `finish` was called: the body has ended, a last line without `\n` is complete.
     finishing: bool,
-    /// An oversized line was rejected: drop bytes up to the next `\n`.
-    discarding_line: bool,
+    /// An oversized line: its first bytes, where it started and its length so far; the rest
+    /// is dropped up to the next `\n`, then it is reported.
+    discarding_line: Option<(Bytes, u64, u64)>,
+    /// Messages longer than this are rejected without being held whole.
+    max_message_bytes: usize,
     /// JSON array framing only.
     array: ArrayState,
     /// JSON array framing only: once the structure is broken there is no way to resync.
@@ -162,7 +179,8 @@ impl FrameDecoder {
             carry: BytesMut::new(),
             carry_offset: 0,
             finishing: false,
-            discarding_line: false,
+            discarding_line: None,
+            max_message_bytes: MAX_MESSAGE_BYTES,
             array: ArrayState::Opening,
             failure: None,
         }
@@ -170,6 +188,13 @@ impl FrameDecoder {
 
     pub fn framing(&self) -> Framing {
         self.framing
+    }
+
+    /// Messages longer than `limit` bytes are rejected: in the line framings only their first
+    /// `limit` bytes are kept and the rest of the line is dropped as it arrives, so memory never
+    /// grows with the line.
+    pub fn set_max_message_bytes(&mut self, limit: usize) {
+        self.max_message_bytes = limit.max(1);
     }
 
     /// Adds bytes received from the network.
@@ -221,19 +246,29 @@ impl FrameDecoder {
         if self.carry.is_empty() {
             self.carry_offset = self.current_offset;
         }
-        self.carry.extend_from_slice(&self.current);
+        let room = self.max_message_bytes.saturating_sub(self.carry.len());
         let length = self.current.len();
-        self.consume(length);
-        if self.carry.len() > MAX_MESSAGE_BYTES {
-            let error = FrameError::new(
-                self.carry_offset,
-                format!("message longer than {MAX_MESSAGE_BYTES} bytes"),
-                &self.carry,
-            );
-            self.carry.clear();
-            return Err(error);
+        if length > room {
+            // Too long: keep its first bytes, drop the rest as it comes.
+            let total = (self.carry.len() + length) as u64;
+            self.carry.extend_from_slice(&self.current[..room]);
+            self.consume(length);
+            let prefix = self.carry.split().freeze();
+            if self.framing == Framing::JsonArray {
+                let mut error = FrameError::of_message(self.carry_offset, self.too_long_reason(), prefix);
+                (error.length, error.too_long) = (total, true);
+                return Err(error);
+            }
+            self.discarding_line = Some((prefix, self.carry_offset, total));
+            return Ok(());
         }
+        self.carry.extend_from_slice(&self.current);
+        self.consume(length);
         Ok(())
+    }
+
+    fn too_long_reason(&self) -> String {
+        format!("message longer than {} bytes", self.max_message_bytes)
     }
 
     /// Takes the message ending at `end` in `current`, with any carried start.
@@ -251,6 +286,13 @@ impl FrameDecoder {
     fn next_line_event(&mut self) -> Result<Option<Event>, FrameError> {
         loop {
             if self.current.is_empty() && !self.next_chunk() {
+                if self.finishing {
+                    if let Some((prefix, offset, length)) = self.discarding_line.take() {
+                        let mut error = FrameError::of_message(offset, self.too_long_reason(), prefix);
+                        (error.length, error.too_long) = (length, true);
+                        return Err(error);
+                    }
+                }
                 if self.finishing && !self.carry.is_empty() {
                     let offset = self.carry_offset;
                     let line = self.carry.split().freeze();
@@ -261,26 +303,38 @@ impl FrameDecoder {
                 return Ok(None);
             }
             match memchr::memchr(b'\n', &self.current) {
+                Some(newline) if self.discarding_line.is_some() => {
+                    let (prefix, offset, length) = self.discarding_line.take().expect("checked");
+                    self.consume(newline + 1);
+                    let mut error = FrameError::of_message(offset, self.too_long_reason(), prefix);
+                    (error.length, error.too_long) = (length + newline as u64, true);
+                    return Err(error);
+                }
+                Some(newline) if self.carry.len() + newline > self.max_message_bytes => {
+                    // The line ends in this chunk but is too long all the same.
+                    let length = (self.carry.len() + newline) as u64;
+                    let keep = self.max_message_bytes - self.carry.len();
+                    let (prefix, offset) = self.take_message(keep);
+                    self.consume(newline - keep + 1);
+                    let mut error = FrameError::of_message(offset, self.too_long_reason(), prefix);
+                    (error.length, error.too_long) = (length, true);
+                    return Err(error);
+                }
                 Some(newline) => {
                     let (line, offset) = self.take_message(newline);
                     self.consume(1);
-                    if std::mem::take(&mut self.discarding_line) {
-                        continue;
-                    }
                     if let Some(event) = self.line_event(line, offset)? {
                         return Ok(Some(event));
                     }
                 }
-                None if self.discarding_line => {
+                None if self.discarding_line.is_some() => {
                     let length = self.current.len();
+                    if let Some((_, _, total)) = &mut self.discarding_line {
+                        *total += length as u64;
+                    }
                     self.consume(length);
                 }
-                None => {
-                    if let Err(error) = self.carry_rest() {
-                        self.discarding_line = true;
-                        return Err(error);
-                    }
-                }
+                None => self.carry_rest()?,
             }
         }
     }

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::budget::{MemoryBudget, Reservation};
 use super::commit::{Bucket, CommitLedger, CommitState, Destination, Runs};
+use super::dead_letter::{DeadLetterJob, Rejected};
 use super::layout::{data_file_name, ulid, FeedKind};
 use super::partition::{PartitionKey, PartitionSpec, RoutedBatch};
 use super::Position;
@@ -95,6 +96,9 @@ pub const INITIAL_COMPRESSION_RATIO: f64 = 0.25;
 pub struct Pushed {
     /// Buffers drained before the rows were added (a schema change), in commit order.
     pub drained: Vec<FlushJob>,
+    /// The dead-letter rows, taken after `drained` (commit it after them): at once for a row
+    /// without a position, or when the dead letter holds enough.
+    pub dead_letter: Option<DeadLetterJob>,
     /// Rows buffered.
     pub rows: usize,
     /// Rows added to a partition that had already closed.
@@ -173,7 +177,22 @@ pub struct PartitionBuffers {
     compression_ratio: f64,
     /// Where every row went, so each drained job carries its exact runs and commit state.
     ledger: CommitLedger,
+    /// Rejected rows waiting for their dead-letter file.
+    dead_letter: DeadLetterBuffer,
 }
+
+/// The dead-letter rows of a feed, flushed by age, by size, at once for a row without a
+/// position, and at shutdown.
+#[derive(Debug, Default)]
+struct DeadLetterBuffer {
+    records: Vec<Rejected>,
+    bytes: u64,
+    oldest_arrival: Option<Instant>,
+    reservation: Option<Reservation>,
+}
+
+/// A dead-letter buffer holding this much is written at once.
+const DEAD_LETTER_FLUSH_BYTES: u64 = 16 * 1024 * 1024;
 
 impl PartitionBuffers {
     pub fn new(
@@ -193,6 +212,7 @@ impl PartitionBuffers {
             buffers: BTreeMap::new(),
             compression_ratio: INITIAL_COMPRESSION_RATIO,
             ledger: CommitLedger::default(),
+            dead_letter: DeadLetterBuffer::default(),
         }
     }
 
@@ -210,7 +230,13 @@ impl PartitionBuffers {
     ///
     /// A batch is recorded as a whole: rows of one ksqlDB partition interleave between its
     /// parts, and only together do they say where each run of a time partition ends.
-    pub fn push_batch(&mut self, parts: Vec<RoutedBatch>, passed: &[Position], watermark_ms: i64) -> Pushed {
+    pub fn push_batch(
+        &mut self,
+        parts: Vec<RoutedBatch>,
+        passed: &[Position],
+        rejected: Vec<Rejected>,
+        watermark_ms: i64,
+    ) -> Pushed {
         let mut pushed = Pushed::default();
         let mut arrivals: Vec<(Position, Destination)> =
             passed.iter().map(|&position| (position, Destination::Passed)).collect();
@@ -220,8 +246,55 @@ impl PartitionBuffers {
             self.push_part(part, watermark_ms, &mut pushed);
             self.ledger.arrived(bucket);
         }
+        // A line without a position is invisible to the ledger: its file must be handed on
+        // before any later row is, so it is taken at once.
+        let unplaced = rejected.iter().any(|record| record.position.is_none());
+        if !rejected.is_empty() {
+            arrivals.extend(
+                rejected
+                    .iter()
+                    .filter_map(|record| record.position)
+                    .map(|position| (position, Destination::Buffered(Bucket::DeadLetter))),
+            );
+            self.push_rejected(rejected);
+            self.ledger.arrived(Bucket::DeadLetter);
+        }
         self.ledger.record(&mut arrivals);
+        if unplaced || self.dead_letter.bytes >= DEAD_LETTER_FLUSH_BYTES {
+            pushed.dead_letter = self.take_dead_letter();
+        }
         pushed
+    }
+
+    fn push_rejected(&mut self, rejected: Vec<Rejected>) {
+        let buffer = &mut self.dead_letter;
+        let bytes: u64 = rejected.iter().map(Rejected::memory_bytes).sum();
+        buffer.bytes += bytes;
+        buffer.oldest_arrival.get_or_insert_with(Instant::now);
+        buffer.reservation.get_or_insert_with(|| self.budget.reserve(0)).grow(bytes);
+        buffer.records.extend(rejected);
+    }
+
+    /// The dead-letter rows as one job, when their flush trigger holds at `now` (age) or
+    /// `force` is set (shutdown).
+    pub fn drain_dead_letter(&mut self, now: Instant, force: bool) -> Option<DeadLetterJob> {
+        let since = self.dead_letter.oldest_arrival?;
+        (force || now.saturating_duration_since(since) >= self.policy.max_age).then(|| self.take_dead_letter())?
+    }
+
+    fn take_dead_letter(&mut self) -> Option<DeadLetterJob> {
+        if self.dead_letter.records.is_empty() {
+            return None;
+        }
+        let buffer = std::mem::take(&mut self.dead_letter);
+        let (runs, commit) = self.ledger.take(&Bucket::DeadLetter);
+        let reservation = buffer.reservation.unwrap_or_else(|| self.budget.reserve(0));
+        Some(DeadLetterJob::new(self.feed.clone(), self.kind, buffer.records, runs, commit, reservation))
+    }
+
+    /// Rows waiting for the dead letter.
+    pub fn dead_letter_rows(&self) -> usize {
+        self.dead_letter.records.len()
     }
 
     /// A continuation token: every row buffered so far precedes it.

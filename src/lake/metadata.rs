@@ -56,6 +56,9 @@ pub struct FeedMetadata {
     /// Delivery `continuation-token`: where the scalable push query resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuation_token: Option<String>,
+    /// Rows that could not be decoded, kept under `<lake>/dead_letter/<feed>/`.
+    #[serde(default, skip_serializing_if = "DeadLetterInfo::is_empty")]
+    pub dead_letter: DeadLetterInfo,
     /// Fields written by other tools or newer versions, preserved on rewrite.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -168,6 +171,7 @@ impl FeedMetadata {
             committed_positions: Positions::new(),
             committed_ranges: Runs::new(),
             continuation_token: None,
+            dead_letter: DeadLetterInfo::default(),
             extra: Map::new(),
         }
     }
@@ -295,6 +299,47 @@ impl FeedMetadata {
         let version = self.schema_history.iter().map(|entry| entry.version).max().unwrap_or(0) + 1;
         self.schema_history.push(SchemaVersion { version, columns: columns.clone(), first_seen: now.to_string() });
         self.schema = Some(SchemaInfo { version, columns });
+    }
+}
+
+/// The feed's dead letter: its files and totals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterInfo {
+    pub records: u64,
+    pub bytes: u64,
+    pub files: Vec<DeadLetterFile>,
+}
+
+/// One dead-letter file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterFile {
+    /// Below `dead_letter/<feed>/`: `year=…/month=…/day=…/rejected_….jsonl`.
+    pub path: String,
+    pub records: u64,
+    pub bytes: u64,
+    /// The exact rows it holds that have a position.
+    #[serde(default, skip_serializing_if = "Runs::is_empty")]
+    pub runs: Runs,
+    pub written_at: String,
+}
+
+impl DeadLetterInfo {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.files.iter().any(|file| file.path == path)
+    }
+
+    /// Lists a committed dead-letter file; listing it again changes nothing.
+    pub fn record(&mut self, file: DeadLetterFile) {
+        if self.contains(&file.path) {
+            return;
+        }
+        self.records += file.records;
+        self.bytes += file.bytes;
+        self.files.push(file);
     }
 }
 

@@ -25,6 +25,7 @@
 pub(crate) mod budget;
 pub(crate) mod buffer;
 pub(crate) mod commit;
+pub(crate) mod dead_letter;
 pub(crate) mod layout;
 pub mod metadata;
 pub(crate) mod parquet;
@@ -40,6 +41,7 @@ use std::collections::BTreeMap;
 pub use budget::{MemoryBudget, Reservation};
 pub use buffer::{FlushJob, FlushPolicy, FlushReason, PartitionBuffers, Pushed};
 pub use commit::{Bucket, CommitLedger, CommitState, Destination, Runs};
+pub use dead_letter::{DeadLetterJob, Rejected};
 pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};

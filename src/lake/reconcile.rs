@@ -23,11 +23,12 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use tracing::{error, info, warn};
 
-use super::commit::{merge_runs, CommitState};
+use super::commit::{merge_runs, CommitState, Runs};
+use super::dead_letter;
 use super::layout::{FeedKind, LayoutError};
 use super::metadata::{
-    columns_of, format_ms, load_manifest, replace_manifest, FeedMetadata, FileEntry, ManifestError, SchemaInfo,
-    SchemaVersion,
+    columns_of, format_ms, load_manifest, replace_manifest, DeadLetterFile, FeedMetadata, FileEntry, ManifestError,
+    SchemaInfo, SchemaVersion,
 };
 use super::parquet::{read_footer_of, Footer, FooterError};
 use super::store::Lake;
@@ -116,9 +117,14 @@ struct DataObject {
 pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<ReconcileReport, ReconcileError> {
     let dir = lake.feed_dir(kind, feed)?;
     let metadata_path = lake.metadata_path(kind, feed)?;
-    let mut report = ReconcileReport { removed_temp: remove_staged(lake, &dir).await?, ..Default::default() };
+    let dead_letter_dir = lake.dead_letter_dir(feed)?;
+    let mut removed_temp = remove_staged(lake, &dir).await?;
+    removed_temp.extend(remove_staged(lake, &dead_letter_dir).await?);
+    let mut report = ReconcileReport { removed_temp, ..Default::default() };
     let objects = list_data_files(lake, &dir).await?;
+    let dead_letters = list_dead_letter_files(lake, &dead_letter_dir).await?;
     let mut footers: HashMap<Path, Result<Footer, String>> = HashMap::new();
+    let mut dead_letter_runs: HashMap<Path, Result<(u64, Runs), String>> = HashMap::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let (mut metadata, version) = match load_manifest(lake.store().as_ref(), &metadata_path).await? {
             Some((metadata, version)) => (metadata, Some(version)),
@@ -150,8 +156,39 @@ pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<Reconc
                 Err(reason) => unreadable.push((object.meta.location.to_string(), reason.clone())),
             }
         }
+        for (relative, meta) in &dead_letters {
+            if metadata.dead_letter.contains(relative) {
+                continue;
+            }
+            if !dead_letter_runs.contains_key(&meta.location) {
+                let read = lake.store().get(&meta.location).await;
+                let contents = match read {
+                    Ok(result) => result.bytes().await,
+                    Err(error) => Err(error),
+                }
+                .map_err(|source| ReconcileError::Read { path: meta.location.to_string(), source })?;
+                let runs = dead_letter::runs_of(&contents).map_err(|error| error.to_string());
+                dead_letter_runs.insert(meta.location.clone(), runs);
+            }
+            match &dead_letter_runs[&meta.location] {
+                Ok((records, runs)) => {
+                    metadata.dead_letter.record(DeadLetterFile {
+                        path: relative.clone(),
+                        records: *records,
+                        bytes: meta.size,
+                        runs: runs.clone(),
+                        written_at: format_ms(meta.last_modified.timestamp_millis()),
+                    });
+                    let mut state = metadata.commit_state();
+                    state.adopt(runs);
+                    metadata.set_commit_state(state);
+                    adopted.push(meta.location.to_string());
+                }
+                Err(reason) => unreadable.push((meta.location.to_string(), reason.clone())),
+            }
+        }
         for (path, reason) in &unreadable {
-            error!(path = %path, error = %reason, "data file is not in the manifest and its footer is unreadable; left alone");
+            error!(path = %path, error = %reason, "file is not in the manifest and cannot be read; left alone");
         }
         report.unreadable = unreadable.into_iter().map(|(path, _)| path).collect();
         if adopted.is_empty() {
@@ -287,6 +324,24 @@ fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
         state.adopt(&footer.runs);
     }
     metadata.set_commit_state(state);
+}
+
+/// Dead-letter files (`rejected_*.jsonl`) under `dir`, as (path relative to `dir`, metadata).
+async fn list_dead_letter_files(lake: &Lake, dir: &Path) -> Result<Vec<(String, ObjectMeta)>, ReconcileError> {
+    let listed: Vec<ObjectMeta> = lake
+        .store()
+        .list(Some(dir))
+        .try_collect()
+        .await
+        .map_err(|source| ReconcileError::List { path: dir.to_string(), source })?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|meta| {
+            let parts: Vec<String> = meta.location.prefix_match(dir)?.map(|part| part.as_ref().to_string()).collect();
+            let name = parts.last()?;
+            (name.starts_with("rejected_") && name.ends_with(".jsonl")).then(|| (parts.join("/"), meta))
+        })
+        .collect())
 }
 
 /// Data files (`data_*.parquet` inside a partition folder) under `dir`, oldest first.

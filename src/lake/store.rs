@@ -77,6 +77,9 @@ pub enum StoreError {
     Layout(#[from] LayoutError),
 }
 
+/// The top-level folder of the dead letters, beside `streams/` and `tables/`.
+pub const DEAD_LETTER_DIR: &str = "dead_letter";
+
 /// An opened lake: the store and the root prefix every path is built under.
 #[derive(Debug, Clone)]
 pub struct Lake {
@@ -123,6 +126,20 @@ impl Lake {
     pub fn metadata_path(&self, kind: FeedKind, feed: &str) -> Result<Path, LayoutError> {
         validate_feed_name(feed)?;
         Ok(self.join(&[kind.dir(), feed, METADATA_FILE]))
+    }
+
+    /// The feed's dead-letter directory, `dead_letter/<feed>`.
+    pub fn dead_letter_dir(&self, feed: &str) -> Result<Path, LayoutError> {
+        validate_feed_name(feed)?;
+        Ok(self.join(&[DEAD_LETTER_DIR, feed]))
+    }
+
+    /// A path below the feed's dead-letter directory.
+    pub fn dead_letter_path(&self, feed: &str, relative: &str) -> Result<Path, LayoutError> {
+        validate_feed_name(feed)?;
+        let mut parts = vec![DEAD_LETTER_DIR, feed];
+        parts.extend(relative.split('/').filter(|part| !part.is_empty()));
+        Ok(self.join(&parts))
     }
 
     /// A path below the feed directory; `relative` is `/`-separated (`year=…/data_….parquet`).

@@ -181,7 +181,7 @@ impl TestFeed {
     /// Routes and buffers `rows`; returns the jobs a schema change drained.
     pub fn push(&mut self, rows: &Rows) -> Vec<FlushJob> {
         let routed = self.router.route(&rows.batch, &rows.positions, self.watermark_ms).expect("routable rows");
-        self.buffers.push_batch(routed, &[], self.watermark_ms).drained
+        self.buffers.push_batch(routed, &[], Vec::new(), self.watermark_ms).drained
     }
 
     /// The jobs whose flush trigger holds now.

@@ -31,8 +31,11 @@ use tracing::{debug, info, warn};
 
 use super::buffer::{FlushJob, FlushReason};
 use super::commit::highest_offsets;
+use super::dead_letter::DeadLetterJob;
 use super::layout::{FeedKind, LayoutError};
-use super::metadata::{columns_of, format_ms, load_manifest, replace_manifest, FeedMetadata, FileEntry, ManifestError};
+use super::metadata::{
+    columns_of, format_ms, load_manifest, replace_manifest, DeadLetterFile, FeedMetadata, FileEntry, ManifestError,
+};
 use super::parquet::{encode, read_footer_of, EncodeError, EncodedFile, FileInfo, FooterError, ParquetOptions};
 use super::partition::PartitionKey;
 use super::store::Lake;
@@ -240,6 +243,57 @@ impl LakeWriter {
             outcome,
             committed_positions,
         })
+    }
+
+    /// One attempt to commit a dead-letter file (its JSON lines in `contents`): the file
+    /// create-only, then the manifest, like a data file. Returns whether it was listed before.
+    #[tracing::instrument(skip_all, fields(feed = %job.feed, file = %job.relative_path))]
+    pub async fn commit_dead_letter(&self, job: &DeadLetterJob, contents: &Bytes) -> Result<bool, WriteError> {
+        let path = self.lake.dead_letter_path(&job.feed, &job.relative_path)?;
+        let metadata_path = self.lake.metadata_path(job.kind, &job.feed)?;
+        let put = |source| WriteError::Put { path: path.to_string(), source };
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.lake.store().put_opts(&path, PutPayload::from(contents.clone()), options).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // An earlier attempt of this job (its response lost), or a file a crash left
+                // unlisted: if the manifest does not list it, it holds nothing committed.
+                let listed = self
+                    .load_metadata(&metadata_path)
+                    .await?
+                    .is_some_and(|(metadata, _)| metadata.dead_letter.contains(&job.relative_path));
+                if !listed {
+                    self.lake.store().put(&path, PutPayload::from(contents.clone())).await.map_err(put)?;
+                }
+            }
+            Err(error) => return Err(put(error)),
+        }
+        let mut races = 0;
+        loop {
+            let (mut metadata, version) = match self.load_metadata(&metadata_path).await? {
+                Some((metadata, version)) => (metadata, Some(version)),
+                None => (FeedMetadata::new(job.feed.clone(), job.kind), None),
+            };
+            if metadata.dead_letter.contains(&job.relative_path) {
+                return Ok(true);
+            }
+            metadata.dead_letter.record(DeadLetterFile {
+                path: job.relative_path.clone(),
+                records: job.records.len() as u64,
+                bytes: contents.len() as u64,
+                runs: job.runs.clone(),
+                written_at: format_ms(Utc::now().timestamp_millis()),
+            });
+            metadata.set_commit_state(job.commit.clone());
+            if replace_manifest(self.lake.store().as_ref(), &metadata_path, &metadata, version).await? {
+                info!(rows = job.records.len(), bytes = contents.len(), "committed dead-letter file");
+                return Ok(false);
+            }
+            races += 1;
+            if races >= MANIFEST_RACES {
+                return Err(WriteError::Contended { path: metadata_path.to_string(), attempts: MANIFEST_RACES });
+            }
+        }
     }
 
     /// Steps 2 and 3: the data file, create-only.

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use prometheus::{Counter, Gauge, Histogram, IntCounter, IntGauge};
 
+use crate::config::ErrorPolicy;
 use crate::ksqldb::client::ClientError;
+use crate::lake::Rejected;
 use crate::lake::{CommittedFile, PartitionError, WriteError};
 use crate::metrics::{FeedState, Health, Metrics};
-use crate::schema::RowError;
 
 /// A feed's metric series, resolved once (label lookups are not free per row or per batch).
 #[derive(Clone)]
@@ -17,7 +18,6 @@ pub(crate) struct FeedMetrics {
     pub(crate) feed: String,
     metrics: Metrics,
     pub(crate) rows_received: IntCounter,
-    pub(crate) rows_rejected: IntCounter,
     pub(crate) push_query_up: IntGauge,
     rows_written: IntCounter,
     bytes_written: IntCounter,
@@ -44,7 +44,6 @@ impl FeedMetrics {
         FeedMetrics {
             feed: feed.to_string(),
             rows_received: metrics.rows_received.with_label_values(&one),
-            rows_rejected: metrics.rows_rejected.with_label_values(&one),
             push_query_up: metrics.push_query_up.with_label_values(&one),
             rows_written: metrics.rows_written.with_label_values(&one),
             bytes_written: metrics.bytes_written.with_label_values(&one),
@@ -91,17 +90,29 @@ impl BatchSent {
     }
 }
 
-/// A row that could not be decoded.
+/// A row or line that could not be decoded.
 pub(crate) struct RowRejected<'a> {
-    pub(crate) error: &'a RowError,
+    pub(crate) record: &'a Rejected,
+    pub(crate) policy: ErrorPolicy,
 }
+
+/// Rows shown in a rejection's log line are cut to this many bytes.
+const LOGGED_ROW_BYTES: usize = 1024;
 
 impl RowRejected<'_> {
     pub(crate) fn emit(&self, metrics: &FeedMetrics) {
-        metrics.rows_rejected.inc();
-        let error = self.error;
-        tracing::warn!(feed = %metrics.feed, column = %error.column, reason = %error.reason, raw = %error.raw,
-            "row rejected");
+        let record = self.record;
+        metrics.metrics.rows_rejected.with_label_values(&[&metrics.feed, record.error_type]).inc();
+        let shown = String::from_utf8_lossy(&record.raw[..record.raw.len().min(LOGGED_ROW_BYTES)]);
+        let action = match self.policy {
+            ErrorPolicy::DeadLetter => "kept in the dead letter",
+            ErrorPolicy::Skip => "skipped",
+            ErrorPolicy::Fail => "the feed stops",
+        };
+        let position = record.position.map(|position| format!("{}/{}", position.partition, position.offset));
+        tracing::warn!(feed = %metrics.feed, error_type = record.error_type, error = %record.error,
+            column = record.column.as_deref().unwrap_or(""), position = position.as_deref().unwrap_or("unknown"),
+            length = record.length, raw = %shown, "row rejected; {action}");
     }
 }
 
@@ -132,7 +143,7 @@ impl QueryReopening<'_> {
 
 /// The push query failed with an error that retrying cannot fix: the feed stops.
 pub(crate) struct QueryFailed<'a> {
-    pub(crate) error: &'a ClientError,
+    pub(crate) error: &'a str,
 }
 
 impl QueryFailed<'_> {
@@ -228,6 +239,19 @@ impl CommitsRecovered {
         }
         health.set_store_error(None);
         metrics.store_up.set(1.0);
+    }
+}
+
+/// A dead-letter file is in the lake and listed in the manifest.
+pub(crate) struct DeadLetterCommitted {
+    pub(crate) rows: usize,
+    pub(crate) bytes: usize,
+}
+
+impl DeadLetterCommitted {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics) {
+        metrics.metrics.dead_letter_rows.with_label_values(&[&metrics.feed]).inc_by(self.rows as u64);
+        tracing::info!(feed = %metrics.feed, rows = self.rows, bytes = self.bytes, "rejected rows kept in the dead letter");
     }
 }
 

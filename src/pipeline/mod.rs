@@ -149,6 +149,9 @@ pub async fn run_with(
                 batch_rows: feed.settings.batch_rows,
                 linger: options.linger,
                 idle_timeout: config.ksqldb.idle_timeout,
+                error_policy: feed.settings.error_policy,
+                max_rejected_per_minute: feed.settings.max_rejected_per_minute,
+                max_line_bytes: feed.settings.max_line_bytes,
                 backoff: options.reconnect_backoff.unwrap_or(Backoff {
                     initial: config.ksqldb.reconnect_backoff_initial,
                     max: config.ksqldb.reconnect_backoff_max,

@@ -21,11 +21,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::events::{BatchRouted, CommitAttemptFailed, CommitsRecovered, FeedMetrics, FileCommitted, RowsNotRoutable};
+use super::events::{
+    BatchRouted, CommitAttemptFailed, CommitsRecovered, DeadLetterCommitted, FeedMetrics, FileCommitted,
+    RowsNotRoutable,
+};
 use super::source::SourceMessage;
 use crate::backoff::Backoff;
 use crate::lake::{
-    FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, PartitionError, Position, RowRouter, WriteError,
+    DeadLetterJob, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, PartitionError, Position,
+    Rejected, RowRouter, WriteError,
 };
 use crate::metrics::Health;
 
@@ -102,8 +106,28 @@ pub(crate) struct FeedSink {
 /// A file ready to commit, handed from the buffer stage to the commit stage. The job carries
 /// its runs and the commit state the manifest records with it.
 struct Prepared {
-    job: FlushJob,
+    job: Job,
     queued: Instant,
+}
+
+/// A file for the commit stage: data, or the feed's dead letter.
+enum Job {
+    Data(FlushJob),
+    DeadLetter(DeadLetterJob),
+}
+
+impl Job {
+    fn reserved_bytes(&self) -> u64 {
+        match self {
+            Job::Data(job) => job.reserved_bytes(),
+            Job::DeadLetter(job) => job.reserved_bytes(),
+        }
+    }
+}
+
+/// Data jobs then the dead-letter job, in the order they were taken from the buffers.
+fn in_order(data: Vec<FlushJob>, dead_letter: Option<DeadLetterJob>) -> Vec<Job> {
+    data.into_iter().map(Job::Data).chain(dead_letter.map(Job::DeadLetter)).collect()
 }
 
 /// The commit stage's answer for one file, in hand-on order.
@@ -149,7 +173,7 @@ impl FeedSink {
                         let mut sent = true;
                         if schema_seen {
                             let drained = self.buffers.drain_all(FlushReason::SchemaChange);
-                            sent = self.hand_on(&mut stage, drained).await;
+                            sent = self.hand_on(&mut stage, in_order(drained, None)).await;
                         }
                         schema_seen = true;
                         sent
@@ -158,8 +182,8 @@ impl FeedSink {
                         self.buffers.token(token);
                         true
                     }
-                    Some(SourceMessage::Batch { batch, positions, passed }) => {
-                        match self.take_batch(&mut stage, batch, positions, passed).await {
+                    Some(SourceMessage::Batch { batch, positions, passed, rejected }) => {
+                        match self.take_batch(&mut stage, batch, positions, passed, rejected).await {
                             Ok(sent) => sent,
                             Err(failure) => {
                                 stage.failure = Some(failure);
@@ -175,7 +199,8 @@ impl FeedSink {
                 _ = ticker.tick() => {
                     let watermark = stage.watermark.at(wall_ms());
                     let ready = self.buffers.drain_ready(Instant::now(), watermark);
-                    self.hand_on(&mut stage, ready).await && !commit_task.is_finished()
+                    let dead_letter = self.buffers.drain_dead_letter(Instant::now(), false);
+                    self.hand_on(&mut stage, in_order(ready, dead_letter)).await && !commit_task.is_finished()
                 }
             };
             self.update_gauges();
@@ -185,7 +210,8 @@ impl FeedSink {
         };
         if !ended_early {
             let rest = self.buffers.drain_all(FlushReason::Shutdown);
-            self.hand_on(&mut stage, rest).await;
+            let dead_letter = self.buffers.drain_dead_letter(Instant::now(), true);
+            self.hand_on(&mut stage, in_order(rest, dead_letter)).await;
         }
         stage.jobs = None; // the commit stage finishes what is queued, then ends
         let mut summary = match (&mut commit_task).await {
@@ -210,6 +236,7 @@ impl FeedSink {
         batch: arrow::record_batch::RecordBatch,
         positions: Vec<Option<Position>>,
         passed: Vec<Position>,
+        rejected: Vec<Rejected>,
     ) -> Result<bool, SinkFailed> {
         let processing_ms = wall_ms();
         let routed = match self.router.route(&batch, &positions, processing_ms) {
@@ -225,10 +252,10 @@ impl FeedSink {
         for part in &routed {
             stage.watermark.observe(part.stats.max_event_ms);
         }
-        let pushed = self.buffers.push_batch(routed, &passed, stage.watermark.at(processing_ms));
+        let pushed = self.buffers.push_batch(routed, &passed, rejected, stage.watermark.at(processing_ms));
         BatchRouted { late_rows: pushed.late_rows, null_event_time_rows: pushed.null_event_time_rows }
             .emit(&self.metrics);
-        if !self.hand_on(stage, pushed.drained).await {
+        if !self.hand_on(stage, in_order(pushed.drained, pushed.dead_letter)).await {
             return Ok(false);
         }
         // Above the budget: flush the largest buffer while buffers alone exceed it; when files on
@@ -236,7 +263,7 @@ impl FeedSink {
         while self.budget.used() > self.budget.limit() {
             if self.budget.used().saturating_sub(stage.in_flight) > self.budget.limit() {
                 if let Some(job) = self.buffers.drain_largest() {
-                    if !self.hand_on(stage, vec![job]).await {
+                    if !self.hand_on(stage, in_order(vec![job], None)).await {
                         return Ok(false);
                     }
                     continue;
@@ -256,7 +283,7 @@ impl FeedSink {
     /// Hands files to the commit stage in the order the buffers drained them (each carries the
     /// commit state that holds once it and every file before it are committed). False when the
     /// commit stage has stopped.
-    async fn hand_on(&mut self, stage: &mut Stage, drained: Vec<FlushJob>) -> bool {
+    async fn hand_on(&mut self, stage: &mut Stage, drained: Vec<Job>) -> bool {
         for job in drained {
             let Some(jobs) = &stage.jobs else { return false };
             stage.in_flight += job.reserved_bytes();
@@ -319,46 +346,45 @@ impl Committer {
             let reserved_bytes = prepared.job.reserved_bytes();
             let result = self.commit(prepared, &mut summary).await;
             // The job, and with it its reservation, is gone by now.
-            let sizes = result.as_ref().ok().copied();
+            let sizes = result.as_ref().ok().copied().flatten();
             let _ = self.acks.send(Ack { reserved_bytes, sizes });
             result?;
         }
         Ok(summary)
     }
 
-    /// Commits one file, retrying retryable failures until it succeeds. Returns its in-memory
-    /// and encoded sizes.
-    async fn commit(&self, prepared: Prepared, summary: &mut SinkSummary) -> Result<(u64, u64), SinkFailed> {
+    /// Commits one file, retrying retryable failures until it succeeds. Returns a data file's
+    /// in-memory and encoded sizes.
+    async fn commit(&self, prepared: Prepared, summary: &mut SinkSummary) -> Result<Option<(u64, u64)>, SinkFailed> {
         let Prepared { job, queued } = prepared;
-        let failed = |error: WriteError| SinkFailed::Commit { feed: self.feed.clone(), rows: job.rows, source: error };
+        match job {
+            Job::Data(job) => self.commit_data(job, queued, summary).await.map(Some),
+            Job::DeadLetter(job) => {
+                let contents = job.encode();
+                let rows = job.records.len();
+                self.with_retries(rows, || self.writer.commit_dead_letter(&job, &contents)).await?;
+                DeadLetterCommitted { rows, bytes: contents.len() }.emit(&self.metrics);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn commit_data(
+        &self,
+        job: FlushJob,
+        queued: Instant,
+        summary: &mut SinkSummary,
+    ) -> Result<(u64, u64), SinkFailed> {
         let encode_started = Instant::now();
         let encoded = self.writer.encode(&job).await.map_err(|error| {
             CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }
                 .emit(&self.metrics, &self.health);
-            failed(error)
+            SinkFailed::Commit { feed: self.feed.clone(), rows: job.rows, source: error }
         })?;
         let encode_seconds = encode_started.elapsed();
-        let mut attempt: u32 = 0;
-        let committed = loop {
-            let put_started = Instant::now();
-            match self.writer.commit(&job, &encoded).await {
-                Ok(committed) => break (committed, put_started.elapsed()),
-                Err(error) if error.is_retryable() => {
-                    let delay = self.retry.delay(attempt);
-                    attempt = attempt.saturating_add(1);
-                    CommitAttemptFailed { error: &error, attempt, retry_in: Some(delay), rows: job.rows }
-                        .emit(&self.metrics, &self.health);
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => {
-                    CommitAttemptFailed { error: &error, attempt: attempt + 1, retry_in: None, rows: job.rows }
-                        .emit(&self.metrics, &self.health);
-                    return Err(failed(error));
-                }
-            }
-        };
-        let (committed, put_seconds) = committed;
-        CommitsRecovered { failed_attempts: attempt }.emit(&self.metrics, &self.health);
+        let put_started = Instant::now();
+        let committed = self.with_retries(job.rows, || self.writer.commit(&job, &encoded)).await?;
+        let put_seconds = put_started.elapsed();
         FileCommitted {
             file: &committed,
             max_event_ms: job.max_event_ms,
@@ -370,5 +396,35 @@ impl Committer {
         summary.rows_written += committed.rows as u64;
         summary.files_written += 1;
         Ok((committed.in_memory_bytes, committed.bytes))
+    }
+
+    /// Runs `attempt` until it succeeds, waiting with backoff after each retryable failure;
+    /// the commit stage is the only place that retries lake writes.
+    async fn with_retries<T, F, Fut>(&self, rows: usize, mut attempt: F) -> Result<T, SinkFailed>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, WriteError>>,
+    {
+        let mut failures: u32 = 0;
+        loop {
+            match attempt().await {
+                Ok(done) => {
+                    CommitsRecovered { failed_attempts: failures }.emit(&self.metrics, &self.health);
+                    return Ok(done);
+                }
+                Err(error) if error.is_retryable() => {
+                    let delay = self.retry.delay(failures);
+                    failures = failures.saturating_add(1);
+                    CommitAttemptFailed { error: &error, attempt: failures, retry_in: Some(delay), rows }
+                        .emit(&self.metrics, &self.health);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    CommitAttemptFailed { error: &error, attempt: failures + 1, retry_in: None, rows }
+                        .emit(&self.metrics, &self.health);
+                    return Err(SinkFailed::Commit { feed: self.feed.clone(), rows, source: error });
+                }
+            }
+        }
     }
 }

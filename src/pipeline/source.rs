@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use super::events::{BatchSent, FeedMetrics, QueryFailed, QueryReopening, ResumeFilterRejected, RowRejected};
 use super::query::{leading_position, push_query, Resume};
 use crate::backoff::Backoff;
-use crate::config::Delivery;
+use crate::config::{Delivery, ErrorPolicy};
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
 use crate::ksqldb::Event;
-use crate::lake::{CommitState, Position};
+use crate::ksqldb::Framing;
+use crate::lake::{CommitState, Position, Rejected};
 use crate::metrics::{FeedState, Health};
 use crate::schema::{Column, RowDecoder};
 
@@ -31,8 +32,8 @@ pub enum SourceMessage {
     /// Decoded rows with their ksqlDB positions, read once where each row was decoded:
     /// `positions` has one entry per row of `batch` (empty when the query selects none), and
     /// `passed` lists the rows that arrived but are not in `batch` (skipped as committed,
-    /// rejected as undecodable).
-    Batch { batch: RecordBatch, positions: Vec<Option<Position>>, passed: Vec<Position> },
+    /// rejected and not kept), and `rejected` the rows for the dead letter.
+    Batch { batch: RecordBatch, positions: Vec<Option<Position>>, passed: Vec<Position>, rejected: Vec<Rejected> },
     /// A continuation token: every row sent before it precedes it.
     Token(String),
 }
@@ -51,6 +52,10 @@ pub struct SourceSettings {
     /// No byte for this long means the query stalled: it is reopened.
     pub idle_timeout: Duration,
     pub backoff: Backoff,
+    pub error_policy: ErrorPolicy,
+    pub max_rejected_per_minute: u64,
+    /// Longer rows are rejected without being held whole.
+    pub max_line_bytes: usize,
 }
 
 /// In `continuation-token` mode, rows are held until the token that follows them; without any
@@ -65,6 +70,8 @@ pub enum EndReason {
     Terminated,
     Stall,
     InBandError,
+    /// A JSON array response broke: it cannot be resynchronized, only reopened.
+    Malformed,
 }
 
 impl EndReason {
@@ -75,17 +82,23 @@ impl EndReason {
             EndReason::Terminated => "terminated",
             EndReason::Stall => "stall",
             EndReason::InBandError => "in_band_error",
+            EndReason::Malformed => "malformed_response",
         }
     }
 }
 
 /// A feed that cannot go on (unknown source, bad statement, bad credentials).
 #[derive(Debug, thiserror::Error)]
-#[error("feed {feed} stopped: {source}")]
-pub struct FeedFailed {
-    pub feed: String,
-    #[source]
-    pub source: ClientError,
+pub enum FeedFailed {
+    #[error("feed {feed} stopped: {source}")]
+    Query {
+        feed: String,
+        #[source]
+        source: ClientError,
+    },
+    /// A rejected row under `error_policy = "fail"`, or more rejected rows than the limit.
+    #[error("feed {feed} stopped: {reason}")]
+    Rejected { feed: String, reason: String },
 }
 
 /// The source stage of one feed.
@@ -96,8 +109,29 @@ pub struct FeedSource {
     pub health: Health,
 }
 
+/// Rejected rows in the last minute, to stop a feed whose input is mostly garbage.
+#[derive(Debug)]
+struct Rejections {
+    recent: std::collections::VecDeque<Instant>,
+    limit: u64,
+}
+
+impl Rejections {
+    /// Notes one rejected row; true when more than the limit were rejected within a minute.
+    fn note(&mut self) -> bool {
+        let now = Instant::now();
+        while self.recent.front().is_some_and(|&at| now.duration_since(at) > Duration::from_secs(60)) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.recent.len() as u64 > self.limit
+    }
+}
+
 /// How one connection ended.
 enum Ended {
+    /// The feed must stop: a rejected row under `error_policy = "fail"`, or too many.
+    Failed(String),
     Shutdown,
     Reopen(EndReason, String),
 }
@@ -119,6 +153,8 @@ impl FeedSource {
             committed.ranges.clear();
         }
         let mut resume = Resume::new(committed);
+        let mut rejections =
+            Rejections { recent: std::collections::VecDeque::new(), limit: self.settings.max_rejected_per_minute };
         let feed = self.settings.feed.clone();
         let mut columns: Option<Vec<Column>> = None;
         let mut attempt: u32 = 0;
@@ -127,7 +163,10 @@ impl FeedSource {
                 return Ok(());
             }
             let filtered = !resume.start_after().is_empty();
-            let ended = match self.stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt).await {
+            let ended = match self
+                .stream_once(&mut resume, &mut columns, &sender, &shutdown, &mut attempt, &mut rejections)
+                .await
+            {
                 Ok(ended) => ended,
                 Err(error) if filtered && error.error_code() == Some(40001) => {
                     // A server that refuses ROWPARTITION/ROWOFFSET in WHERE: resume without the
@@ -137,13 +176,17 @@ impl FeedSource {
                     continue;
                 }
                 Err(error) if !error.is_retryable() => {
-                    QueryFailed { error: &error }.emit(&self.metrics, &self.health);
-                    return Err(FeedFailed { feed, source: error });
+                    QueryFailed { error: &error.to_string() }.emit(&self.metrics, &self.health);
+                    return Err(FeedFailed::Query { feed, source: error });
                 }
                 Err(error) => Ended::Reopen(EndReason::ServerError, error.to_string()),
             };
             self.metrics.push_query_up.set(0);
             match ended {
+                Ended::Failed(reason) => {
+                    QueryFailed { error: &reason }.emit(&self.metrics, &self.health);
+                    return Err(FeedFailed::Rejected { feed, reason });
+                }
                 Ended::Shutdown => {
                     self.health.set_feed(&feed, FeedState::Stopped);
                     return Ok(());
@@ -171,6 +214,7 @@ impl FeedSource {
         sender: &mpsc::Sender<SourceMessage>,
         shutdown: &CancellationToken,
         attempt: &mut u32,
+        rejections: &mut Rejections,
     ) -> Result<Ended, ClientError> {
         let settings = &self.settings;
         let (sql, properties) = push_query(&settings.source, settings.delivery, &resume.start_after());
@@ -199,6 +243,7 @@ impl FeedSource {
         self.health.set_feed(&settings.feed, FeedState::Streaming);
         self.metrics.push_query_up.set(1);
         let query_id = stream.query_id().map(str::to_string);
+        stream.set_max_message_bytes(settings.max_line_bytes);
 
         let mut decoder = RowDecoder::new(&header_columns);
         let mut batch = Pending::default();
@@ -268,8 +313,19 @@ impl FeedSource {
                     match decoder.append(&values) {
                         Ok(()) => batch.positions.push(position),
                         Err(error) => {
-                            RowRejected { error: &error }.emit(&self.metrics);
-                            batch.passed.extend(position);
+                            let error_type = if error.column == "<row>" { "row_shape" } else { "value" };
+                            let record = Rejected {
+                                length: values.len() as u64,
+                                raw: values,
+                                error_type,
+                                error: error.reason,
+                                column: Some(error.column),
+                                position,
+                                received_ms: chrono::Utc::now().timestamp_millis(),
+                            };
+                            if let Some(ended) = self.reject(record, &mut batch, rejections) {
+                                break ended;
+                            }
                         }
                     }
                     *attempt = 0;
@@ -313,6 +369,43 @@ impl FeedSource {
                 Err(ClientError::InBand(error)) => {
                     break Ended::Reopen(EndReason::InBandError, error.to_string());
                 }
+                Err(ClientError::Frame(error)) if stream.framing() == Framing::JsonArray => {
+                    break Ended::Reopen(EndReason::Malformed, error.to_string());
+                }
+                Err(ClientError::Frame(error)) => {
+                    // One malformed line: the line framings go on at the next one.
+                    let position = positioned.then(|| leading_position(&error.raw)).flatten().and_then(
+                        |(_, partition, offset)| {
+                            Some(Position {
+                                partition: u32::try_from(partition).ok()?,
+                                offset: u64::try_from(offset).ok()?,
+                            })
+                        },
+                    );
+                    if let Some(position) = position {
+                        if settings.delivery != Delivery::Latest && resume.covers(position) {
+                            continue; // handed on or committed already
+                        }
+                        resume.observe(position);
+                    }
+                    let record = Rejected {
+                        error_type: if error.too_long { "line_too_long" } else { "frame" },
+                        error: error.reason,
+                        column: None,
+                        position,
+                        length: error.length,
+                        raw: error.raw,
+                        received_ms: chrono::Utc::now().timestamp_millis(),
+                    };
+                    if let Some(ended) = self.reject(record, &mut batch, rejections) {
+                        break ended;
+                    }
+                    *attempt = 0;
+                    if !lingering {
+                        linger.as_mut().reset(Instant::now() + settings.linger);
+                        lingering = true;
+                    }
+                }
                 Err(error) if error.is_retryable() => {
                     break Ended::Reopen(EndReason::Disconnect, error.to_string());
                 }
@@ -336,6 +429,30 @@ impl FeedSource {
         Ok(ended)
     }
 
+    /// A row or line that could not be decoded, handled by the feed's `error_policy`; `Some`
+    /// when the feed must stop.
+    fn reject(&self, record: Rejected, batch: &mut Pending, rejections: &mut Rejections) -> Option<Ended> {
+        RowRejected { record: &record, policy: self.settings.error_policy }.emit(&self.metrics);
+        let limit = self.settings.max_rejected_per_minute;
+        let over_limit = rejections.note();
+        match self.settings.error_policy {
+            ErrorPolicy::Fail => {
+                return Some(Ended::Failed(format!(
+                    "a row could not be decoded ({}): {}",
+                    record.error_type, record.error
+                )))
+            }
+            ErrorPolicy::Skip => batch.passed.extend(record.position),
+            ErrorPolicy::DeadLetter => batch.rejected.push(record),
+        }
+        over_limit.then(|| {
+            Ended::Failed(format!(
+                "more than {limit} rows could not be decoded within a minute (max_rejected_per_minute); \
+                 the producer or the feed's schema is likely broken"
+            ))
+        })
+    }
+
     /// Sends the decoded rows on; false when the buffer stage is gone.
     async fn send_batch(
         &self,
@@ -343,17 +460,17 @@ impl FeedSource {
         pending: &mut Pending,
         sender: &mpsc::Sender<SourceMessage>,
     ) -> bool {
-        if decoder.is_empty() && pending.passed.is_empty() {
+        if decoder.is_empty() && pending.passed.is_empty() && pending.rejected.is_empty() {
             return true;
         }
         let batch = decoder.finish();
         let rows = batch.num_rows();
-        let Pending { mut positions, passed } = std::mem::take(pending);
+        let Pending { mut positions, passed, rejected } = std::mem::take(pending);
         if positions.iter().all(Option::is_none) {
             positions.clear();
         }
         let waited = Instant::now();
-        let sent = sender.send(SourceMessage::Batch { batch, positions, passed }).await.is_ok();
+        let sent = sender.send(SourceMessage::Batch { batch, positions, passed, rejected }).await.is_ok();
         BatchSent { rows, blocked: waited.elapsed() }.emit(&self.metrics);
         sent
     }
@@ -364,6 +481,8 @@ impl FeedSource {
 struct Pending {
     /// One per decoded row.
     positions: Vec<Option<Position>>,
-    /// Rows that arrived and were not decoded into the batch.
+    /// Rows that arrived and were not decoded into the batch, nor kept in the dead letter.
     passed: Vec<Position>,
+    /// Rows that could not be decoded, for the dead letter.
+    rejected: Vec<Rejected>,
 }

@@ -63,6 +63,12 @@ impl QueryStream {
         self.framing
     }
 
+    /// Messages (rows) longer than `limit` bytes come back as [`ClientError::Frame`] errors
+    /// with their first `limit` bytes, and are never held whole.
+    pub fn set_max_message_bytes(&mut self, limit: usize) {
+        self.decoder.set_max_message_bytes(limit);
+    }
+
     /// The next event; `Ok(None)` once the body has ended. An in-band error object is returned
     /// as [`ClientError::InBand`] and ends the stream. A [`ClientError::Frame`] error concerns
     /// one bad message: calling again continues with the next one.

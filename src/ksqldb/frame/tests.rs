@@ -470,3 +470,60 @@ proptest! {
         }
     }
 }
+
+/// Decodes `body` in `chunk`-byte pieces with a message limit of `limit` bytes.
+fn decode_limited(framing: Framing, body: &[u8], chunk: usize, limit: usize) -> Vec<Outcome> {
+    let mut decoder = FrameDecoder::new(framing);
+    decoder.set_max_message_bytes(limit);
+    let mut outcomes = Vec::new();
+    for piece in body.chunks(chunk) {
+        decoder.push(Bytes::copy_from_slice(piece));
+        drain(&mut decoder, &mut outcomes, false);
+    }
+    drain(&mut decoder, &mut outcomes, true);
+    outcomes
+}
+
+#[test]
+fn a_line_over_the_limit_is_reported_with_its_first_bytes_and_length_and_decoding_goes_on() {
+    let long = format!("[1,\"{}\"]", "x".repeat(10_000));
+    let body = format!(
+        "{{\"queryId\":\"q\",\"columnNames\":[\"A\"],\"columnTypes\":[\"STRING\"]}}\n[0,\"a\"]\n{long}\n[2,\"c\"]\n"
+    );
+    // Any chunking, including one byte at a time, gives the same outcome, and memory holds at
+    // most the limit of the long line.
+    for chunk in [1, 7, 100, 4096, body.len()] {
+        let outcomes = decode_limited(Framing::Delimited, body.as_bytes(), chunk, 1024);
+        assert_eq!(outcomes.len(), 4, "chunk {chunk}: {outcomes:?}");
+        assert_eq!(outcomes[1], Ok(row("[0,\"a\"]")));
+        let error = outcomes[2].as_ref().unwrap_err();
+        assert!(error.too_long && error.reason.contains("longer than 1024"), "{error:?}");
+        assert_eq!(error.length, long.len() as u64);
+        assert_eq!(&error.raw[..], &long.as_bytes()[..1024]);
+        assert_eq!(outcomes[3], Ok(row("[2,\"c\"]")));
+    }
+}
+
+#[test]
+fn a_too_long_last_line_without_newline_is_reported_at_finish() {
+    let body =
+        format!("{{\"queryId\":\"q\",\"columnNames\":[\"A\"],\"columnTypes\":[\"STRING\"]}}\n[\"{}", "y".repeat(5000));
+    let outcomes = decode_limited(Framing::Delimited, body.as_bytes(), 333, 2048);
+    let error = outcomes.last().unwrap().as_ref().unwrap_err();
+    assert!(error.too_long);
+    assert_eq!(error.length, 5002);
+    assert_eq!(error.raw.len(), 2048);
+}
+
+#[test]
+fn malformed_lines_between_good_ones_are_errors_each_and_the_rest_decodes() {
+    let body =
+        "{\"queryId\":\"q\",\"columnNames\":[\"A\"],\"columnTypes\":[\"BIGINT\"]}\n[1]\n[96,\"broken row\n{\"a\":1}\n\
+                {\"errorMessage\":\"x\"}\n[2]\n";
+    let outcomes = decode(Framing::Delimited, body);
+    let rows: Vec<&Event> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).collect();
+    assert!(rows.contains(&&row("[1]")) && rows.contains(&&row("[2]")), "{outcomes:?}");
+    let errors: Vec<&FrameError> = outcomes.iter().filter_map(|outcome| outcome.as_ref().err()).collect();
+    assert!(errors.iter().any(|error| &error.raw[..] == b"[96,\"broken row"), "{errors:?}");
+    assert!(errors.iter().any(|error| &error.raw[..] == b"{\"a\":1}"), "{errors:?}");
+}

@@ -108,7 +108,7 @@ async fn late_rows_are_counted_and_flush_by_age_not_on_every_tick() {
     let mut f = fixture(FlushPolicy::default());
     let late = rows(&[ms(10, 5, 0), ms(10, 6, 0)], 0);
     let routed = f.feed.router.route(&late.batch, &late.positions, 0).unwrap();
-    let pushed = f.feed.buffers.push_batch(routed, &[], ms(12, 0, 0)); // hour 10 closed at 11:10
+    let pushed = f.feed.buffers.push_batch(routed, &[], Vec::new(), ms(12, 0, 0)); // hour 10 closed at 11:10
     assert_eq!(pushed.late_rows, 2);
     assert!(pushed.drained.is_empty());
     assert!(f.feed.drain_ready().is_empty());
@@ -150,7 +150,7 @@ async fn a_new_schema_drains_everything_buffered_first() {
     let schema = Arc::new(Schema::new(vec![Field::new("ROWTIME", DataType::Int64, true)]));
     let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![ms(10, 2, 0)]))]).unwrap();
     let routed = RowRouter::new(spec(), EventTime::Column("ROWTIME".into())).route(&batch, &[], 0).unwrap();
-    let jobs = f.feed.buffers.push_batch(routed, &[], ms(10, 30, 0)).drained;
+    let jobs = f.feed.buffers.push_batch(routed, &[], Vec::new(), ms(10, 30, 0)).drained;
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|job| job.reason == FlushReason::SchemaChange && job.schema.fields().len() == 4));
     assert_eq!(f.feed.buffers.buffered_rows(), 1);

@@ -1,0 +1,224 @@
+//! Hostile input: malformed lines and undecodable rows between good ones. Every good row lands
+//! exactly once, every bad one is in the dead letter exactly once (across a restart too), and
+//! the feed goes on; a line longer than `max_line_bytes` is kept truncated, never held whole.
+
+mod pipeline_support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use ksql_lake::lake::FeedKind;
+use ksql_lake::schema::parse_schema;
+use ksql_lake::simulator::{Simulator, SimulatorConfig, Value};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use pipeline_support::{config, fast_options, start, Running, BASE_MS, SOURCE};
+
+/// What a bad row is made of, as the column texts the simulator writes verbatim.
+fn bad_columns(kind: u64) -> [String; 2] {
+    match kind % 3 {
+        // A raw newline inside a string: two lines, neither JSON; the second has no position.
+        0 => ["7".to_string(), "\"broken\nrow".to_string()],
+        // A string where a BIGINT belongs.
+        1 => ["\"abc\"".to_string(), "\"x\"".to_string()],
+        // An object where a STRING belongs is fine JSON but the wrong type.
+        _ => ["8".to_string(), "{\"a\":1}".to_string()],
+    }
+}
+
+/// Produces good rows `ids` (NAME = `good-<id>`) with a bad row after every `every`-th one;
+/// returns how many rejected lines they make (a row split in two lines makes two).
+fn produce(simulator: &Simulator, ids: std::ops::Range<i64>, every: i64) -> u64 {
+    let mut bad = 0;
+    let mut lines = 0;
+    for id in ids {
+        simulator
+            .produce(SOURCE, None, BASE_MS + id * 1000, vec![Value::Bigint(id), Value::string(format!("good-{id}"))])
+            .unwrap();
+        if id % every == every - 1 {
+            let columns = bad_columns(bad);
+            let texts: Vec<&str> = columns.iter().map(String::as_str).collect();
+            simulator.produce_rendered(SOURCE, [(None, BASE_MS + id * 1000, texts.as_slice())]).unwrap();
+            lines += if bad % 3 == 0 { 2 } else { 1 };
+            bad += 1;
+        }
+    }
+    lines
+}
+
+fn dead_letter(running: &Running) -> u64 {
+    running.metrics.dead_letter_rows.with_label_values(&["everything"]).get()
+}
+
+/// Good IDs in the data files (with their counts) and the dead-letter lines.
+async fn read_lake(dir: &std::path::Path) -> (BTreeMap<i64, u32>, Vec<serde_json::Value>) {
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap());
+    let listed: Vec<_> = store.list(None).try_collect().await.unwrap();
+    let mut ids = BTreeMap::new();
+    let mut rejected = Vec::new();
+    for meta in listed {
+        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+        let name = meta.location.as_ref();
+        if name.ends_with(".parquet") {
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("ID").unwrap();
+                let values = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(column.as_ref());
+                for id in values.values().iter() {
+                    *ids.entry(*id).or_insert(0) += 1;
+                }
+            }
+        } else if name.ends_with(".jsonl") {
+            assert!(name.starts_with("dead_letter/everything/year="), "{name}");
+            for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+                rejected.push(serde_json::from_slice(line).unwrap());
+            }
+        }
+    }
+    (ids, rejected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_between_good_ones_go_to_the_dead_letter_exactly_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 2).unwrap();
+    let mut bad = produce(&simulator, 0..1000, 50);
+    let first_bad = bad;
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let lake_url = format!("file://{}", dir.path().display());
+    let feed = "flush_max_age = \"300ms\"";
+    let running = start(config(&server.url(), &lake_url, "daily", "", feed), fast_options());
+    running.wait_until("the good rows", Duration::from_secs(60), |r| r.written() == 1000).await;
+    running.wait_until("the bad rows", Duration::from_secs(60), |r| dead_letter(r) == bad).await;
+    assert_eq!(running.health.report().1["feeds"]["everything"]["state"], "streaming", "the feed goes on");
+    let by_type =
+        |r: &Running, error_type: &str| r.metrics.rows_rejected.with_label_values(&["everything", error_type]).get();
+    assert_eq!(by_type(&running, "frame") + by_type(&running, "value") + by_type(&running, "row_shape"), bad);
+    assert!(by_type(&running, "frame") > 0 && by_type(&running, "value") > 0);
+    running.shutdown().await;
+
+    // A restart reads from the committed state: nothing is written twice, bad or good.
+    bad += produce(&simulator, 1000..1200, 50);
+    let running = start(config(&server.url(), &lake_url, "daily", "", feed), fast_options());
+    running.wait_until("the new good rows", Duration::from_secs(60), |r| r.written() == 200).await;
+    running.wait_until("the new bad rows", Duration::from_secs(60), |r| dead_letter(r) == bad - first_bad).await;
+    running.shutdown().await;
+
+    let (ids, rejected) = read_lake(dir.path()).await;
+    assert_eq!(ids.len(), 1200, "every good row");
+    assert!(ids.values().all(|&copies| copies == 1), "each once");
+    assert_eq!(rejected.len() as u64, bad, "every bad row in the dead letter");
+    let placed: Vec<&serde_json::Value> = rejected.iter().filter(|line| line["offset"].is_u64()).collect();
+    let mut positions: Vec<(u64, u64)> =
+        placed.iter().map(|line| (line["partition"].as_u64().unwrap(), line["offset"].as_u64().unwrap())).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    assert_eq!(positions.len(), placed.len(), "each bad row with a position once");
+    let unplaced = rejected.iter().filter(|line| line["offset"].is_null()).count();
+    assert!(unplaced > 0 && rejected.iter().all(|line| line["offset"].is_u64() || line["raw"] == "row]"));
+    assert!(rejected.iter().any(|line| line["raw"].as_str().unwrap().ends_with("\"broken")));
+    assert!(rejected.iter().all(|line| line["feed"] == "everything" && line["error"].as_str().is_some()));
+
+    let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    let manifest = store.get(&Path::from("streams/everything/_metadata.json")).await.unwrap().bytes().await.unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["dead_letter"]["records"].as_u64(), Some(bad));
+    assert_eq!(manifest["total_records"], 1200);
+    let _ = FeedKind::Stream;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_longer_than_max_line_bytes_is_kept_truncated_and_the_feed_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 1).unwrap();
+    for id in 0..10 {
+        simulator.produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("a")]).unwrap();
+    }
+    let huge = format!("\"{}\"", "z".repeat(300_000));
+    simulator.produce_rendered(SOURCE, [(None, BASE_MS + 10, ["10", huge.as_str()].as_slice())]).unwrap();
+    for id in 11..20 {
+        simulator.produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("a")]).unwrap();
+    }
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let feed = "flush_max_age = \"200ms\"\nmax_line_bytes = \"64KiB\"";
+    let running =
+        start(config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", feed), fast_options());
+    running.wait_until("the other rows", Duration::from_secs(30), |r| r.written() == 19).await;
+    running.wait_until("the long line", Duration::from_secs(30), |r| dead_letter(r) == 1).await;
+    running.shutdown().await;
+    let (ids, rejected) = read_lake(dir.path()).await;
+    assert_eq!(ids.len(), 19);
+    assert_eq!(rejected.len(), 1);
+    let line = &rejected[0];
+    assert_eq!(line["error_type"], "line_too_long");
+    assert_eq!(line["truncated"], true);
+    assert_eq!(line["raw"].as_str().unwrap().len(), 64 * 1024);
+    assert!(line["length"].as_u64().unwrap() > 300_000);
+    assert_eq!(line["offset"], 10, "its position is read from the start of the line");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_policy_fail_stops_the_feed_and_skip_keeps_nothing() {
+    for (policy, stops) in [("fail", true), ("skip", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let simulator = Simulator::new(SimulatorConfig::default());
+        simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 1).unwrap();
+        let bad = produce(&simulator, 0..100, 25);
+        let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let feed = format!("flush_max_age = \"200ms\"\nerror_policy = \"{policy}\"");
+        let running = start(
+            config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", &feed),
+            fast_options(),
+        );
+        if stops {
+            running
+                .wait_until("the feed failed", Duration::from_secs(30), |r| {
+                    r.health.report().1["feeds"]["everything"]["state"] == "failed"
+                })
+                .await;
+            let error = running.health.report().1["feeds"]["everything"]["error"].as_str().unwrap().to_string();
+            assert!(error.contains("could not be decoded"), "{error}");
+            running.stop.cancel();
+            let result = tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap().unwrap();
+            assert!(format!("{:#}", result.unwrap_err()).contains("feed everything stopped"));
+        } else {
+            running.wait_until("the good rows", Duration::from_secs(30), |r| r.written() == 100).await;
+            running.shutdown().await;
+            let (ids, rejected) = read_lake(dir.path()).await;
+            assert_eq!((ids.len(), rejected.len()), (100, 0));
+        }
+        let _ = bad;
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_rejected_rows_than_the_limit_within_a_minute_stop_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 1).unwrap();
+    produce(&simulator, 0..200, 2); // every other row is bad: 100 bad rows
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let feed = "flush_max_age = \"200ms\"\nmax_rejected_per_minute = 20";
+    let running =
+        start(config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", feed), fast_options());
+    running
+        .wait_until("the feed failed", Duration::from_secs(30), |r| {
+            r.health.report().1["feeds"]["everything"]["state"] == "failed"
+        })
+        .await;
+    let error = running.health.report().1["feeds"]["everything"]["error"].as_str().unwrap().to_string();
+    assert!(error.contains("more than 20 rows could not be decoded within a minute"), "{error}");
+    running.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap();
+    server.shutdown().await;
+}
