@@ -3,6 +3,7 @@
 //! the feed goes on; a line longer than `max_line_bytes` is kept truncated, never held whole.
 
 mod pipeline_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -221,4 +222,101 @@ async fn more_rejected_rows_than_the_limit_within_a_minute_stop_the_feed() {
     running.stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap();
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_s3_shows_on_readyz_within_seconds_not_at_the_request_timeout() {
+    let mut moto = support::Moto::start("lake").await;
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 1).unwrap();
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // The default request timeout (30 s): the outage must show long before it.
+    let lake_section = format!(
+        "endpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\naccess_key_id = \"testing\"\n\
+         secret_access_key = \"testing\"\n[http]\nlisten = \"127.0.0.1:0\"",
+        moto.endpoint
+    );
+    let feed = "flush_max_age = \"200ms\"";
+    let mut options = fast_options();
+    options.serve_http = true;
+    let running = start(config(&server.url(), "s3://lake/frozen", "daily", &lake_section, feed), options);
+    let good = |simulator: &Simulator, ids: std::ops::Range<i64>| {
+        for id in ids {
+            simulator.produce(SOURCE, None, BASE_MS + id, vec![Value::Bigint(id), Value::string("a")]).unwrap();
+        }
+    };
+    good(&simulator, 0..100);
+    running.wait_until("the first rows", Duration::from_secs(60), |r| r.written() == 100).await;
+    let base = format!("http://{}", running.health.http_address().unwrap());
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+
+    moto.pause();
+    let frozen = std::time::Instant::now();
+    good(&simulator, 100..200);
+    let noticed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+            if ready.status() == 503 {
+                return ready.json::<serde_json::Value>().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the frozen lake shows on /readyz");
+    let after = frozen.elapsed();
+    assert!(after < Duration::from_secs(4), "noticed after {after:?}");
+    assert_eq!(noticed["store"]["state"], "failing", "{noticed}");
+    assert!(running.metrics.store_up.get() == 0.0);
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(frozen.elapsed())).await;
+    moto.resume();
+    running.wait_until("every row after the outage", Duration::from_secs(90), |r| r.written() == 200).await;
+    running.wait_until("ready again", Duration::from_secs(30), |r| r.health.report().0).await;
+    running.shutdown().await;
+    server.shutdown().await;
+    moto.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_with_an_html_page_is_retried_not_fatal() {
+    // A proxy in front of ksqlDB that answers every request with its own HTML page.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let proxy = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for _ in 0..200 {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
+                let page = "<html><body>Gateway maintenance</body></html>";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = fast_options();
+    options.reconnect_backoff = Some(ksql_lake::backoff::Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+        multiplier: 2.0,
+    });
+    let mut config = config(&url, &format!("file://{}", dir.path().display()), "daily", "", "");
+    config.ksqldb.client.http2 = ksql_lake::ksqldb::client::Http2Mode::Never;
+    let running = start(config, options);
+    running
+        .wait_until("retries with their own reason", Duration::from_secs(30), |r| {
+            r.metrics.push_query_reconnects.with_label_values(&["everything", "content_type"]).get() >= 3
+        })
+        .await;
+    assert_eq!(running.health.report().1["feeds"]["everything"]["state"], "reconnecting");
+    running.stop.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap().unwrap();
+    assert!(result.is_ok(), "never a permanent failure: {result:?}");
+    proxy.abort();
 }

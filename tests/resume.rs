@@ -36,10 +36,19 @@ fn fast_reconnects() -> ksql_lake::pipeline::RunOptions {
 }
 
 fn reconnects(running: &Running) -> u64 {
-    ["disconnect", "terminated", "server_error", "in_band_error", "stall"]
-        .iter()
-        .map(|reason| running.metrics.push_query_reconnects.with_label_values(&["everything", reason]).get())
-        .sum()
+    [
+        "disconnect",
+        "terminated",
+        "server_error",
+        "in_band_error",
+        "stall",
+        "connect",
+        "content_type",
+        "malformed_response",
+    ]
+    .iter()
+    .map(|reason| running.metrics.push_query_reconnects.with_label_values(&["everything", reason]).get())
+    .sum()
 }
 
 async fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) {

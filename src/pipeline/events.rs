@@ -227,6 +227,21 @@ impl CommitAttemptFailed<'_> {
     }
 }
 
+/// A commit attempt has had no answer from the lake for `waited`; it goes on waiting.
+pub(crate) struct StoreSlow {
+    pub(crate) waited: Duration,
+}
+
+impl StoreSlow {
+    pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
+        metrics.store_up.set(0.0);
+        metrics.error("write", "store_slow");
+        let error = format!("the lake has not answered for {:?}", self.waited);
+        tracing::warn!(feed = %metrics.feed, waited_ms = self.waited.as_millis() as u64, "{error}; still waiting");
+        health.set_store_error(Some(error));
+    }
+}
+
 /// A file committed after `failed_attempts` failed attempts.
 pub(crate) struct CommitsRecovered {
     pub(crate) failed_attempts: u32,

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::events::{
     BatchRouted, CommitAttemptFailed, CommitsRecovered, DeadLetterCommitted, FeedMetrics, FileCommitted,
-    RowsNotRoutable,
+    RowsNotRoutable, StoreSlow,
 };
 use super::source::SourceMessage;
 use crate::backoff::Backoff;
@@ -139,6 +139,9 @@ struct Ack {
     /// was not committed (the commit stage stopped on a permanent error).
     sizes: Option<(u64, u64)>,
 }
+
+/// A commit attempt without an answer for this long marks the lake as failing while it waits.
+const STORE_SLOW: Duration = Duration::from_secs(2);
 
 /// How many prepared files may wait for the commit stage: one queued while one is written, so
 /// encoding (on the blocking pool) overlaps routing and buffering, and memory stays bounded.
@@ -407,7 +410,20 @@ impl Committer {
     {
         let mut failures: u32 = 0;
         loop {
-            match attempt().await {
+            let outcome = {
+                // A lake that does not answer at all (a frozen S3) shows on /readyz after
+                // STORE_SLOW, not only once the request times out.
+                let pending = attempt();
+                tokio::pin!(pending);
+                tokio::select! {
+                    outcome = &mut pending => outcome,
+                    _ = tokio::time::sleep(STORE_SLOW) => {
+                        StoreSlow { waited: STORE_SLOW }.emit(&self.metrics, &self.health);
+                        pending.await
+                    }
+                }
+            };
+            match outcome {
                 Ok(done) => {
                     CommitsRecovered { failed_attempts: failures }.emit(&self.metrics, &self.health);
                     return Ok(done);

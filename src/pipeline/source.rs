@@ -66,23 +66,24 @@ const HELD_BATCHES_WITHOUT_TOKEN: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     Disconnect,
-    ServerError,
     Terminated,
     Stall,
     InBandError,
     /// A JSON array response broke: it cannot be resynchronized, only reopened.
     Malformed,
+    /// Opening the query failed (`ClientError::reason`: connect, dns, tls, content_type, …).
+    Open(&'static str),
 }
 
 impl EndReason {
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Disconnect => "disconnect",
-            EndReason::ServerError => "server_error",
             EndReason::Terminated => "terminated",
             EndReason::Stall => "stall",
             EndReason::InBandError => "in_band_error",
             EndReason::Malformed => "malformed_response",
+            EndReason::Open(reason) => reason,
         }
     }
 }
@@ -90,7 +91,7 @@ impl EndReason {
 /// A feed that cannot go on (unknown source, bad statement, bad credentials).
 #[derive(Debug, thiserror::Error)]
 pub enum FeedFailed {
-    #[error("feed {feed} stopped: {source}")]
+    #[error("feed {feed} stopped")]
     Query {
         feed: String,
         #[source]
@@ -179,7 +180,7 @@ impl FeedSource {
                     QueryFailed { error: &error.to_string() }.emit(&self.metrics, &self.health);
                     return Err(FeedFailed::Query { feed, source: error });
                 }
-                Err(error) => Ended::Reopen(EndReason::ServerError, error.to_string()),
+                Err(error) => Ended::Reopen(EndReason::Open(error.reason()), error.with_causes()),
             };
             self.metrics.push_query_up.set(0);
             match ended {
@@ -407,7 +408,7 @@ impl FeedSource {
                     }
                 }
                 Err(error) if error.is_retryable() => {
-                    break Ended::Reopen(EndReason::Disconnect, error.to_string());
+                    break Ended::Reopen(EndReason::Disconnect, error.with_causes());
                 }
                 Err(error) => return Err(error),
             }

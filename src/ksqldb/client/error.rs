@@ -60,23 +60,59 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether retrying (with backoff) may succeed: transport failures, cut streams, 5xx, 429
-    /// and "too many push queries" (40003) are transient; statement errors, auth failures,
-    /// unknown paths and garbage responses are not.
+    /// Whether retrying (with backoff) may succeed: transport failures, cut streams, 5xx, 429,
+    /// "too many push queries" (40003) and a 200 that is not a query response (a proxy's page)
+    /// are transient; statement errors, auth failures and unknown paths are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Connect { .. }
             | ClientError::Request { .. }
             | ClientError::StreamCut { .. }
             | ClientError::Truncated(_)
-            | ClientError::NoHeader { .. } => true,
+            | ClientError::NoHeader { .. }
+            | ClientError::ContentType(_) => true,
             ClientError::Server { status, error } => is_transient_status(*status) || error.error_code == 40003,
             ClientError::Http { status, .. } => is_transient_status(*status),
             ClientError::InBand(error) => error.error_code >= 50000 || error.error_code == 42900,
-            ClientError::Config(_) | ClientError::ContentType(_) | ClientError::Frame(_) | ClientError::Info(_) => {
-                false
-            }
+            ClientError::Config(_) | ClientError::Frame(_) | ClientError::Info(_) => false,
         }
+    }
+
+    /// A bounded label for what went wrong (the `reason` of a reconnect).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClientError::Config(_) => "config",
+            ClientError::Connect { source, .. } if format!("{source:?}").contains("dns error") => "dns",
+            ClientError::Connect { source, .. }
+                if format!("{source:?}").to_ascii_lowercase().contains("certificate") =>
+            {
+                "tls"
+            }
+            ClientError::Connect { .. } => "connect",
+            ClientError::Request { .. } | ClientError::StreamCut { .. } => "disconnect",
+            ClientError::Server { error, .. } if error.error_code == 40003 => "too_many_queries",
+            ClientError::Server { .. } | ClientError::Http { .. } => "server_error",
+            ClientError::ContentType(_) => "content_type",
+            ClientError::Truncated(_) | ClientError::NoHeader { .. } | ClientError::Frame(_) => "malformed_response",
+            ClientError::InBand(_) => "in_band_error",
+            ClientError::Info(_) => "info",
+        }
+    }
+
+    /// The message with every cause behind it, for log lines: `cannot connect …: error
+    /// trying to connect: tcp connect error: Connection refused`.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
     }
 
     /// The ksqlDB error code, when ksqlDB sent one.
