@@ -158,3 +158,98 @@ async fn bad_configs_exit_2_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file /nonexistent.toml"));
 }
+
+/// Planted secrets appear in no output: not in `config default`, `check`, `run` at trace level,
+/// `/metrics`, `/readyz`, nor anywhere in the lake; nor in the base64 form an HTTP Basic
+/// header would carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_secrets_appear_in_no_output_at_trace_level() {
+    use base64::Engine as _;
+    use futures::TryStreamExt;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let password = "Pw-7f3a9c-PLANTED";
+    let secret_key = "S3-5e1d0b-PLANTED";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"));
+    let planted = [password, secret_key, basic.as_str()];
+
+    let moto = support::Moto::start("secrets").await;
+    let simulator = ksql_lake::simulator::Simulator::new(ksql_lake::simulator::SimulatorConfig {
+        basic_auth: Some(("admin".into(), password.into())),
+        ..Default::default()
+    });
+    simulator.create_stream(SOURCE, ksql_lake::schema::parse_schema(SCHEMA).unwrap(), 3).unwrap();
+    produce(&simulator, 0..500, 500);
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ksql-lake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ksqldb]\nurl = \"{}\"\nusername = \"admin\"\n[lake]\nurl = \"s3://secrets/lake\"\nendpoint = \"{}\"\n\
+             region = \"us-east-1\"\nallow_http = true\naccess_key_id = \"AKIATEST\"\nsecret_access_key = \"{secret_key}\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\n\
+             flush_max_age = \"200ms\"\n",
+            server.url(),
+            moto.endpoint
+        ),
+    )
+    .unwrap();
+    // The password comes from the environment, as operators are told to pass it.
+    let env = [("KSQL_LAKE_KSQLDB__PASSWORD", password)];
+    let mut outputs = Vec::new();
+    for args in [vec!["config", "default"], vec!["--log-format", "json", "check", "--config"]] {
+        let mut command = Command::new(BINARY);
+        command.args(&args).env("RUST_LOG", "trace").envs(env);
+        if args.contains(&"check") {
+            command.arg(&config);
+        }
+        let output = command.output().await.unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stdout));
+        outputs.push(String::from_utf8_lossy(&output.stdout).into_owned());
+        outputs.push(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let (mut child, address, log) = support::spawn_service_logged(
+        BINARY,
+        &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+        "trace",
+        &env,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let metrics = format!("http://{address}/metrics");
+    let written = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
+            if metric(&text, "ksql_lake_rows_written_total{feed=\"everything\"}") == Some(500.0) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every row written");
+    outputs.push(written);
+    outputs.push(http.get(format!("http://{address}/readyz")).send().await.unwrap().text().await.unwrap());
+    outputs.push(http.get(format!("http://{address}/healthz")).send().await.unwrap().text().await.unwrap());
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains("TRACE"), "the run logged at trace level");
+    outputs.push(log);
+    let lake = ksql_lake::lake::open_lake("s3://secrets/lake", &support::s3_options(&moto.endpoint)).unwrap();
+    let listed: Vec<_> = lake.store().list(None).try_collect().await.unwrap();
+    assert!(listed.len() >= 2, "data and manifest written");
+    for meta in listed {
+        let bytes = lake.store().get(&meta.location).await.unwrap().bytes().await.unwrap();
+        outputs.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    for (index, output) in outputs.iter().enumerate() {
+        for secret in planted {
+            assert!(!output.contains(secret), "output {index} holds a planted secret");
+        }
+    }
+    server.shutdown().await;
+}

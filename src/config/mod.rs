@@ -168,19 +168,60 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut document: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: error.to_string(),
+        // toml's own message quotes the offending line, which may hold a password: say where
+        // and what, not the line.
+        let mut document: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+            let line = error.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let place = line.map(|line| format!("line {line}: ")).unwrap_or_default();
+            ConfigError::Parse { origin: origin.to_string(), message: format!("{place}{}", error.message()) }
         })?;
         apply_env(&mut document, env)?;
+        let secrets = secret_values(&document);
         let raw: RawConfig = toml::Value::Table(document).try_into().map_err(|error: toml::de::Error| {
-            ConfigError::Parse { origin: origin.to_string(), message: error.message().to_string() }
+            ConfigError::Parse { origin: origin.to_string(), message: redact(error.message(), &secrets) }
         })?;
-        validate(raw)
+        validate(raw).map_err(|error| match error {
+            ConfigError::Invalid { key, message } => ConfigError::Invalid { key, message: redact(&message, &secrets) },
+            other => other,
+        })
     }
 
     pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|feed| feed.name == name)
+    }
+}
+
+/// Keys whose values never appear in any output.
+pub const SECRET_KEYS: [&str; 3] = ["password", "secret_access_key", "session_token"];
+
+/// The values of the secret keys in `document`, to keep them out of error messages.
+fn secret_values(document: &toml::Table) -> Vec<String> {
+    let mut found = Vec::new();
+    for value in document.values() {
+        if let toml::Value::Table(table) = value {
+            for (key, value) in table {
+                if SECRET_KEYS.contains(&key.as_str()) {
+                    found.push(value.as_str().map_or_else(|| value.to_string(), str::to_string));
+                }
+            }
+        }
+    }
+    found.retain(|secret| !secret.is_empty());
+    found
+}
+
+fn redact(message: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(message.to_string(), |message, secret| message.replace(secret.as_str(), "<redacted>"))
+}
+
+/// `url` with any user name and password replaced, for messages; works on text that does not
+/// parse as a URL too.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 

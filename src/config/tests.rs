@@ -141,3 +141,29 @@ fn invalid_values_name_the_key_and_what_is_allowed() {
     assert!(load(&bad_listen, &[]).unwrap_err().to_string().contains("http.listen"));
     assert!(load("[ksqldb]\nurl = \"http://a\"\n", &[]).unwrap_err().to_string().contains("lake"));
 }
+
+#[test]
+fn secrets_never_appear_in_config_errors() {
+    let secret = "hunter2-S3CRET";
+    // A password in the URL is refused, and the message does not repeat it.
+    let in_url = MINIMAL.replace("http://127.0.0.1:8088", &format!("http://admin:{secret}@127.0.0.1:8088"));
+    let message = load(&in_url, &[]).unwrap_err().to_string();
+    assert!(message.contains("ksqldb.url") && message.contains("ksqldb.password"), "{message}");
+    assert!(!message.contains(secret), "{message}");
+    // An unparsable URL with a password is shown without it.
+    let broken = MINIMAL.replace("http://127.0.0.1:8088", &format!("http://admin:{secret}@[::1"));
+    let message = load(&broken, &[]).unwrap_err().to_string();
+    assert!(!message.contains(secret), "{message}");
+    // Credentials in the lake URL are refused.
+    let lake = MINIMAL.replace("file:///var/lib/ksql-lake", &format!("s3://AKIA:{secret}@bucket/x"));
+    let message = load(&lake, &[]).unwrap_err().to_string();
+    assert!(message.contains("lake.url") && !message.contains(secret), "{message}");
+    // A TOML syntax error on the password line says where, not what the line holds.
+    let syntax = MINIMAL.replace("[lake]", &format!("username = \"admin\"\npassword = \"{secret}\n[lake]"));
+    let message = load(&syntax, &[]).unwrap_err().to_string();
+    assert!(message.contains("line 5") && !message.contains(secret), "{message}");
+    // A secret of the wrong type is not echoed either.
+    let typed = MINIMAL.replace("[lake]", "username = \"admin\"\npassword = 987654321\n[lake]");
+    let message = load(&typed, &[]).unwrap_err().to_string();
+    assert!(!message.contains("987654321"), "{message}");
+}

@@ -62,7 +62,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
 fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigError> {
     let url = url::Url::parse(&raw.url)
-        .map_err(|error| ConfigError::invalid("ksqldb.url", format!("`{}`: {error}", raw.url)))?;
+        .map_err(|error| ConfigError::invalid("ksqldb.url", format!("`{}`: {error}", redact_url(&raw.url))))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::invalid(
+            "ksqldb.url",
+            "must not contain a user name or password: set ksqldb.username and ksqldb.password \
+             (or KSQL_LAKE_KSQLDB__PASSWORD) instead, which are never printed",
+        ));
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ConfigError::invalid("ksqldb.url", "must be an http:// or https:// URL"));
     }
@@ -121,6 +128,15 @@ fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
     let url = raw.url.trim();
     if url.is_empty() {
         return Err(ConfigError::invalid("lake.url", "must be a path, file://, s3://, gs:// or az:// URL"));
+    }
+    if let Some((_, rest)) = url.split_once("://") {
+        if rest[..rest.find('/').unwrap_or(rest.len())].contains('@') {
+            return Err(ConfigError::invalid(
+                "lake.url",
+                "must not contain credentials: set lake.access_key_id and lake.secret_access_key \
+                 (or the AWS_* environment variables) instead",
+            ));
+        }
     }
     if let Some((scheme, _)) = url.split_once("://") {
         if !matches!(scheme, "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "memory") {

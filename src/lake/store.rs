@@ -163,7 +163,7 @@ impl fmt::Display for Lake {
 
 /// Opens the lake at `url` (see the module doc for the forms accepted).
 pub fn open_lake(url: &str, options: &S3Options) -> Result<Lake, StoreError> {
-    let invalid = |reason: String| StoreError::InvalidUrl { url: url.to_string(), reason };
+    let invalid = |reason: String| StoreError::InvalidUrl { url: crate::config::redact_url(url), reason };
     if url.trim().is_empty() {
         return Err(invalid("it is empty".into()));
     }

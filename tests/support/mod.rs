@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -33,10 +34,29 @@ async fn watch_lines<T>(
     what: &str,
     found: impl Fn(&str) -> Option<T>,
 ) -> T {
+    watch_and_keep_lines(output, limit, what, found, None).await
+}
+
+/// Like [`watch_lines`], appending every line (before and after) to `kept` when given.
+async fn watch_and_keep_lines<T>(
+    output: impl AsyncRead + Unpin + Send + 'static,
+    limit: Duration,
+    what: &str,
+    found: impl Fn(&str) -> Option<T>,
+    kept: Option<Arc<Mutex<String>>>,
+) -> T {
     let mut lines = BufReader::new(output).lines();
     let mut seen = Vec::new();
+    let keep = |kept: &Option<Arc<Mutex<String>>>, line: &str| {
+        if let Some(kept) = kept {
+            let mut kept = kept.lock().unwrap();
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    };
     let value = tokio::time::timeout(limit, async {
         while let Ok(Some(line)) = lines.next_line().await {
+            keep(&kept, &line);
             if let Some(value) = found(&line) {
                 return Some(value);
             }
@@ -46,8 +66,44 @@ async fn watch_lines<T>(
     })
     .await;
     let Ok(Some(value)) = value else { panic!("{what} not seen within {limit:?}; output:\n{}", seen.join("\n")) };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            keep(&kept, &line);
+        }
+    });
     value
+}
+
+/// Starts the `ksql-lake` binary at log level `rust_log` with `envs`, keeping everything it
+/// writes to stderr in the returned buffer; returns once it serves /metrics, with the address.
+pub async fn spawn_service_logged(
+    binary: &str,
+    args: &[&OsStr],
+    rust_log: &str,
+    envs: &[(&str, &str)],
+) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    let mut child = Command::new(binary)
+        .args(["--log-format", "json"])
+        .args(args)
+        .env("RUST_LOG", rust_log)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ksql-lake starts");
+    let stderr = child.stderr.take().unwrap();
+    let kept = Arc::new(Mutex::new(String::new()));
+    let found = |line: &str| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        if entry["fields"]["message"] != "serving /metrics, /healthz, /readyz" {
+            return None;
+        }
+        entry["fields"]["address"].as_str()?.parse().ok()
+    };
+    let address =
+        watch_and_keep_lines(stderr, Duration::from_secs(30), "the metrics address", found, Some(kept.clone())).await;
+    (child, address, kept)
 }
 
 /// Starts the `ksql-lake` binary with `args` (its config listening on 127.0.0.1:0) and
