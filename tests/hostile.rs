@@ -320,3 +320,30 @@ async fn a_200_with_an_html_page_is_retried_not_fatal() {
     assert!(result.is_ok(), "never a permanent failure: {result:?}");
     proxy.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_timestamp_column_stops_the_feed_with_a_clear_error_before_any_row() {
+    for (column, expected) in [("NOPE", "is not a column of EVERYTHING"), ("NAME", "has type STRING")] {
+        let dir = tempfile::tempdir().unwrap();
+        let simulator = Simulator::new(SimulatorConfig::default());
+        simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 1).unwrap();
+        produce(&simulator, 0..10, 1000);
+        let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let feed = format!("timestamp_column = \"{column}\"");
+        let running = start(
+            config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", &feed),
+            fast_options(),
+        );
+        running
+            .wait_until("the feed failed", Duration::from_secs(30), |r| {
+                r.health.report().1["feeds"]["everything"]["state"] == "failed"
+            })
+            .await;
+        let error = running.health.report().1["feeds"]["everything"]["error"].as_str().unwrap().to_string();
+        assert!(error.contains(expected) && error.contains("timestamp_column"), "{error}");
+        assert_eq!(running.received(), 0, "no row was read and dropped");
+        running.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap();
+        server.shutdown().await;
+    }
+}

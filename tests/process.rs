@@ -129,7 +129,25 @@ async fn config_default_prints_a_config_that_check_accepts_then_probes() {
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("✔ ksqlDB") && stdout.contains("version 0.29.0"), "{stdout}");
     assert!(stdout.contains("✔ lake") && stdout.contains("writable and readable"), "{stdout}");
+    assert!(stdout.contains("✔ feed everything source EVERYTHING") && stdout.contains("ROWOFFSET"), "{stdout}");
     assert!(!stdout.contains('✖'), "{stdout}");
+    assert!(!dir.path().join("lake/_ksql_lake_check").exists(), "the probe leaves nothing behind");
+
+    // A timestamp column the source does not have, and a config without feeds, fail `check`.
+    let bad = write_config(dir.path(), &server.url(), 0, "timestamp_column = \"WHEN\"");
+    let output = Command::new(BINARY).args(["check", "--config"]).arg(&bad).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(stdout.contains("✖ feed everything") && stdout.contains("timestamp_column `WHEN`"), "{stdout}");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(
+        &empty,
+        format!("[ksqldb]\nurl = \"{}\"\n[lake]\nurl = \"file://{}/lake\"\n", server.url(), dir.path().display()),
+    )
+    .unwrap();
+    let output = Command::new(BINARY).args(["check", "--config"]).arg(&empty).output().await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no [[feeds]]"));
     server.shutdown().await;
 
     // With ksqlDB gone, `check` says so and exits non-zero.

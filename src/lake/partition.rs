@@ -6,9 +6,10 @@
 //! - fall back: the repeated local hour is one partition covering both occurrences (two real
 //!   hours), because the folder name cannot tell them apart.
 //!
-//! Rows whose event time is null, or so far from today that no calendar date represents it
-//! (e.g. nanoseconds stored in a milliseconds column), are routed by the processing time given
-//! to [`RowRouter::route`] and counted in [`RowStats::null_event_time_rows`]: dropping them
+//! Rows whose event time is null, or outside years 0 to 9999 (e.g. nanoseconds stored in a
+//! milliseconds column), are routed by the processing time given to [`RowRouter::route`] and
+//! counted in [`RowStats::null_event_time_rows`] (exported as
+//! `ksql_lake_null_event_time_rows_total`, and logged at most once a minute): dropping them
 //! would lose data, and failing the batch would stall the feed on one bad row.
 
 use std::collections::BTreeMap;
@@ -22,9 +23,10 @@ use chrono_tz::Tz;
 
 use super::Position;
 
-/// Event times beyond ±8e15 ms (about year 255,000) have no calendar date in chrono and are
-/// treated like nulls.
-const MAX_EVENT_MS_ABS: u64 = 8_000_000_000_000_000;
+/// Event times before year 0 or after year 9999 fit no `year=YYYY` folder (nor a file name)
+/// and are treated like nulls: 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z.
+const MIN_EVENT_MS: i64 = -62_167_219_200_000;
+const MAX_EVENT_MS: i64 = 253_402_300_799_999;
 
 /// The partition grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -277,7 +279,7 @@ impl RowRouter {
             }
         };
         let nulls: Vec<bool> = (0..millis.len())
-            .map(|row| millis.is_null(row) || millis.value(row).unsigned_abs() > MAX_EVENT_MS_ABS)
+            .map(|row| millis.is_null(row) || !(MIN_EVENT_MS..=MAX_EVENT_MS).contains(&millis.value(row)))
             .collect();
         let values = (0..millis.len()).map(|row| if nulls[row] { processing_ms } else { millis.value(row) }).collect();
         Ok((values, nulls))

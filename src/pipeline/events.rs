@@ -36,6 +36,8 @@ pub(crate) struct FeedMetrics {
     pub(crate) open_partitions: IntGauge,
     pub(crate) memory_used_bytes: Gauge,
     store_up: Gauge,
+    /// When rows without a usable event time were last logged (epoch ms): once a minute.
+    event_time_logged_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl FeedMetrics {
@@ -62,6 +64,7 @@ impl FeedMetrics {
             open_partitions: metrics.open_partitions.with_label_values(&one),
             memory_used_bytes: metrics.memory_used_bytes.clone(),
             store_up: metrics.store_up.clone(),
+            event_time_logged_ms: Default::default(),
             metrics: metrics.clone(),
         }
     }
@@ -178,7 +181,18 @@ pub(crate) struct BatchRouted {
 impl BatchRouted {
     pub(crate) fn emit(&self, metrics: &FeedMetrics) {
         metrics.late_rows.inc_by(self.late_rows as u64);
-        metrics.null_event_time_rows.inc_by(self.null_event_time_rows as u64);
+        if self.null_event_time_rows > 0 {
+            metrics.null_event_time_rows.inc_by(self.null_event_time_rows as u64);
+            let now = chrono::Utc::now().timestamp_millis();
+            let last = metrics.event_time_logged_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 60_000 {
+                metrics.event_time_logged_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(feed = %metrics.feed, rows = self.null_event_time_rows,
+                    total = metrics.null_event_time_rows.get(),
+                    "rows with a null or out-of-range event time were partitioned by the time they arrived \
+                     (ksql_lake_null_event_time_rows_total; logged at most once a minute)");
+            }
+        }
     }
 }
 

@@ -152,6 +152,10 @@ pub async fn run_with(
                 error_policy: feed.settings.error_policy,
                 max_rejected_per_minute: feed.settings.max_rejected_per_minute,
                 max_line_bytes: feed.settings.max_line_bytes,
+                event_time_column: match &feed.settings.event_time {
+                    config::EventTime::Column(name) => Some(name.clone()),
+                    config::EventTime::Rowtime | config::EventTime::ProcessingTime => None,
+                },
                 backoff: options.reconnect_backoff.unwrap_or(Backoff {
                     initial: config.ksqldb.reconnect_backoff_initial,
                     max: config.ksqldb.reconnect_backoff_max,
@@ -268,6 +272,14 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
         },
         Err(error) => report.push(("ksqlDB client".into(), Err(error.to_string()))),
     }
+    if config.feeds.is_empty() {
+        report.push(("feeds".into(), Err("no [[feeds]] are configured: nothing would be ingested".into())));
+    }
+    if let Ok(client) = &client {
+        for feed in config.feeds.iter().filter(|feed| feed.enabled) {
+            report.push((format!("feed {} source {}", feed.name, feed.source), probe_source(client, feed).await));
+        }
+    }
     match lake::open_lake(&config.lake.url, &config.lake.store) {
         Ok(lake) => {
             match probe(&lake).await {
@@ -291,7 +303,35 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
     report
 }
 
-/// Writes, reads back and deletes a small object under `_ksql_lake_check/`.
+/// Opens the feed's push query just long enough to read its header: the source exists, the
+/// statement is accepted, and the `timestamp_column` is a usable column of it.
+async fn probe_source(client: &KsqlClient, feed: &FeedConfig) -> Result<String, String> {
+    let delivery = feed.settings.delivery;
+    let (sql, properties) = query::push_query(&feed.source, delivery, &lake::Positions::new());
+    let request = crate::ksqldb::client::QueryRequest { sql, properties, request_properties: Default::default() };
+    let opened = tokio::time::timeout(Duration::from_secs(15), client.stream_query(request))
+        .await
+        .map_err(|_| "no answer within 15 s".to_string())?
+        .map_err(|error| error.with_causes())?;
+    let columns = opened.header().columns.clone();
+    let query_id = opened.query_id().map(str::to_string);
+    drop(opened);
+    if let Some(query_id) = query_id {
+        client.close_query(&query_id).await;
+    }
+    let event_time = match &feed.settings.event_time {
+        config::EventTime::Column(name) => Some(name.as_str()),
+        _ => None,
+    };
+    if let Some(problem) = query::event_time_problem(event_time, &feed.source, &columns) {
+        return Err(problem);
+    }
+    let names: Vec<&str> = columns.iter().map(|column| column.name.as_str()).collect();
+    Ok(format!("{} columns: {}", columns.len(), names.join(", ")))
+}
+
+/// Writes, reads back and deletes a small object under `_ksql_lake_check/` (and, on a local
+/// lake, the folder it made).
 async fn probe(lake: &lake::Lake) -> Result<(), String> {
     use object_store::ObjectStoreExt;
     let name = lake::layout::ulid(chrono::Utc::now().timestamp_millis());
@@ -301,6 +341,9 @@ async fn probe(lake: &lake::Lake) -> Result<(), String> {
     let read = lake.store().get(&path).await.map_err(|error| format!("read failed: {error}"))?;
     let body = read.bytes().await.map_err(|error| format!("read failed: {error}"))?;
     lake.store().delete(&path).await.map_err(|error| format!("delete failed: {error}"))?;
+    if let Some(local) = lake.local_dir() {
+        let _ = std::fs::remove_dir(local.join(lake.root().as_ref()).join("_ksql_lake_check"));
+    }
     if body != payload {
         return Err("read back different bytes".into());
     }

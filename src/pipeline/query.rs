@@ -8,6 +8,7 @@
 
 use crate::config::Delivery;
 use crate::lake::{self, CommitState, Position};
+use crate::schema::{Column, KsqlType};
 
 /// Names of the pseudo columns ksql-lake selects in front of the source's own columns.
 pub const ROWTIME: &str = "ROWTIME";
@@ -65,6 +66,25 @@ impl Resume {
         let mut start = self.committed.low.clone();
         lake::merge_positions(&mut start, &self.seen);
         start
+    }
+}
+
+/// Why a feed's `timestamp_column` cannot partition the rows of its query, given the query's
+/// columns; `None` when it can (or when the feed partitions by ROWTIME or processing time).
+pub fn event_time_problem(column: Option<&str>, source: &str, columns: &[Column]) -> Option<String> {
+    let wanted = column?;
+    let Some(found) = columns.iter().find(|candidate| candidate.name == wanted) else {
+        let names: Vec<&str> = columns.iter().map(|column| column.name.as_str()).collect();
+        return Some(format!(
+            "timestamp_column `{wanted}` is not a column of {source}; its columns are {} (names are case-sensitive)",
+            names.join(", ")
+        ));
+    };
+    match found.ty {
+        KsqlType::Timestamp | KsqlType::Bigint => None,
+        ref other => Some(format!(
+            "timestamp_column `{wanted}` has type {other}; allowed: TIMESTAMP, or BIGINT epoch milliseconds"
+        )),
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{BatchSent, FeedMetrics, QueryFailed, QueryReopening, ResumeFilterRejected, RowRejected};
-use super::query::{leading_position, push_query, Resume};
+use super::query::{event_time_problem, leading_position, push_query, Resume};
 use crate::backoff::Backoff;
 use crate::config::{Delivery, ErrorPolicy};
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
@@ -56,6 +56,10 @@ pub struct SourceSettings {
     pub max_rejected_per_minute: u64,
     /// Longer rows are rejected without being held whole.
     pub max_line_bytes: usize,
+    /// The `timestamp_column` when it is a column of the source (not ROWTIME or processing
+    /// time): checked against every header, so a feed whose rows cannot be partitioned stops
+    /// with a clear error before reading any.
+    pub event_time_column: Option<String>,
 }
 
 /// In `continuation-token` mode, rows are held until the token that follows them; without any
@@ -232,6 +236,11 @@ impl FeedSource {
             opened = self.client.stream_query(request) => opened?,
         };
         let header_columns = stream.header().columns.clone();
+        if let Some(problem) =
+            event_time_problem(settings.event_time_column.as_deref(), &settings.source, &header_columns)
+        {
+            return Ok(Ended::Failed(problem));
+        }
         if columns.as_ref() != Some(&header_columns) {
             if columns.is_some() {
                 tracing::info!(feed = %settings.feed, "push query schema changed");
@@ -291,6 +300,23 @@ impl FeedSource {
                                 offset: u64::try_from(offset).ok()?,
                             })
                         });
+                    if position.is_none() && positioned && settings.delivery != Delivery::Latest {
+                        // Exactly-once and at-least-once place every row by its position; a row
+                        // without one cannot be tracked, so it is kept aside, not guessed at.
+                        let record = Rejected {
+                            length: values.len() as u64,
+                            raw: values,
+                            error_type: "position",
+                            error: "the row has no ROWPARTITION/ROWOFFSET (null or not integers)".into(),
+                            column: None,
+                            position: None,
+                            received_ms: chrono::Utc::now().timestamp_millis(),
+                        };
+                        if let Some(ended) = self.reject(record, &mut batch, rejections) {
+                            break ended;
+                        }
+                        continue;
+                    }
                     if let Some(position) = position {
                         if settings.delivery != Delivery::Latest {
                             if resume.handed_on(position) {

@@ -201,11 +201,16 @@ fn processing_time_routes_everything_to_now() {
 #[test]
 fn unrepresentable_event_times_are_routed_like_nulls() {
     let processing = ms(2024, 6, 1, 8, 0);
-    // Nanoseconds written into a milliseconds column.
-    let input = batch(vec![Some(1_714_521_600_000_000_000), Some(ms(2024, 6, 1, 8, 1))], vec![0, 0], vec![1, 2]);
+    // Nanoseconds written into a milliseconds column, and a date in year 10000.
+    let year_10000 = ms(9999, 12, 31, 23, 59) + 86_400_000;
+    let input = batch(
+        vec![Some(1_714_521_600_000_000_000), Some(year_10000), Some(ms(2024, 6, 1, 8, 1))],
+        vec![0, 0, 0],
+        vec![1, 2, 3],
+    );
     let routed = route(&router(PartitionSpec::default()), &input, processing).unwrap();
     assert_eq!(routed.len(), 1);
-    assert_eq!(routed[0].stats.null_event_time_rows, 1);
+    assert_eq!(routed[0].stats.null_event_time_rows, 2);
     assert_eq!(routed[0].stats.min_event_ms, processing);
 }
 
