@@ -171,30 +171,51 @@ pub async fn run_with(
         sinks.spawn(sink.run(receiver));
     }
 
-    shutdown.cancelled().await;
+    // Run until SIGTERM, or until every feed has stopped on its own (permanent errors): then
+    // the process exits 1 with the first reason, so the orchestrator restarts it and shows it
+    // failing, instead of a pod that looks alive and ingests nothing.
+    let mut summary = RunSummary::default();
+    let mut failure: Option<anyhow::Error> = None;
+    let take_sink = |result: Result<Result<sink::SinkSummary, sink::SinkFailed>, tokio::task::JoinError>,
+                     summary: &mut RunSummary,
+                     failure: &mut Option<anyhow::Error>| match result {
+        Ok(Ok(done)) => {
+            summary.rows_written += done.rows_written;
+            summary.files_written += done.files_written;
+        }
+        Ok(Err(error)) => {
+            failure.get_or_insert(error.into());
+        }
+        Err(error) => {
+            failure.get_or_insert(anyhow::anyhow!("a feed task panicked: {error}"));
+        }
+    };
+    let any_feed = !sinks.is_empty();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(result) = sources.join_next(), if !sources.is_empty() => {
+                if let Ok(Err(error)) = result {
+                    failure.get_or_insert(error.into());
+                }
+            }
+            Some(result) = sinks.join_next(), if !sinks.is_empty() => take_sink(result, &mut summary, &mut failure),
+        }
+        if any_feed && sources.is_empty() && sinks.is_empty() {
+            let reason = failure.take().unwrap_or_else(|| anyhow::anyhow!("every feed ended"));
+            return Err(reason.context("every feed has stopped; nothing is being ingested"));
+        }
+    }
     health.set_shutting_down();
     tracing::info!(grace = ?config.shutdown_grace, "flushing every buffer before exit");
     let drained = tokio::time::timeout(config.shutdown_grace, async {
-        let mut summary = RunSummary::default();
-        let mut failure: Option<anyhow::Error> = None;
         while let Some(result) = sources.join_next().await {
             if let Ok(Err(error)) = result {
                 failure.get_or_insert(error.into());
             }
         }
         while let Some(result) = sinks.join_next().await {
-            match result {
-                Ok(Ok(done)) => {
-                    summary.rows_written += done.rows_written;
-                    summary.files_written += done.files_written;
-                }
-                Ok(Err(error)) => {
-                    failure.get_or_insert(error.into());
-                }
-                Err(error) => {
-                    failure.get_or_insert(anyhow::anyhow!("a feed task panicked: {error}"));
-                }
-            }
+            take_sink(result, &mut summary, &mut failure);
         }
         (summary, failure)
     })
