@@ -31,7 +31,7 @@ pub const ENV_PREFIX: &str = "KSQL_LAKE_";
 /// A config that could not be loaded. The message names the key and what is allowed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
@@ -177,8 +177,19 @@ impl Config {
         })?;
         apply_env(&mut document, env)?;
         let secrets = secret_values(&document);
-        let raw: RawConfig = toml::Value::Table(document).try_into().map_err(|error: toml::de::Error| {
-            ConfigError::Parse { origin: origin.to_string(), message: redact(error.message(), &secrets) }
+        let feed_tables = document.get("feeds").cloned();
+        // The path names the key of a wrong type (`feeds[0].batch_rows`), which toml alone does not.
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(document)).map_err(|error| {
+            let mut path = error.path().to_string();
+            let message = redact(error.inner().message(), &secrets);
+            if let Some(key) = flattened_key(&path, feed_tables.as_ref()) {
+                path = format!("{path}.{key}");
+            }
+            if path.is_empty() || path == "." {
+                ConfigError::Parse { origin: origin.to_string(), message }
+            } else {
+                ConfigError::Invalid { key: path, message }
+            }
         })?;
         validate(raw).map_err(|error| match error {
             ConfigError::Invalid { key, message } => ConfigError::Invalid { key, message: redact(&message, &secrets) },
@@ -189,6 +200,18 @@ impl Config {
     pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|feed| feed.name == name)
     }
+}
+
+/// A feed's settings are flattened into its table, which hides the key of a wrong-typed value
+/// from the path (`feeds[0]`): find it by reading the settings on their own.
+fn flattened_key(path: &str, feeds: Option<&toml::Value>) -> Option<String> {
+    let index: usize = path.strip_prefix("feeds[")?.strip_suffix(']')?.parse().ok()?;
+    let mut table = feeds?.as_array()?.get(index)?.as_table()?.clone();
+    for own in ["name", "kind", "source", "enabled", "query"] {
+        table.remove(own);
+    }
+    let error = serde_path_to_error::deserialize::<_, raw::RawFeedSettings>(toml::Value::Table(table)).err()?;
+    Some(error.path().to_string())
 }
 
 /// Keys whose values never appear in any output.

@@ -167,3 +167,26 @@ fn secrets_never_appear_in_config_errors() {
     let message = load(&typed, &[]).unwrap_err().to_string();
     assert!(!message.contains("987654321"), "{message}");
 }
+
+#[test]
+fn a_source_must_be_an_identifier_and_the_grace_period_positive() {
+    for source in ["NOTES WHERE ROWOFFSET < 3", "A;DROP", "1ABC", "`a`b`", ""] {
+        let text = MINIMAL.replace("source = \"TRANSACTION_STREAM\"", &format!("source = \"{source}\""));
+        let message = load(&text, &[]).unwrap_err().to_string();
+        assert!(message.contains("feeds[0].source"), "{source}: {message}");
+    }
+    for source in ["ORDERS", "orders_v2", "_X", "`my-stream`", "`a``b`"] {
+        let text = MINIMAL.replace("source = \"TRANSACTION_STREAM\"", &format!("source = \"{source}\""));
+        assert!(load(&text, &[]).is_ok(), "{source}");
+    }
+    let message = load(&format!("{MINIMAL}[shutdown]\ngrace_period = \"0s\"\n"), &[]).unwrap_err().to_string();
+    assert!(message.contains("shutdown.grace_period"), "{message}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_key() {
+    let message = load(&format!("{MINIMAL}batch_rows = -1\n"), &[]).unwrap_err().to_string();
+    assert!(message.contains("feeds[0].batch_rows") || message.contains("feeds.0.batch_rows"), "{message}");
+    let message = load(&MINIMAL.replace("[lake]", "idle_timeout = 5\n[lake]"), &[]).unwrap_err().to_string();
+    assert!(message.contains("ksqldb.idle_timeout"), "{message}");
+}

@@ -25,6 +25,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let shutdown_grace =
         duration("shutdown.grace_period", raw.shutdown.grace_period.as_deref(), defaults::SHUTDOWN_GRACE)?;
+    if shutdown_grace.is_zero() {
+        return Err(ConfigError::invalid(
+            "shutdown.grace_period",
+            "must be greater than zero: the buffers are committed within it at SIGTERM",
+        ));
+    }
 
     let mut names = HashSet::new();
     let mut feeds = Vec::with_capacity(raw.feeds.len());
@@ -41,8 +47,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "table" => FeedKind::Table,
             other => return Err(ConfigError::invalid(key("kind"), format!("`{other}`: allowed: stream, table"))),
         };
-        if feed.source.trim().is_empty() {
-            return Err(ConfigError::invalid(key("source"), "must name a ksqlDB stream or table"));
+        if !is_ksql_identifier(feed.source.trim()) {
+            return Err(ConfigError::invalid(
+                key("source"),
+                "must name a ksqlDB stream or table: letters, digits and `_` (not starting with a digit), \
+                 or a name in backquotes such as `my-stream`",
+            ));
         }
         let settings = validate_settings(&format!("feeds[{index}]"), &feed.settings, &raw.defaults)?;
         feeds.push(FeedConfig {
@@ -288,6 +298,17 @@ fn validate_settings(
         max_rejected_per_minute,
         max_line_bytes: max_line_bytes as usize,
     })
+}
+
+/// A ksqlDB identifier as it may stand in `FROM …`: unquoted, or quoted in backquotes (with
+/// doubled backquotes inside). Anything else would be pasted into the statement.
+fn is_ksql_identifier(name: &str) -> bool {
+    if let Some(inner) = name.strip_prefix('`').and_then(|rest| rest.strip_suffix('`')) {
+        return !inner.is_empty() && !inner.replace("``", "").contains('`');
+    }
+    let mut chars = name.chars();
+    chars.next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {

@@ -143,7 +143,7 @@ pub enum SimulatorError {
     NotATable(String),
     #[error("a simulator lock was poisoned")]
     Poisoned,
-    #[error("cannot serve on {addr}: {source}")]
+    #[error("cannot serve on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
