@@ -347,3 +347,42 @@ async fn an_unusable_timestamp_column_stops_the_feed_with_a_clear_error_before_a
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_random_bad_rows_among_a_hundred_thousand_good_ones() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::new(SimulatorConfig::default());
+    simulator.create_stream(SOURCE, parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 3).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1000);
+    let mut bad_after: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+    while bad_after.len() < 1000 {
+        bad_after.insert(rng.random_range(0..100_000));
+    }
+    let mut lines = 0u64;
+    let mut rows = Vec::new();
+    for id in 0..100_000i64 {
+        rows.push((None, BASE_MS + id * 1000, vec![Value::Bigint(id), Value::string(format!("good-{id}"))]));
+        if bad_after.contains(&id) {
+            simulator.produce_batch(SOURCE, std::mem::take(&mut rows)).unwrap();
+            let kind = lines % 3;
+            let columns = bad_columns(kind);
+            let texts: Vec<&str> = columns.iter().map(String::as_str).collect();
+            simulator.produce_rendered(SOURCE, [(None, BASE_MS + id * 1000, texts.as_slice())]).unwrap();
+            lines += if kind == 0 { 2 } else { 1 };
+        }
+    }
+    simulator.produce_batch(SOURCE, rows).unwrap();
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let feed = "flush_max_age = \"300ms\"\nmax_rejected_per_minute = 100000";
+    let running =
+        start(config(&server.url(), &format!("file://{}", dir.path().display()), "daily", "", feed), fast_options());
+    running.wait_until("the good rows", Duration::from_secs(120), |r| r.written() == 100_000).await;
+    running.wait_until("the bad rows", Duration::from_secs(60), |r| dead_letter(r) == lines).await;
+    running.shutdown().await;
+    let (ids, rejected) = read_lake(dir.path()).await;
+    assert_eq!(ids.len(), 100_000);
+    assert!(ids.values().all(|&copies| copies == 1));
+    assert_eq!(rejected.len() as u64, lines);
+    server.shutdown().await;
+}

@@ -271,3 +271,86 @@ async fn planted_secrets_appear_in_no_output_at_trace_level() {
     }
     server.shutdown().await;
 }
+
+/// The peak resident memory of a process, from /proc (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A 200 MB row under a 64 MiB memory budget: it is dead-lettered truncated to max_line_bytes
+/// (16 MiB) without ever being held whole, the rows around it land, and the process's peak
+/// memory stays under the budget plus 64 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_row_never_drives_memory_past_the_budget() {
+    let simulator = ksql_lake::simulator::Simulator::new(ksql_lake::simulator::SimulatorConfig::default());
+    simulator.create_stream(SOURCE, ksql_lake::schema::parse_schema("`ID` BIGINT, `NAME` STRING").unwrap(), 1).unwrap();
+    let value = |id: i64| vec![ksql_lake::simulator::Value::Bigint(id), ksql_lake::simulator::Value::string("a")];
+    for id in 0..10 {
+        simulator.produce(SOURCE, None, BASE_MS + id, value(id)).unwrap();
+    }
+    let huge = format!("\"{}\"", "z".repeat(200 * 1024 * 1024));
+    simulator.produce_rendered(SOURCE, [(None, BASE_MS + 10, ["10", huge.as_str()].as_slice())]).unwrap();
+    drop(huge);
+    for id in 11..20 {
+        simulator.produce(SOURCE, None, BASE_MS + id, value(id)).unwrap();
+    }
+    let server = simulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ksql-lake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ksqldb]\nurl = \"{}\"\n[lake]\nurl = \"file://{}/lake\"\n[memory]\nbudget = \"64MiB\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[[feeds]]\nname = \"everything\"\nkind = \"stream\"\n\
+             source = \"{SOURCE}\"\nflush_max_age = \"200ms\"\n",
+            server.url(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (mut child, address) = spawn_service(BINARY, &["run".as_ref(), "--config".as_ref(), config.as_os_str()]).await;
+    let http = reqwest::Client::new();
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let text = http.get(format!("http://{address}/metrics")).send().await.unwrap().text().await.unwrap();
+            if metric(&text, "ksql_lake_rows_written_total{feed=\"everything\"}") == Some(19.0)
+                && metric(&text, "ksql_lake_dead_letter_rows_total{feed=\"everything\"}") == Some(1.0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let peak = peak_rss(child.id().unwrap());
+    assert!(done.is_ok(), "the rows around the long one and the long one itself were committed");
+    println!("peak RSS with a 200 MB row under a 64 MiB budget: {} MiB", peak >> 20);
+    assert!(peak < (64 + 64) << 20, "peak RSS {} MiB", peak >> 20);
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let dead_letter: Vec<_> = walk(&dir.path().join("lake/dead_letter/everything"));
+    assert_eq!(dead_letter.len(), 1);
+    let line: serde_json::Value = serde_json::from_slice(&std::fs::read(&dead_letter[0]).unwrap()).unwrap();
+    assert_eq!(line["error_type"], "line_too_long");
+    assert_eq!(line["raw"].as_str().unwrap().len(), 16 << 20);
+    assert!(line["length"].as_u64().unwrap() > 200 << 20);
+    server.shutdown().await;
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -46,25 +46,40 @@ impl Rejected {
         (self.raw.len() + self.error.len() + 128) as u64
     }
 
+    /// Appends this row's JSON line to `out`, borrowing the raw text (lines may be megabytes).
     fn json_line(&self, feed: &str, out: &mut Vec<u8>) {
-        let mut line = serde_json::Map::new();
-        line.insert("feed".into(), feed.into());
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            feed: &'a str,
+            received_at: String,
+            error_type: &'a str,
+            error: &'a str,
+            column: Option<&'a str>,
+            partition: Option<u32>,
+            offset: Option<u64>,
+            length: u64,
+            truncated: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            raw: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            raw_base64: Option<String>,
+        }
         let received = Utc.timestamp_millis_opt(self.received_ms).single().unwrap_or_default();
-        line.insert("received_at".into(), received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
-        line.insert("error_type".into(), self.error_type.into());
-        line.insert("error".into(), self.error.clone().into());
-        line.insert("column".into(), self.column.clone().into());
-        line.insert("partition".into(), self.position.map(|position| position.partition).into());
-        line.insert("offset".into(), self.position.map(|position| position.offset).into());
-        line.insert("length".into(), self.length.into());
-        line.insert("truncated".into(), (self.length > self.raw.len() as u64).into());
-        match std::str::from_utf8(&self.raw) {
-            Ok(text) => line.insert("raw".into(), text.into()),
-            Err(_) => {
-                line.insert("raw_base64".into(), base64::engine::general_purpose::STANDARD.encode(&self.raw).into())
-            }
+        let text = std::str::from_utf8(&self.raw).ok();
+        let line = Line {
+            feed,
+            received_at: received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            error_type: self.error_type,
+            error: &self.error,
+            column: self.column.as_deref(),
+            partition: self.position.map(|position| position.partition),
+            offset: self.position.map(|position| position.offset),
+            length: self.length,
+            truncated: self.length > self.raw.len() as u64,
+            raw: text,
+            raw_base64: text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&self.raw)),
         };
-        serde_json::to_writer(&mut *out, &serde_json::Value::Object(line)).expect("a JSON map serializes");
+        serde_json::to_writer(&mut *out, &line).expect("a dead-letter line serializes");
         out.push(b'\n');
     }
 }

@@ -527,3 +527,36 @@ fn malformed_lines_between_good_ones_are_errors_each_and_the_rest_decodes() {
     assert!(errors.iter().any(|error| &error.raw[..] == b"[96,\"broken row"), "{errors:?}");
     assert!(errors.iter().any(|error| &error.raw[..] == b"{\"a\":1}"), "{errors:?}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes in arbitrary chunks never panic any framing, every call settles, and no
+    /// message is held beyond the limit (memory does not grow with the input).
+    #[test]
+    fn arbitrary_bytes_never_panic_and_stay_within_the_message_limit(
+        body in prop::collection::vec(any::<u8>(), 0..4096),
+        cuts in prop::collection::vec(1usize..300, 1..20),
+        framing in prop_oneof![Just(Framing::Delimited), Just(Framing::StreamedRow), Just(Framing::JsonArray)],
+        limit in 16usize..512,
+    ) {
+        let mut decoder = FrameDecoder::new(framing);
+        decoder.set_max_message_bytes(limit);
+        let mut outcomes = Vec::new();
+        let mut rest = &body[..];
+        let mut cut = cuts.iter().cycle();
+        while !rest.is_empty() {
+            let take = (*cut.next().unwrap()).min(rest.len());
+            decoder.push(Bytes::copy_from_slice(&rest[..take]));
+            rest = &rest[take..];
+            drain(&mut decoder, &mut outcomes, false);
+            prop_assert!(decoder.carry.len() <= limit, "carry {} over limit {limit}", decoder.carry.len());
+        }
+        drain(&mut decoder, &mut outcomes, true);
+        for outcome in &outcomes {
+            if let Err(error) = outcome {
+                prop_assert!(error.raw.len() <= limit.max(body.len()));
+            }
+        }
+    }
+}

@@ -391,3 +391,41 @@ fn decode_rows_builds_one_batch() {
     assert!(decode_rows(&columns, &[b"[1]", b"[x]"]).is_err());
     assert_eq!(KsqlType::Integer, columns[0].ty);
 }
+
+mod arbitrary {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes never panic the row decoder, and a rejected row leaves the batch
+        /// exactly as it was: the good rows around it decode into it unchanged.
+        #[test]
+        fn arbitrary_rows_never_panic_and_never_touch_the_batch(
+            rows in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..120), 0..20),
+            mutated in prop::collection::vec(r#"\[[0-9\-eE.,"a-z{}\[\]: ]{0,80}\]"#, 0..20),
+        ) {
+            let schema = parse_schema(
+                "`ID` BIGINT, `NAME` STRING, `AMOUNT` DECIMAL(10, 2), `TS` TIMESTAMP, `TAGS` ARRAY<STRING>, \
+                 `ATTRS` MAP<STRING, INTEGER>, `INFO` STRUCT<`A` DOUBLE, `B` BOOLEAN>, `D` DATE, `BLOB` BYTES",
+            )
+            .unwrap();
+            let mut decoder = RowDecoder::new(&schema);
+            let good = br#"[1,"a",1.50,"2024-05-01T00:00:00.000",["x"],{"k":1},{"A":0.5,"B":true},"2024-05-01","AA=="]"#;
+            let mut expected = 0;
+            for row in rows.iter().map(Vec::as_slice).chain(mutated.iter().map(String::as_bytes)) {
+                let before = decoder.len();
+                match decoder.append(row) {
+                    Ok(()) => expected += 1,
+                    Err(_) => prop_assert_eq!(decoder.len(), before),
+                }
+                decoder.append(good).unwrap();
+                expected += 1;
+            }
+            let batch = decoder.finish();
+            prop_assert_eq!(batch.num_rows(), expected);
+        }
+    }
+}

@@ -151,3 +151,15 @@ proptest! {
         prop_assert_eq!(parse_schema(&format_schema(&columns)).unwrap(), columns);
     }
 }
+
+proptest! {
+    /// Arbitrary text never panics the type and schema parsers.
+    #[test]
+    fn arbitrary_text_never_panics_the_parsers(text in "\\PC{0,200}", bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = parse_type(&text);
+        let _ = parse_schema(&text);
+        let lossy = String::from_utf8_lossy(&bytes);
+        let _ = parse_type(&lossy);
+        let _ = parse_schema(&lossy);
+    }
+}
