@@ -41,6 +41,7 @@ pub const ERROR_POLICY: &str = "dead_letter";
 /// is a broken producer, not a few bad rows.
 pub const MAX_REJECTED_PER_MINUTE: u64 = 1000;
 pub const MAX_LINE_BYTES: u64 = 16 * MIB;
+pub const INVALID_EVENT_TIME: &str = "arrival-time";
 
 /// Files larger than this go up as a multipart upload.
 pub const MULTIPART_THRESHOLD: usize = 256 * MIB as usize;

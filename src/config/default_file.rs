@@ -81,6 +81,10 @@ error_policy = "dead_letter"
 max_rejected_per_minute = 1000
 # A longer line is rejected without being held whole (its first max_line_bytes are kept).
 max_line_bytes = "16MiB"
+# A row whose event time is null or outside years 0-9999: arrival-time (partitioned by the time
+# it was received) or fixed-partition (year=1970/month=01/day=01, to find them in one place).
+# Either way it is counted in ksql_lake_null_event_time_rows_total and logged once a minute.
+invalid_event_time = "arrival-time"
 
 # One entry per ksqlDB stream or table to ingest.
 # [[feeds]]

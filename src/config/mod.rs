@@ -141,6 +141,8 @@ pub struct FeedSettings {
     pub max_rejected_per_minute: u64,
     /// A longer line is rejected (and dead-lettered truncated) without being held whole.
     pub max_line_bytes: usize,
+    /// Where rows without a usable event time are partitioned.
+    pub invalid_event_time: crate::lake::InvalidEventTime,
 }
 
 /// What happens to a row or line that cannot be decoded.

@@ -89,6 +89,7 @@ pub struct RawFeedSettings {
     pub error_policy: Option<String>,
     pub max_rejected_per_minute: Option<u64>,
     pub max_line_bytes: Option<String>,
+    pub invalid_event_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -282,6 +282,12 @@ fn validate_settings(
     if !(1024..=1 << 30).contains(&max_line_bytes) {
         return Err(ConfigError::invalid(key, format!("{max_line_bytes} bytes: allowed: 1KiB to 1GiB")));
     }
+    let (invalid_event_time, key) = pick!(invalid_event_time);
+    let invalid_event_time = match invalid_event_time.as_deref().unwrap_or(defaults::INVALID_EVENT_TIME) {
+        "arrival-time" => crate::lake::InvalidEventTime::ArrivalTime,
+        "fixed-partition" => crate::lake::InvalidEventTime::FixedPartition,
+        other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: arrival-time, fixed-partition"))),
+    };
     Ok(FeedSettings {
         partitioning,
         event_time,
@@ -297,6 +303,7 @@ fn validate_settings(
         error_policy,
         max_rejected_per_minute,
         max_line_bytes: max_line_bytes as usize,
+        invalid_event_time,
     })
 }
 

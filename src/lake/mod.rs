@@ -46,7 +46,8 @@ pub use layout::{FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};
 pub use partition::{
-    EventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter, RowStats,
+    EventTime, InvalidEventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter,
+    RowStats,
 };
 pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport, ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON};
 pub use store::{open_lake, Lake, S3Options, StoreError};

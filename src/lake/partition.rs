@@ -190,11 +190,29 @@ pub struct RoutedBatch {
 pub struct RowRouter {
     pub spec: PartitionSpec,
     pub event_time: EventTime,
+    /// Where rows without a usable event time go.
+    pub invalid: InvalidEventTime,
+}
+
+/// Where a row whose event time is null or outside years 0 to 9999 is partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidEventTime {
+    /// By the time it was received (the processing time given to [`RowRouter::route`]).
+    #[default]
+    ArrivalTime,
+    /// Into the partition of 1970-01-01T00:00:00Z, where such rows are easy to find.
+    FixedPartition,
 }
 
 impl RowRouter {
     pub fn new(spec: PartitionSpec, event_time: EventTime) -> Self {
-        RowRouter { spec, event_time }
+        RowRouter { spec, event_time, invalid: InvalidEventTime::default() }
+    }
+
+    /// Rows without a usable event time go to `invalid`'s partition.
+    pub fn with_invalid_event_time(mut self, invalid: InvalidEventTime) -> Self {
+        self.invalid = invalid;
+        self
     }
 
     /// Routes every row of `batch`; `positions` has one entry per row (its ksqlDB position, read
@@ -281,7 +299,11 @@ impl RowRouter {
         let nulls: Vec<bool> = (0..millis.len())
             .map(|row| millis.is_null(row) || !(MIN_EVENT_MS..=MAX_EVENT_MS).contains(&millis.value(row)))
             .collect();
-        let values = (0..millis.len()).map(|row| if nulls[row] { processing_ms } else { millis.value(row) }).collect();
+        let fallback = match self.invalid {
+            InvalidEventTime::ArrivalTime => processing_ms,
+            InvalidEventTime::FixedPartition => 0,
+        };
+        let values = (0..millis.len()).map(|row| if nulls[row] { fallback } else { millis.value(row) }).collect();
         Ok((values, nulls))
     }
 }

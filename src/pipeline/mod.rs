@@ -246,7 +246,7 @@ fn build_sink(
         config::EventTime::Column(name) => lake::EventTime::Column(name.clone()),
         config::EventTime::ProcessingTime => lake::EventTime::ProcessingTime,
     };
-    let router = RowRouter::new(spec, event_time);
+    let router = RowRouter::new(spec, event_time).with_invalid_event_time(settings.invalid_event_time);
     let policy = lake::FlushPolicy {
         max_rows: settings.flush_max_rows as usize,
         max_bytes: settings.flush_max_bytes,

@@ -199,6 +199,16 @@ fn processing_time_routes_everything_to_now() {
 }
 
 #[test]
+fn rows_without_a_usable_event_time_can_go_to_one_fixed_partition() {
+    let input = batch(vec![None, Some(ms(2024, 6, 1, 8, 1)), Some(i64::MAX)], vec![0, 0, 0], vec![1, 2, 3]);
+    let router = router(hourly(chrono_tz::UTC)).with_invalid_event_time(InvalidEventTime::FixedPartition);
+    let routed = route(&router, &input, ms(2024, 6, 1, 9, 0)).unwrap();
+    let paths: Vec<String> = routed.iter().map(|part| part.key.relative_path()).collect();
+    assert_eq!(paths, ["year=1970/month=01/day=01/hour=00", "year=2024/month=06/day=01/hour=08"]);
+    assert_eq!(routed[0].stats.null_event_time_rows, 2);
+}
+
+#[test]
 fn unrepresentable_event_times_are_routed_like_nulls() {
     let processing = ms(2024, 6, 1, 8, 0);
     // Nanoseconds written into a milliseconds column, and a date in year 10000.
