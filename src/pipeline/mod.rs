@@ -289,7 +289,7 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
             Ok(info) => {
                 report.push((format!("ksqlDB {}", config.ksqldb.client.url), Ok(format!("version {}", info.version))))
             }
-            Err(error) => report.push((format!("ksqlDB {}", config.ksqldb.client.url), Err(error.to_string()))),
+            Err(error) => report.push((format!("ksqlDB {}", config.ksqldb.client.url), Err(error.with_causes()))),
         },
         Err(error) => report.push(("ksqlDB client".into(), Err(error.to_string()))),
     }
@@ -358,7 +358,13 @@ async fn probe(lake: &lake::Lake) -> Result<(), String> {
     let name = lake::layout::ulid(chrono::Utc::now().timestamp_millis());
     let path = object_store::path::Path::from(format!("{}/_ksql_lake_check/{name}", lake.root()));
     let payload = bytes::Bytes::from_static(b"ksql-lake check");
-    lake.store().put(&path, payload.clone().into()).await.map_err(|error| format!("write failed: {error}"))?;
+    lake.store().put(&path, payload.clone().into()).await.map_err(|error| match error {
+        // S3 answers a PUT into a missing bucket with 404 NoSuchBucket.
+        object_store::Error::NotFound { .. } => {
+            format!("write failed: the bucket (or container) of {} does not exist", lake)
+        }
+        other => format!("write failed: {other}"),
+    })?;
     let read = lake.store().get(&path).await.map_err(|error| format!("read failed: {error}"))?;
     let body = read.bytes().await.map_err(|error| format!("read failed: {error}"))?;
     lake.store().delete(&path).await.map_err(|error| format!("delete failed: {error}"))?;
