@@ -319,3 +319,27 @@ async fn auto_falls_back_to_http1_and_remembers() {
     let error = timeout(WAIT, always.info()).await.unwrap().unwrap_err();
     assert!(matches!(error, ClientError::Request { .. }), "{error:?}");
 }
+
+/// Refused connections and TLS mismatches are retryable and say which they are (the reconnect
+/// `reason` label), with their causes in the message.
+#[tokio::test]
+async fn connection_failures_are_retryable_and_named_by_what_failed() {
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        new_client(&format!("http://127.0.0.1:{port}"), Http2Mode::Never)
+    };
+    let error = refused.stream_query(earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap_err();
+    assert!(error.is_retryable());
+    assert_eq!(error.reason(), "connect");
+    assert!(error.with_causes().contains("refused"), "{}", error.with_causes());
+
+    // https:// to a plain-HTTP server: the TLS handshake fails.
+    let (_simulator, server) = start(SimulatorConfig::default()).await;
+    let plain = server.url().replace("http://", "https://");
+    let error = new_client(&plain, Http2Mode::Never).info().await.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    assert_eq!(error.reason(), "tls", "{}", error.with_causes());
+    server.shutdown().await;
+}

@@ -386,3 +386,59 @@ async fn a_thousand_random_bad_rows_among_a_hundred_thousand_good_ones() {
     assert_eq!(rejected.len() as u64, lines);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_without_a_position_in_exactly_once_mode_goes_to_the_dead_letter() {
+    // A server whose second row has null ROWPARTITION/ROWOFFSET: it cannot be tracked, so it
+    // must not be written untracked (a crash would duplicate or lose it) but kept aside.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let header = r#"{"queryId":"q1","columnNames":["ROWTIME","ROWPARTITION","ROWOFFSET","ID"],"columnTypes":["BIGINT","INTEGER","BIGINT","BIGINT"]}"#;
+        let mut served_rows = false;
+        for _ in 0..50 {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut request = vec![0u8; 64 * 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
+            let request = String::from_utf8_lossy(&request[..read.ok().and_then(Result::ok).unwrap_or(0)]).into_owned();
+            if !request.starts_with("POST /query-stream") {
+                let body = r#"{"KsqlServerInfo":{"version":"0.29.0","kafkaClusterId":"k","ksqlServiceId":"s","serverStatus":"RUNNING"}}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                continue;
+            }
+            let mut body = format!("{header}\n");
+            if !std::mem::replace(&mut served_rows, true) {
+                body.push_str("[1714521600000,0,0,1]\n[1714521600001,null,null,2]\n[1714521600002,0,2,3]\n");
+            }
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.ksqlapi.delimited.v1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(socket);
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        config(&url, &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
+    config.ksqldb.client.http2 = ksql_lake::ksqldb::client::Http2Mode::Never;
+    let running = start(config, fast_options());
+    running.wait_until("the two tracked rows", Duration::from_secs(30), |r| r.written() == 2).await;
+    running.wait_until("the untracked row", Duration::from_secs(30), |r| dead_letter(r) == 1).await;
+    let position = running.metrics.rows_rejected.with_label_values(&["everything", "position"]).get();
+    assert_eq!(position, 1);
+    running.shutdown().await;
+    let (ids, rejected) = read_lake(dir.path()).await;
+    assert_eq!(ids.keys().copied().collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["raw"], "[1714521600001,null,null,2]");
+    server.abort();
+}

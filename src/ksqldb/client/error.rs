@@ -82,10 +82,8 @@ impl ClientError {
     pub fn reason(&self) -> &'static str {
         match self {
             ClientError::Config(_) => "config",
-            ClientError::Connect { source, .. } if format!("{source:?}").contains("dns error") => "dns",
-            ClientError::Connect { source, .. }
-                if format!("{source:?}").to_ascii_lowercase().contains("certificate") =>
-            {
+            ClientError::Connect { .. } if self.with_causes().contains("dns error") => "dns",
+            ClientError::Connect { url, .. } if url.starts_with("https:") && is_tls_failure(&self.with_causes()) => {
                 "tls"
             }
             ClientError::Connect { .. } => "connect",
@@ -142,6 +140,15 @@ impl ClientError {
             ClientError::Request { url: url.to_string(), source }
         }
     }
+}
+
+/// Whether a connect failure's causes read like a failed TLS handshake (rustls says so only in
+/// its messages: a bad certificate, an alert, or a peer that does not speak TLS at all).
+fn is_tls_failure(causes: &str) -> bool {
+    let causes = causes.to_ascii_lowercase();
+    ["certificate", "handshake", "tls", "alert", "corrupt message", "invalidcontenttype"]
+        .iter()
+        .any(|sign| causes.contains(sign))
 }
 
 fn is_transient_status(status: u16) -> bool {
