@@ -988,3 +988,92 @@ async fn bad_continuation_tokens_are_rejected() {
     }
     assert_eq!(sim.running_push_queries(), 0);
 }
+
+/// Reads a chunked HTTP/1.1 response from `stream` until `chunks` body chunks arrived.
+async fn read_chunks(stream: &mut tokio::net::TcpStream, chunks: usize) -> Vec<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    let parsed = loop {
+        let read = timeout(WAIT, stream.read(&mut buf)).await.expect("response within the wait").unwrap();
+        assert!(read > 0, "connection closed early");
+        raw.extend_from_slice(&buf[..read]);
+        let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let mut rest = &raw[head_end + 4..];
+        let mut found = Vec::new();
+        while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16).unwrap();
+            if rest.len() < line_end + 2 + size + 2 {
+                break;
+            }
+            found.push(rest[line_end + 2..line_end + 2 + size].to_vec());
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        if found.len() >= chunks {
+            break found;
+        }
+    };
+    parsed
+}
+
+#[tokio::test]
+async fn push_query_rows_are_written_one_per_http1_chunk_as_ksqldb_does() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    for i in 0..50 {
+        view(&sim, (i % 2) as u32, &format!("u{i}"), "p", 1_700_000_000_000 + i);
+    }
+    let mut stream = tokio::net::TcpStream::connect(handle.local_addr()).await.unwrap();
+    let body = r#"{"sql":"SELECT * FROM PAGEVIEWS EMIT CHANGES;","properties":{"auto.offset.reset":"earliest"}}"#;
+    let request = format!(
+        "POST /query-stream HTTP/1.1\r\nHost: x\r\nAccept: {DELIMITED}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The header, then 50 history rows and 10 live ones: each in a chunk of its own.
+    let live = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for i in 50..60 {
+                view(&sim, 0, &format!("u{i}"), "p", 1_700_000_000_000 + i);
+            }
+        })
+    };
+    let chunks = read_chunks(&mut stream, 61).await;
+    live.await.unwrap();
+    assert!(String::from_utf8_lossy(&chunks[0]).contains("queryId"));
+    for chunk in &chunks[1..61] {
+        let text = String::from_utf8(chunk.clone()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "one row per chunk: {text:?}");
+        assert!(text.starts_with('[') && text.ends_with("]\n"), "{text:?}");
+    }
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn push_query_rows_are_one_per_http2_data_frame() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    for i in 0..40 {
+        view(&sim, 0, &format!("u{i}"), "p", 1_700_000_000_000 + i);
+    }
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = client
+        .post(format!("{}/query-stream", handle.url()))
+        .header("Accept", DELIMITED)
+        .json(&json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES;", "properties": {"auto.offset.reset": "earliest"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let mut body = response.bytes_stream();
+    let mut frames = Vec::new();
+    while frames.len() < 41 {
+        let frame = timeout(WAIT, futures::StreamExt::next(&mut body)).await.unwrap().unwrap().unwrap();
+        frames.push(frame);
+    }
+    for frame in &frames[1..] {
+        let text = std::str::from_utf8(frame).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "one row per DATA frame: {text:?}");
+    }
+    handle.shutdown().await;
+}

@@ -95,6 +95,9 @@ pub struct SimulatorConfig {
     pub heartbeat: bool,
     /// Default log retention per source (rows kept); `None` keeps everything.
     pub retention: Option<usize>,
+    /// Write a push query's rows a read batch (up to 1024 rows) per write instead of one write
+    /// per row as ksqlDB does. Only for tests or benchmarks that ask for it by name.
+    pub batched_writes: bool,
     /// `ksql.query.push.v2.enabled` as server config: qualifying push queries run as
     /// scalable push queries. A request's `properties` (`streamsProperties` on `/query`)
     /// can set it either way per query.
@@ -117,6 +120,7 @@ impl Default for SimulatorConfig {
             version: "0.29.0".to_string(),
             legacy_pre_024: false,
             heartbeat: false,
+            batched_writes: false,
             retention: None,
             push_v2_enabled: false,
             continuation_tokens_enabled: false,

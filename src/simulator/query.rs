@@ -39,6 +39,9 @@ pub struct RunningQuery {
     pub slot: Option<Box<dyn Send + Sync>>,
     /// Set for a scalable push query with continuation tokens.
     pub tokens: Option<Tokens>,
+    /// Write every row with its own write, as ksqlDB's push-query writers do (one HTTP/1.1
+    /// chunk, normally one HTTP/2 DATA frame, per row); otherwise a read batch per write.
+    pub per_row: bool,
 }
 
 /// Where a scalable push query stands in each partition, and when to tell the client.
@@ -240,6 +243,12 @@ impl RunningQuery {
                 out.rows_sent += 1;
                 if let Some(tokens) = &mut self.tokens {
                     tokens.after_row(&self.writer, &mut buf);
+                }
+                if self.per_row && !buf.is_empty() && out.cut_rows.is_none_or(|cut| out.rows_sent < cut) {
+                    let row_bytes = std::mem::replace(&mut buf, Vec::with_capacity(row.text.len() + 48));
+                    if out.send(row_bytes).await == Flow::Stop {
+                        return;
+                    }
                 }
                 if out.cut_rows.is_some_and(|cut| out.rows_sent >= cut) {
                     if out.send(buf).await == Flow::Go {

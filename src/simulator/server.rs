@@ -415,6 +415,8 @@ fn start_query(
                 heartbeat: false,
                 slot: None,
                 tokens: None,
+                // A pull query's StreamedRow response is buffered by ksqlDB too.
+                per_row: false,
             };
             tokio::spawn(query.run(tx));
             streaming(rx)
@@ -488,6 +490,7 @@ fn start_query(
                 heartbeat: sim.inner.config.heartbeat,
                 slot: Some(Box::new(slot)),
                 tokens,
+                per_row: !sim.inner.config.batched_writes,
             };
             tokio::spawn(query.run(tx));
             streaming(rx)
