@@ -79,9 +79,10 @@ pub async fn check(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn simulator(listen: &str, demo_data: bool, rate: u32) -> anyhow::Result<()> {
+pub async fn simulator(listen: &str, demo_data: bool, rate: u32, retention_rows: usize) -> anyhow::Result<()> {
     let listen: SocketAddr = listen.parse().with_context(|| format!("--listen `{listen}` is not an address"))?;
-    let simulator = Simulator::new(SimulatorConfig::default());
+    let retention = (retention_rows > 0).then_some(retention_rows);
+    let simulator = Simulator::new(SimulatorConfig { retention, ..SimulatorConfig::default() });
     let stop = shutdown_on_signal();
     if demo_data {
         demo::create_sources(&simulator);

@@ -68,6 +68,10 @@ enum Command {
         demo_data: bool,
         #[arg(long, default_value_t = 2000)]
         rate: u32,
+        /// Rows each source keeps, like a topic's retention: older ones are dropped, so memory
+        /// stays flat however long it runs (0 keeps everything).
+        #[arg(long, default_value_t = ksql_lake::simulator::DEFAULT_RETENTION_ROWS)]
+        retention_rows: usize,
     },
 }
 
@@ -111,7 +115,9 @@ fn main() -> ExitCode {
             Command::Metadata { command: MetadataCommand::Rebuild { config, feed } } => {
                 cli::rebuild_metadata(&config, &feed).await
             }
-            Command::Simulator { listen, demo_data, rate } => cli::simulator(&listen, demo_data, rate).await,
+            Command::Simulator { listen, demo_data, rate, retention_rows } => {
+                cli::simulator(&listen, demo_data, rate, retention_rows).await
+            }
         }
     });
     match result {

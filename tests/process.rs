@@ -354,3 +354,35 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// The resident memory of a process now, from /proc (VmRSS), in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// `simulator --demo-data` keeps each source to its retention, so its memory stays flat while
+/// it produces rows: no more growing by the minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_simulator_stays_flat_under_its_retention() {
+    let mut child = Command::new(BINARY)
+        .args(["simulator", "--listen", "127.0.0.1:0", "--demo-data", "--rate", "20000", "--retention-rows", "50000"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // History is loaded and the first live rows fill the retention.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let settled = rss(pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let later = rss(pid);
+    println!("simulator RSS: {} MiB, 10 s later {} MiB", settled >> 20, later >> 20);
+    assert!(later < settled + (40 << 20), "grew from {} to {} MiB", settled >> 20, later >> 20);
+    assert!(later < 400 << 20, "{} MiB", later >> 20);
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}

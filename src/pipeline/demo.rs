@@ -53,7 +53,10 @@ partitioning = "daily"
 }
 
 pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: CancellationToken) -> anyhow::Result<()> {
-    let simulator = Simulator::new(SimulatorConfig::default());
+    let simulator = Simulator::new(SimulatorConfig {
+        retention: Some(crate::simulator::DEFAULT_RETENTION_ROWS),
+        ..SimulatorConfig::default()
+    });
     demo::create_sources(&simulator);
     let mut generator = Generator::new(42);
     generator.load_history(&simulator, chrono::Utc::now().timestamp_millis(), HISTORY_SPAN, HISTORY_ROWS);

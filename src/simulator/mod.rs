@@ -78,6 +78,10 @@ use source::{Pending, Source};
 
 use crate::schema::{Column, ColumnRole};
 
+/// Rows each source of `ksql-lake simulator` and of the demo keeps (older ones are dropped,
+/// like a topic's retention), so memory stays flat however long they run.
+pub const DEFAULT_RETENTION_ROWS: usize = 300_000;
+
 /// Server behaviour switches.
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -93,7 +97,8 @@ pub struct SimulatorConfig {
     /// Write a bare `\n` every second while a push query is idle (the old writer's liveness
     /// probe); 0.24+ writes nothing.
     pub heartbeat: bool,
-    /// Default log retention per source (rows kept); `None` keeps everything.
+    /// Default log retention per source (rows kept); `None` keeps everything. `ksql-lake
+    /// simulator` and the demo keep [`DEFAULT_RETENTION_ROWS`].
     pub retention: Option<usize>,
     /// Write a push query's rows a read batch (up to 1024 rows) per write instead of one write
     /// per row as ksqlDB does. Only for tests or benchmarks that ask for it by name.
