@@ -48,7 +48,19 @@ pub fn shutdown_on_signal() -> CancellationToken {
 pub async fn run(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
     if let Some(url) = ksqldb {
-        config.ksqldb.client.url = url::Url::parse(&url).with_context(|| format!("--ksqldb `{url}` is not a URL"))?;
+        let redacted = ksql_lake::config::redact_url(&url);
+        let parsed = url::Url::parse(&url).with_context(|| format!("--ksqldb `{redacted}` is not a URL"))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            anyhow::bail!(
+                "--ksqldb must not contain a user name or password: set ksqldb.username and KSQL_LAKE_KSQLDB__PASSWORD"
+            );
+        }
+        config.ksqldb.client.url = parsed;
+    }
+    if lake.as_deref().is_some_and(|url| {
+        url.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+    }) {
+        anyhow::bail!("--lake must not contain credentials: set them in [lake] or the AWS_* environment variables");
     }
     if let Some(url) = lake {
         config.lake.url = url;

@@ -214,7 +214,9 @@ pub struct Health {
 #[derive(Default)]
 struct HealthInner {
     feeds: BTreeMap<String, FeedState>,
-    store_error: Option<String>,
+    /// Per feed, the lake error its commit stage last saw (cleared by its next success): one
+    /// feed's success does not hide another's failing writes.
+    store_errors: BTreeMap<String, String>,
     shutting_down: bool,
     http_address: Option<std::net::SocketAddr>,
 }
@@ -224,8 +226,20 @@ impl Health {
         self.lock().feeds.insert(feed.to_string(), state);
     }
 
-    pub fn set_store_error(&self, error: Option<String>) {
-        self.lock().store_error = error;
+    /// Marks a feed stopped, unless it failed: the failure is what an operator must see.
+    pub fn stop_feed(&self, feed: &str) {
+        let mut inner = self.lock();
+        if !matches!(inner.feeds.get(feed), Some(FeedState::Failed { .. })) {
+            inner.feeds.insert(feed.to_string(), FeedState::Stopped);
+        }
+    }
+
+    pub fn set_store_error(&self, feed: &str, error: Option<String>) {
+        let mut inner = self.lock();
+        match error {
+            Some(error) => inner.store_errors.insert(feed.to_string(), error),
+            None => inner.store_errors.remove(feed),
+        };
     }
 
     /// The address `/metrics`, `/healthz` and `/readyz` are served on (a listen port of 0
@@ -246,13 +260,13 @@ impl Health {
     pub fn report(&self) -> (bool, serde_json::Value) {
         let inner = self.lock();
         let feeds_ok = inner.feeds.values().all(|state| matches!(state, FeedState::Streaming));
-        let ready = feeds_ok && inner.store_error.is_none() && !inner.shutting_down;
+        let ready = feeds_ok && inner.store_errors.is_empty() && !inner.shutting_down;
         let body = serde_json::json!({
             "ready": ready,
             "shutting_down": inner.shutting_down,
-            "store": match &inner.store_error {
+            "store": match inner.store_errors.values().next() {
                 None => serde_json::json!({"state": "ok"}),
-                Some(error) => serde_json::json!({"state": "failing", "error": error}),
+                Some(error) => serde_json::json!({"state": "failing", "error": error, "feeds": inner.store_errors}),
             },
             "feeds": inner.feeds,
         });
@@ -286,11 +300,13 @@ mod tests {
         health.set_feed("b", FeedState::Reconnecting { reason: "disconnect".into() });
         assert!(!health.report().0);
         health.set_feed("b", FeedState::Streaming);
-        health.set_store_error(Some("connection refused".into()));
+        health.set_store_error("a", Some("connection refused".into()));
         let (ready, body) = health.report();
         assert!(!ready);
         assert_eq!(body["store"]["state"], "failing");
-        health.set_store_error(None);
+        health.set_store_error("b", None);
+        assert!(!health.report().0, "feed b's success does not clear feed a's failure");
+        health.set_store_error("a", None);
         assert!(health.report().0);
         health.set_shutting_down();
         assert!(!health.report().0);

@@ -266,7 +266,8 @@ async fn a_frozen_s3_shows_on_readyz_within_seconds_not_at_the_request_timeout()
     .await
     .expect("the frozen lake shows on /readyz");
     let after = frozen.elapsed();
-    assert!(after < Duration::from_secs(4), "noticed after {after:?}");
+    assert!(after < Duration::from_secs(6), "noticed after {after:?}");
+    println!("a frozen S3 showed on /readyz after {after:?}");
     assert_eq!(noticed["store"]["state"], "failing", "{noticed}");
     assert!(running.metrics.store_up.get() == 0.0);
     tokio::time::sleep(Duration::from_secs(15).saturating_sub(frozen.elapsed())).await;
@@ -411,19 +412,19 @@ async fn a_row_without_a_position_in_exactly_once_mode_goes_to_the_dead_letter()
                 let _ = socket.write_all(response.as_bytes()).await;
                 continue;
             }
-            let mut body = format!("{header}\n");
-            if !std::mem::replace(&mut served_rows, true) {
-                body.push_str("[1714521600000,0,0,1]\n[1714521600001,null,null,2]\n[1714521600002,0,2,3]\n");
-            }
+            // Every connection gets the same rows and ends (the client reconnects): a row that
+            // cannot be placed must still be kept only once. The broken line claims a position
+            // far ahead; believing it would skip the genuine rows after it.
+            let _ = std::mem::replace(&mut served_rows, true);
+            let body = format!(
+                "{header}\n[1714521600000,0,0,1]\n[1714521600001,null,null,2]\n[1714521600002,0,2,3]\n\
+                 [1714521600003,0,99999999,\"broken\n[1714521600004,0,3,4]\n"
+            );
             let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.ksqlapi.delimited.v1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.ksqlapi.delimited.v1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
                 body.len()
             );
             let _ = socket.write_all(response.as_bytes()).await;
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                drop(socket);
-            });
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -431,14 +432,19 @@ async fn a_row_without_a_position_in_exactly_once_mode_goes_to_the_dead_letter()
         config(&url, &format!("file://{}", dir.path().display()), "daily", "", "flush_max_age = \"200ms\"");
     config.ksqldb.client.http2 = ksql_lake::ksqldb::client::Http2Mode::Never;
     let running = start(config, fast_options());
-    running.wait_until("the two tracked rows", Duration::from_secs(30), |r| r.written() == 2).await;
-    running.wait_until("the untracked row", Duration::from_secs(30), |r| dead_letter(r) == 1).await;
+    running.wait_until("the tracked rows", Duration::from_secs(30), |r| r.written() == 3).await;
+    let reconnects =
+        |r: &Running| r.metrics.push_query_reconnects.with_label_values(&["everything", "terminated"]).get();
+    running.wait_until("several reconnects", Duration::from_secs(30), |r| reconnects(r) >= 3).await;
+    running.wait_until("the two unplaced lines", Duration::from_secs(30), |r| dead_letter(r) == 2).await;
     let position = running.metrics.rows_rejected.with_label_values(&["everything", "position"]).get();
-    assert_eq!(position, 1);
+    assert_eq!(position, 1, "the same untracked row on every reconnect is kept once");
     running.shutdown().await;
     let (ids, rejected) = read_lake(dir.path()).await;
-    assert_eq!(ids.keys().copied().collect::<Vec<_>>(), [1, 3]);
-    assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0]["raw"], "[1714521600001,null,null,2]");
+    assert_eq!(ids.keys().copied().collect::<Vec<_>>(), [1, 3, 4], "the row after the broken line is not skipped");
+    assert!(ids.values().all(|&copies| copies == 1));
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected.iter().any(|line| line["raw"] == "[1714521600001,null,null,2]"));
+    assert!(rejected.iter().all(|line| line["offset"].is_null()), "neither position is believed");
     server.abort();
 }

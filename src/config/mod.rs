@@ -257,7 +257,12 @@ fn apply_env(document: &mut toml::Table, env: impl IntoIterator<Item = (String, 
         env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__")).collect();
     for (name, value) in overrides {
         let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
-        let value = env_value(&value);
+        // A secret is text whatever it looks like: `123456` is a password, not a number.
+        let value = if path.last().is_some_and(|key| SECRET_KEYS.contains(&key.as_str())) {
+            toml::Value::String(value)
+        } else {
+            env_value(&value)
+        };
         match path.as_slice() {
             [section, key] if section != "feeds" => {
                 let table = document.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));

@@ -21,7 +21,7 @@ pub struct RawConfig {
     pub feeds: Vec<RawFeed>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKsqldb {
     pub url: String,
@@ -38,7 +38,7 @@ pub struct RawKsqldb {
     pub reconnect_backoff_max: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLake {
     pub url: String,
@@ -103,4 +103,28 @@ pub struct RawFeed {
     pub query: Option<String>,
     #[serde(flatten)]
     pub settings: RawFeedSettings,
+}
+
+/// Shown without its password.
+impl std::fmt::Debug for RawKsqldb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKsqldb")
+            .field("url", &super::redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shown without its secret key or session token.
+impl std::fmt::Debug for RawLake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawLake")
+            .field("url", &super::redact_url(&self.url))
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }

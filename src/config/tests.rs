@@ -190,3 +190,12 @@ fn a_value_of_the_wrong_type_names_its_key() {
     let message = load(&MINIMAL.replace("[lake]", "idle_timeout = 5\n[lake]"), &[]).unwrap_err().to_string();
     assert!(message.contains("ksqldb.idle_timeout"), "{message}");
 }
+
+#[test]
+fn a_numeric_password_from_the_environment_stays_text_and_debug_output_hides_secrets() {
+    let text = MINIMAL.replace("[lake]", "username = \"admin\"\n[lake]");
+    let config = load(&text, &[("KSQL_LAKE_KSQLDB__PASSWORD", "123456")]).unwrap();
+    assert_eq!(config.ksqldb.client.password.as_deref(), Some("123456"));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("123456"), "{debug}");
+}

@@ -44,8 +44,11 @@ pub enum Http2Mode {
     Never,
 }
 
-/// How to reach one ksqlDB server.
-#[derive(Debug, Clone, PartialEq)]
+/// `/close-query` is given this long.
+const CLOSE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach one ksqlDB server. Its `Debug` output shows no password.
+#[derive(Clone, PartialEq)]
 pub struct ClientConfig {
     /// Base URL, e.g. `http://ksqldb:8088` (a path prefix is kept).
     pub url: Url,
@@ -61,6 +64,21 @@ pub struct ClientConfig {
     pub http2: Http2Mode,
     /// Bound on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &crate::config::redact_url(self.url.as_str()))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("http2", &self.http2)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl ClientConfig {
@@ -237,7 +255,15 @@ impl KsqlClient {
             return;
         };
         let body = serde_json::json!({ "queryId": query_id });
-        match self.send(|client| client.post(url.clone()).json(&body), &url).await {
+        // Best effort, and never for long: a server that accepts but does not answer must not
+        // hold up a reconnect or a shutdown.
+        let sent =
+            tokio::time::timeout(CLOSE_QUERY_TIMEOUT, self.send(|client| client.post(url.clone()).json(&body), &url));
+        let Ok(sent) = sent.await else {
+            tracing::debug!(query_id, "close-query got no answer within {CLOSE_QUERY_TIMEOUT:?}");
+            return;
+        };
+        match sent {
             Ok(response) if response.status().is_success() => {}
             Ok(response) => {
                 let status = response.status().as_u16();

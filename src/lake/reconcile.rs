@@ -326,15 +326,19 @@ fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
     metadata.set_commit_state(state);
 }
 
-/// Dead-letter files (`rejected_*.jsonl`) under `dir`, as (path relative to `dir`, metadata).
-async fn list_dead_letter_files(lake: &Lake, dir: &Path) -> Result<Vec<(String, ObjectMeta)>, ReconcileError> {
-    let listed: Vec<ObjectMeta> = lake
-        .store()
+/// Every object under `dir`.
+async fn list_all(lake: &Lake, dir: &Path) -> Result<Vec<ObjectMeta>, ReconcileError> {
+    lake.store()
         .list(Some(dir))
         .try_collect()
         .await
-        .map_err(|source| ReconcileError::List { path: dir.to_string(), source })?;
-    Ok(listed
+        .map_err(|source| ReconcileError::List { path: dir.to_string(), source })
+}
+
+/// Dead-letter files (`rejected_*.jsonl`) under `dir`, as (path relative to `dir`, metadata).
+async fn list_dead_letter_files(lake: &Lake, dir: &Path) -> Result<Vec<(String, ObjectMeta)>, ReconcileError> {
+    Ok(list_all(lake, dir)
+        .await?
         .into_iter()
         .filter_map(|meta| {
             let parts: Vec<String> = meta.location.prefix_match(dir)?.map(|part| part.as_ref().to_string()).collect();
@@ -346,13 +350,8 @@ async fn list_dead_letter_files(lake: &Lake, dir: &Path) -> Result<Vec<(String, 
 
 /// Data files (`data_*.parquet` inside a partition folder) under `dir`, oldest first.
 async fn list_data_files(lake: &Lake, dir: &Path) -> Result<Vec<DataObject>, ReconcileError> {
-    let listed: Vec<ObjectMeta> = lake
-        .store()
-        .list(Some(dir))
-        .try_collect()
-        .await
-        .map_err(|source| ReconcileError::List { path: dir.to_string(), source })?;
-    let mut objects: Vec<DataObject> = listed
+    let mut objects: Vec<DataObject> = list_all(lake, dir)
+        .await?
         .into_iter()
         .filter_map(|meta| {
             let parts: Vec<String> = meta.location.prefix_match(dir)?.map(|part| part.as_ref().to_string()).collect();

@@ -223,7 +223,7 @@ pub(crate) struct CommitAttemptFailed<'a> {
 
 impl CommitAttemptFailed<'_> {
     pub(crate) fn emit(&self, metrics: &FeedMetrics, health: &Health) {
-        health.set_store_error(Some(self.error.to_string()));
+        health.set_store_error(&metrics.feed, Some(self.error.to_string()));
         match self.retry_in {
             Some(delay) => {
                 metrics.write_retries.inc();
@@ -252,7 +252,7 @@ impl StoreSlow {
         metrics.error("write", "store_slow");
         let error = format!("the lake has not answered for {:?}", self.waited);
         tracing::warn!(feed = %metrics.feed, waited_ms = self.waited.as_millis() as u64, "{error}; still waiting");
-        health.set_store_error(Some(error));
+        health.set_store_error(&metrics.feed, Some(error));
     }
 }
 
@@ -266,7 +266,7 @@ impl CommitsRecovered {
         if self.failed_attempts > 0 {
             tracing::info!(feed = %metrics.feed, attempts = self.failed_attempts + 1, "lake writes recovered");
         }
-        health.set_store_error(None);
+        health.set_store_error(&metrics.feed, None);
         metrics.store_up.set(1.0);
     }
 }

@@ -105,9 +105,12 @@ pub async fn run_with(
     let _stop_http = http_stop.drop_guard();
 
     let client = Arc::new(KsqlClient::new(config.ksqldb.client.clone()).context("ksqlDB client")?);
-    match client.info().await {
-        Ok(info) => tracing::info!(version = %info.version, url = %config.ksqldb.client.url, "connected to ksqlDB"),
-        Err(error) => tracing::warn!(%error, url = %config.ksqldb.client.url, "ksqlDB /info failed; feeds will retry"),
+    let url = crate::config::redact_url(config.ksqldb.client.url.as_str());
+    // Only informative: a server that accepts but does not answer must not hold up the start.
+    match tokio::time::timeout(Duration::from_secs(10), client.info()).await {
+        Ok(Ok(info)) => tracing::info!(version = %info.version, %url, "connected to ksqlDB"),
+        Ok(Err(error)) => tracing::warn!(error = %error.with_causes(), %url, "ksqlDB /info failed; feeds will retry"),
+        Err(_) => tracing::warn!(%url, "ksqlDB /info did not answer within 10 s; feeds will retry"),
     }
     let lake = match options.lake.clone() {
         Some(lake) => lake,
@@ -193,6 +196,7 @@ pub async fn run_with(
     let any_feed = !sinks.is_empty();
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             Some(result) = sources.join_next(), if !sources.is_empty() => {
                 if let Ok(Err(error)) = result {
@@ -201,7 +205,8 @@ pub async fn run_with(
             }
             Some(result) = sinks.join_next(), if !sinks.is_empty() => take_sink(result, &mut summary, &mut failure),
         }
-        if any_feed && sources.is_empty() && sinks.is_empty() {
+        // Feeds end on their own at a shutdown too: only without one is it a failure.
+        if any_feed && sources.is_empty() && sinks.is_empty() && !shutdown.is_cancelled() {
             let reason = failure.take().unwrap_or_else(|| anyhow::anyhow!("every feed ended"));
             return Err(reason.context("every feed has stopped; nothing is being ingested"));
         }
@@ -285,7 +290,10 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
     let mut report = Vec::new();
     let client = KsqlClient::new(config.ksqldb.client.clone());
     match &client {
-        Ok(client) => match client.info().await {
+        Ok(client) => match tokio::time::timeout(Duration::from_secs(15), client.info())
+            .await
+            .unwrap_or_else(|_| Err(crate::ksqldb::client::ClientError::Config("no answer within 15 s".into())))
+        {
             Ok(info) => {
                 report.push((format!("ksqlDB {}", config.ksqldb.client.url), Ok(format!("version {}", info.version))))
             }

@@ -47,6 +47,16 @@ impl Resume {
         self.seen.get(&position.partition).is_some_and(|&seen| position.offset <= seen)
     }
 
+    /// True when `position` is a plausible next row: of a partition seen in this run, a little
+    /// after the last offset seen (offsets may skip a few: transaction markers, compaction).
+    pub fn is_next(&self, position: Position) -> bool {
+        /// Offsets further ahead than this are not believed from a broken line.
+        const PLAUSIBLE_GAP: u64 = 1000;
+        self.seen
+            .get(&position.partition)
+            .is_some_and(|&seen| position.offset > seen && position.offset <= seen.saturating_add(PLAUSIBLE_GAP))
+    }
+
     /// True when the row was committed or already handed on in this run.
     pub fn covers(&self, position: Position) -> bool {
         self.handed_on(position) || self.committed.covers(position.partition, position.offset)

@@ -31,7 +31,7 @@ use crate::lake::{
     DeadLetterJob, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, PartitionError, Position,
     Rejected, RowRouter, WriteError,
 };
-use crate::metrics::Health;
+use crate::metrics::{FeedState, Health};
 
 /// Partition close follows the feed's event-time watermark: the highest event time seen, never
 /// ahead of the wall clock. A backfill from `earliest` then closes old days one after another
@@ -140,8 +140,15 @@ struct Ack {
     sizes: Option<(u64, u64)>,
 }
 
-/// A commit attempt without an answer for this long marks the lake as failing while it waits.
+/// A commit attempt without an answer for this long, plus the time its bytes need at
+/// [`SLOWEST_HEALTHY_BYTES_PER_SECOND`], marks the lake as failing while it waits: a frozen
+/// store shows within seconds, a large file on a healthy one does not.
 const STORE_SLOW: Duration = Duration::from_secs(2);
+const SLOWEST_HEALTHY_BYTES_PER_SECOND: u64 = 16 * 1024 * 1024;
+
+fn slow_after(bytes: usize) -> Duration {
+    STORE_SLOW + Duration::from_secs_f64(bytes as f64 / SLOWEST_HEALTHY_BYTES_PER_SECOND as f64)
+}
 
 /// How many prepared files may wait for the commit stage: one queued while one is written, so
 /// encoding (on the blocking pool) overlaps routing and buffering, and memory stays bounded.
@@ -223,6 +230,15 @@ impl FeedSink {
         };
         if let Some(failure) = stage.failure.take() {
             summary = Err(failure);
+        }
+        if let Err(failure) = &summary {
+            let mut error = failure.to_string();
+            let mut source = std::error::Error::source(failure);
+            while let Some(cause) = source {
+                error = format!("{error}: {cause}");
+                source = cause.source();
+            }
+            self.health.set_feed(&self.feed, FeedState::Failed { error });
         }
         while let Ok(ack) = stage.acks.try_recv() {
             stage.apply(ack, &mut self.buffers);
@@ -365,7 +381,8 @@ impl Committer {
             Job::DeadLetter(job) => {
                 let contents = job.encode();
                 let rows = job.records.len();
-                self.with_retries(rows, || self.writer.commit_dead_letter(&job, &contents)).await?;
+                self.with_retries(rows, slow_after(contents.len()), || self.writer.commit_dead_letter(&job, &contents))
+                    .await?;
                 DeadLetterCommitted { rows, bytes: contents.len() }.emit(&self.metrics);
                 Ok(None)
             }
@@ -386,7 +403,8 @@ impl Committer {
         })?;
         let encode_seconds = encode_started.elapsed();
         let put_started = Instant::now();
-        let committed = self.with_retries(job.rows, || self.writer.commit(&job, &encoded)).await?;
+        let slow = slow_after(encoded.bytes.len());
+        let committed = self.with_retries(job.rows, slow, || self.writer.commit(&job, &encoded)).await?;
         let put_seconds = put_started.elapsed();
         FileCommitted {
             file: &committed,
@@ -403,7 +421,7 @@ impl Committer {
 
     /// Runs `attempt` until it succeeds, waiting with backoff after each retryable failure;
     /// the commit stage is the only place that retries lake writes.
-    async fn with_retries<T, F, Fut>(&self, rows: usize, mut attempt: F) -> Result<T, SinkFailed>
+    async fn with_retries<T, F, Fut>(&self, rows: usize, slow: Duration, mut attempt: F) -> Result<T, SinkFailed>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, WriteError>>,
@@ -417,8 +435,8 @@ impl Committer {
                 tokio::pin!(pending);
                 tokio::select! {
                     outcome = &mut pending => outcome,
-                    _ = tokio::time::sleep(STORE_SLOW) => {
-                        StoreSlow { waited: STORE_SLOW }.emit(&self.metrics, &self.health);
+                    _ = tokio::time::sleep(slow) => {
+                        StoreSlow { waited: slow }.emit(&self.metrics, &self.health);
                         pending.await
                     }
                 }

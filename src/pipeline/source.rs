@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -73,8 +74,6 @@ pub enum EndReason {
     Terminated,
     Stall,
     InBandError,
-    /// A JSON array response broke: it cannot be resynchronized, only reopened.
-    Malformed,
     /// Opening the query failed (`ClientError::reason`: connect, dns, tls, content_type, …).
     Open(&'static str),
 }
@@ -86,7 +85,6 @@ impl EndReason {
             EndReason::Terminated => "terminated",
             EndReason::Stall => "stall",
             EndReason::InBandError => "in_band_error",
-            EndReason::Malformed => "malformed_response",
             EndReason::Open(reason) => reason,
         }
     }
@@ -119,6 +117,8 @@ pub struct FeedSource {
 struct Rejections {
     recent: std::collections::VecDeque<Instant>,
     limit: u64,
+    /// Lines without a position kept already.
+    unplaced: Unplaced,
 }
 
 impl Rejections {
@@ -130,6 +130,50 @@ impl Rejections {
         }
         self.recent.push_back(now);
         self.recent.len() as u64 > self.limit
+    }
+}
+
+/// Rejected lines without a position already kept in this run, so a reconnect that sends one
+/// again does not keep it again. Such a line has no offset; it is known by its text, the last
+/// position before it in the stream and how many unplaced lines came since that position
+/// (identical garbage after different rows is kept each time). Bounded: past the limit it
+/// starts over, and a line may then be kept twice.
+#[derive(Debug, Default)]
+struct Unplaced {
+    seen: std::collections::HashSet<u64>,
+    /// The last position read from the stream (skipped rows included), and the unplaced lines
+    /// since it.
+    after: Option<Position>,
+    since: u32,
+}
+
+impl Unplaced {
+    const LIMIT: usize = 100_000;
+
+    /// Notes a row with a position, kept or skipped.
+    fn passed(&mut self, position: Position) {
+        if self.after != Some(position) {
+            self.after = Some(position);
+            self.since = 0;
+        }
+    }
+
+    /// A new connection: positions restart with its first row.
+    fn reconnected(&mut self) {
+        self.after = None;
+        self.since = 0;
+    }
+
+    /// True the first time this line is seen at this place in the stream.
+    fn first_time(&mut self, raw: &[u8]) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (raw, self.after, self.since).hash(&mut hasher);
+        self.since += 1;
+        if self.seen.len() >= Self::LIMIT {
+            self.seen.clear();
+        }
+        self.seen.insert(hasher.finish())
     }
 }
 
@@ -158,8 +202,11 @@ impl FeedSource {
             committed.ranges.clear();
         }
         let mut resume = Resume::new(committed);
-        let mut rejections =
-            Rejections { recent: std::collections::VecDeque::new(), limit: self.settings.max_rejected_per_minute };
+        let mut rejections = Rejections {
+            recent: std::collections::VecDeque::new(),
+            limit: self.settings.max_rejected_per_minute,
+            unplaced: Unplaced::default(),
+        };
         let feed = self.settings.feed.clone();
         let mut columns: Option<Vec<Column>> = None;
         let mut attempt: u32 = 0;
@@ -193,7 +240,7 @@ impl FeedSource {
                     return Err(FeedFailed::Rejected { feed, reason });
                 }
                 Ended::Shutdown => {
-                    self.health.set_feed(&feed, FeedState::Stopped);
+                    self.health.stop_feed(&feed);
                     return Ok(());
                 }
                 Ended::Reopen(reason, detail) => {
@@ -252,6 +299,7 @@ impl FeedSource {
         }
         self.health.set_feed(&settings.feed, FeedState::Streaming);
         self.metrics.push_query_up.set(1);
+        rejections.unplaced.reconnected();
         let query_id = stream.query_id().map(str::to_string);
         stream.set_max_message_bytes(settings.max_line_bytes);
 
@@ -279,6 +327,8 @@ impl FeedSource {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ended::Shutdown,
+                // The buffer stage stopped (a permanent failure): so does this feed.
+                _ = sender.closed() => break Ended::Shutdown,
                 _ = &mut linger, if lingering => {
                     if !self.send_batch(&mut decoder, &mut batch, sender).await {
                         break Ended::Shutdown;
@@ -300,12 +350,18 @@ impl FeedSource {
                                 offset: u64::try_from(offset).ok()?,
                             })
                         });
+                    if let Some(position) = position {
+                        rejections.unplaced.passed(position);
+                    }
                     if position.is_none() && positioned && settings.delivery != Delivery::Latest {
+                        if !rejections.unplaced.first_time(&values) {
+                            continue; // the same row again after a reconnect: kept once already
+                        }
                         // Exactly-once and at-least-once place every row by its position; a row
                         // without one cannot be tracked, so it is kept aside, not guessed at.
                         let record = Rejected {
                             length: values.len() as u64,
-                            raw: values,
+                            raw: Bytes::copy_from_slice(&values),
                             error_type: "position",
                             error: "the row has no ROWPARTITION/ROWOFFSET (null or not integers)".into(),
                             column: None,
@@ -341,9 +397,10 @@ impl FeedSource {
                         Ok(()) => batch.positions.push(position),
                         Err(error) => {
                             let error_type = if error.column == "<row>" { "row_shape" } else { "value" };
+                            // A copy: a slice would pin the whole network chunk in memory.
                             let record = Rejected {
                                 length: values.len() as u64,
-                                raw: values,
+                                raw: Bytes::copy_from_slice(&values),
                                 error_type,
                                 error: error.reason,
                                 column: Some(error.column),
@@ -397,23 +454,37 @@ impl FeedSource {
                     break Ended::Reopen(EndReason::InBandError, error.to_string());
                 }
                 Err(ClientError::Frame(error)) if stream.framing() == Framing::JsonArray => {
-                    break Ended::Reopen(EndReason::Malformed, error.to_string());
+                    // A JSON-array response cannot be resynchronized, and reopening would hit
+                    // the same element for ever. ksql-lake asks for the delimited framing: a
+                    // server (or proxy) that answers otherwise is misconfigured.
+                    break Ended::Failed(format!(
+                        "the server answered in the JSON-array framing and one of its elements is broken ({}); \
+                         ksql-lake asks for application/vnd.ksqlapi.delimited.v1: check what stands between them",
+                        error.reason
+                    ));
                 }
                 Err(ClientError::Frame(error)) => {
-                    // One malformed line: the line framings go on at the next one.
+                    // One malformed line: the line framings go on at the next one. Its position
+                    // is trusted only when it is the plausible next offset of a partition this
+                    // run has seen: a broken line's first values may be anything, and a false
+                    // position would mark genuine rows as handed on.
                     let position = positioned.then(|| leading_position(&error.raw)).flatten().and_then(
                         |(_, partition, offset)| {
-                            Some(Position {
+                            let position = Position {
                                 partition: u32::try_from(partition).ok()?,
                                 offset: u64::try_from(offset).ok()?,
-                            })
+                            };
+                            resume.is_next(position).then_some(position)
                         },
                     );
                     if let Some(position) = position {
+                        rejections.unplaced.passed(position);
                         if settings.delivery != Delivery::Latest && resume.covers(position) {
                             continue; // handed on or committed already
                         }
                         resume.observe(position);
+                    } else if !rejections.unplaced.first_time(&error.raw) {
+                        continue; // the same line again after a reconnect: kept once already
                     }
                     let record = Rejected {
                         error_type: if error.too_long { "line_too_long" } else { "frame" },
@@ -428,7 +499,8 @@ impl FeedSource {
                         break ended;
                     }
                     *attempt = 0;
-                    if !lingering {
+                    // Held rows wait for their token; the rejected row waits with them.
+                    if !lingering && !hold_for_token {
                         linger.as_mut().reset(Instant::now() + settings.linger);
                         lingering = true;
                     }
