@@ -40,6 +40,8 @@ pub struct QueryControl {
     /// Whether `/close-query` can find it: scalable push queries are not registered there,
     /// though faults still reach them.
     pub closable: bool,
+    /// The connection the query runs on.
+    pub connection: Option<u64>,
 }
 
 impl QueryControl {
@@ -50,7 +52,14 @@ impl QueryControl {
             inbox: Mutex::new(faults),
             wake: Notify::new(),
             closable: true,
+            connection: None,
         }
+    }
+
+    /// The query runs on this connection.
+    pub fn on_connection(mut self, connection: u64) -> Self {
+        self.connection = Some(connection);
+        self
     }
 
     /// A control block `/close-query` does not know (a scalable push query).

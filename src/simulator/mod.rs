@@ -103,6 +103,9 @@ pub struct SimulatorConfig {
     /// Write a push query's rows a read batch (up to 1024 rows) per write instead of one write
     /// per row as ksqlDB does. Only for tests or benchmarks that ask for it by name.
     pub batched_writes: bool,
+    /// `/close-query` on another connection than the query's answers 500 "On wrong context or
+    /// worker" (after closing the query), as ksqlDB 0.29 does. On by default.
+    pub close_query_wrong_context: bool,
     /// `ksql.query.push.v2.enabled` as server config: qualifying push queries run as
     /// scalable push queries. A request's `properties` (`streamsProperties` on `/query`)
     /// can set it either way per query.
@@ -126,6 +129,7 @@ impl Default for SimulatorConfig {
             legacy_pre_024: false,
             heartbeat: false,
             batched_writes: false,
+            close_query_wrong_context: true,
             retention: None,
             push_v2_enabled: false,
             continuation_tokens_enabled: false,

@@ -110,7 +110,8 @@ async fn accept_loop(sim: Simulator, listener: TcpListener, stop: CancellationTo
         let sim = sim.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(sim.clone(), req));
+            let connection = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let service = service_fn(move |req| handle(sim.clone(), connection, req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -167,7 +168,11 @@ fn error_response(endpoint: Endpoint, status: StatusCode, body: String) -> Respo
     respond(status, content_type, body)
 }
 
-async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Numbers the accepted connections, so `/close-query` can tell whether it arrived on the
+/// query's own connection.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+async fn handle(sim: Simulator, connection: u64, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let config = &sim.inner.config;
     if let Some(credentials) = &config.basic_auth {
         if !authorized(&req, credentials) {
@@ -180,10 +185,19 @@ async fn handle(sim: Simulator, req: Request<Incoming>) -> Result<Response<Body>
     let path = req.uri().path().to_string();
     let response = match (req.method().clone(), path.as_str()) {
         (Method::GET, "/info") => info(config),
-        (Method::POST, "/query-stream") => query_endpoint(&sim, req, Endpoint::QueryStream).await,
-        (Method::POST, "/query") => query_endpoint(&sim, req, Endpoint::Query).await,
-        (Method::POST, "/close-query") => close_query(&sim, req).await,
-        (_, "/info" | "/query-stream" | "/query" | "/close-query") => {
+        (Method::GET, "/") => {
+            let mut response = respond(StatusCode::TEMPORARY_REDIRECT, None, Bytes::new());
+            response.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static("/info"));
+            response
+        }
+        (Method::GET, "/healthcheck") => healthcheck(&sim),
+        (Method::GET, "/status") => {
+            respond(StatusCode::OK, Some("application/json"), r#"{"commandStatuses":{}}"#.to_string())
+        }
+        (Method::POST, "/query-stream") => query_endpoint(&sim, connection, req, Endpoint::QueryStream).await,
+        (Method::POST, "/query") => query_endpoint(&sim, connection, req, Endpoint::Query).await,
+        (Method::POST, "/close-query") => close_query(&sim, connection, req).await,
+        (_, "/info" | "/query-stream" | "/query" | "/close-query" | "/healthcheck" | "/status") => {
             respond(StatusCode::METHOD_NOT_ALLOWED, None, Bytes::new())
         }
         _ => respond(
@@ -255,7 +269,27 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, String> 
     serde_json::from_slice(&bytes).map_err(|error| format!("Invalid JSON in request: {error}"))
 }
 
-async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+/// `GET /healthcheck`: ksqlDB's shape; unhealthy (503) while the server is not ready.
+fn healthcheck(sim: &Simulator) -> Response<Body> {
+    let healthy = sim.is_ready();
+    let body = serde_json::json!({
+        "isHealthy": healthy,
+        "details": {
+            "metastore": {"isHealthy": healthy},
+            "kafka": {"isHealthy": healthy},
+            "commandRunner": {"isHealthy": healthy}
+        }
+    });
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    respond(status, Some("application/json"), body.to_string())
+}
+
+async fn query_endpoint(
+    sim: &Simulator,
+    connection: u64,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<Body> {
     let config = &sim.inner.config;
     if !sim.is_ready() {
         return error_response(
@@ -314,7 +348,7 @@ async fn query_endpoint(sim: &Simulator, req: Request<Incoming>, endpoint: Endpo
         .and_then(|v| v.as_str())
         .map(str::to_string);
     let options = QueryOptions { earliest, push_v2, tokens, resume_token };
-    start_query(sim, &sql, &options, framing, error_endpoint)
+    start_query(sim, connection, &sql, &options, framing, error_endpoint)
 }
 
 /// The request property carrying the continuation token to resume from.
@@ -341,6 +375,7 @@ fn scalable_query_id() -> String {
 
 fn start_query(
     sim: &Simulator,
+    connection: u64,
     sql: &str,
     options: &QueryOptions,
     framing: Framing,
@@ -454,7 +489,7 @@ fn start_query(
                 (id.clone(), QueryControl::unclosable(id))
             } else {
                 let id = transient_id();
-                (id.clone(), QueryControl::new(id, Vec::new()))
+                (id.clone(), QueryControl::new(id, Vec::new()).on_connection(connection))
             };
             let control = Arc::new(control);
             let Some(slot) = sim.reserve_slot(Arc::clone(&control)) else {
@@ -509,7 +544,7 @@ fn resume_point(source: &Source, token: &str) -> Result<(u64, Vec<i64>), TokenEr
     Ok((seq, offsets))
 }
 
-async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> {
+async fn close_query(sim: &Simulator, connection: u64, req: Request<Incoming>) -> Response<Body> {
     if !sim.is_ready() {
         return error_response(
             Endpoint::QueryStream,
@@ -532,6 +567,15 @@ async fn close_query(sim: &Simulator, req: Request<Incoming>) -> Response<Body> 
         Some(control) => {
             control.close.cancel();
             tracing::info!(%query_id, "query closed by /close-query");
+            // 0.29 closes the query, then fails the request when it came on another connection
+            // than the query's (its Vert.x context check).
+            if sim.inner.config.close_query_wrong_context && control.connection.is_some_and(|own| own != connection) {
+                return error_response(
+                    Endpoint::QueryStream,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    generic_error(50000, "On wrong context or worker"),
+                );
+            }
             respond(StatusCode::OK, None, Bytes::new())
         }
         None => bad(format!("No query with id {query_id}")),
