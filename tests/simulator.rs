@@ -1113,3 +1113,56 @@ async fn close_query_on_the_query_s_own_http2_connection_answers_200_and_other_e
     assert_eq!(plain.get(format!("{}/healthcheck", handle.url())).send().await.unwrap().status(), 503);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_ksql_endpoint_lists_and_describes_sources_in_ksqldb_s_shapes() {
+    let (_sim, handle) = start(SimulatorConfig::default()).await;
+    let client = reqwest::Client::new();
+    let ksql = |text: &str| {
+        client
+            .post(format!("{}/ksql", handle.url()))
+            .header("Accept", "application/vnd.ksql.v1+json")
+            .json(&json!({"ksql": text, "streamsProperties": {}}))
+            .send()
+    };
+    let response = ksql("SHOW STREAMS; LIST TABLES;").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/vnd.ksql.v1+json");
+    let entities: Json = response.json().await.unwrap();
+    assert_eq!(entities[0]["@type"], "streams");
+    assert_eq!(entities[0]["statementText"], "SHOW STREAMS;");
+    assert_eq!(entities[0]["streams"][0]["name"], "PAGEVIEWS");
+    assert_eq!(entities[0]["streams"][0]["type"], "STREAM");
+    assert_eq!(entities[1]["@type"], "tables");
+    assert_eq!(entities[1]["tables"][0]["name"], "USERS");
+
+    let described: Json = ksql("DESCRIBE users EXTENDED;").await.unwrap().json().await.unwrap();
+    let description = &described[0]["sourceDescription"];
+    assert_eq!(described[0]["@type"], "sourceDescription");
+    assert_eq!(description["name"], "USERS");
+    assert_eq!(description["type"], "TABLE");
+    assert_eq!(description["extended"], true);
+    assert_eq!(description["partitions"], 2);
+    assert_eq!(description["fields"][0]["name"], "ID");
+    assert_eq!(description["fields"][0]["type"], "KEY", "key columns are marked");
+    assert_eq!(description["fields"][2]["schema"]["type"], "INTEGER");
+    assert!(description["fields"][1].get("type").is_none());
+
+    for statement in ["SHOW QUERIES;", "SHOW PROPERTIES;", "SHOW VARIABLES;"] {
+        let entities: Json = ksql(statement).await.unwrap().json().await.unwrap();
+        assert!(entities[0]["@type"].is_string() && entities[0]["warnings"].is_array(), "{statement}: {entities}");
+    }
+
+    let missing = ksql("DESCRIBE EXTENDED nope;").await.unwrap();
+    assert_eq!(missing.status(), 400);
+    let error: Json = missing.json().await.unwrap();
+    assert_eq!(
+        error,
+        json!({"@type": "statement_error", "error_code": 40001,
+            "message": "Could not find STREAM/TABLE 'NOPE' in the Metastore",
+            "statementText": "DESCRIBE EXTENDED nope;", "entities": []})
+    );
+    let empty = ksql("").await.unwrap();
+    assert_eq!(empty.status(), 400);
+    handle.shutdown().await;
+}

@@ -54,6 +54,7 @@
 
 pub mod fault;
 pub mod format;
+mod ksql;
 pub mod plan;
 pub mod query;
 pub mod server;

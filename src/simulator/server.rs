@@ -197,7 +197,8 @@ async fn handle(sim: Simulator, connection: u64, req: Request<Incoming>) -> Resu
         (Method::POST, "/query-stream") => query_endpoint(&sim, connection, req, Endpoint::QueryStream).await,
         (Method::POST, "/query") => query_endpoint(&sim, connection, req, Endpoint::Query).await,
         (Method::POST, "/close-query") => close_query(&sim, connection, req).await,
-        (_, "/info" | "/query-stream" | "/query" | "/close-query" | "/healthcheck" | "/status") => {
+        (Method::POST, "/ksql") => ksql_endpoint(&sim, req).await,
+        (_, "/info" | "/query-stream" | "/query" | "/close-query" | "/healthcheck" | "/status" | "/ksql") => {
             respond(StatusCode::METHOD_NOT_ALLOWED, None, Bytes::new())
         }
         _ => respond(
@@ -267,6 +268,30 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, String> 
         .map_err(|error| format!("Invalid JSON in request: {error}"))?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|error| format!("Invalid JSON in request: {error}"))
+}
+
+/// `POST /ksql`: SHOW, LIST and DESCRIBE statements (see [`super::ksql`]).
+async fn ksql_endpoint(sim: &Simulator, req: Request<Incoming>) -> Response<Body> {
+    let versioned = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/vnd.ksql.v1+json"));
+    let content_type = if versioned { "application/vnd.ksql.v1+json" } else { "application/json" };
+    if !sim.is_ready() {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(content_type),
+            generic_error(50302, "KSQL is not yet ready to serve requests."),
+        );
+    }
+    let body = match read_json(req).await {
+        Ok(body) => body,
+        Err(message) => return respond(StatusCode::BAD_REQUEST, Some(content_type), generic_error(40000, &message)),
+    };
+    let (status, entity) = super::ksql::run(sim, &body);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    respond(status, Some(content_type), entity.to_string())
 }
 
 /// `GET /healthcheck`: ksqlDB's shape; unhealthy (503) while the server is not ready.
