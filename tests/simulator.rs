@@ -1166,3 +1166,51 @@ async fn the_ksql_endpoint_lists_and_describes_sources_in_ksqldb_s_shapes() {
     assert_eq!(empty.status(), 400);
     handle.shutdown().await;
 }
+
+/// A third-party client from PyPI (ksql-python-ng, installed by the test command) lists, describes
+/// and reads a push query from the simulator while rows keep arriving, one row per chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    for i in 0..500 {
+        view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
+    }
+    // Live rows at full speed while the client reads.
+    let producer = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            for i in 500..2000 {
+                view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let venv = std::env::var_os("KSQL_LAKE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ksql_python_ng.py");
+    let output = timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(venv.join("bin/python"))
+            .arg(&script)
+            .args([handle.url().trim_end_matches('/'), "PAGEVIEWS", "2000"])
+            .output(),
+    )
+    .await
+    .expect("the client finishes within 60 s")
+    .unwrap();
+    producer.await.unwrap();
+    assert!(output.status.success(), "client failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let result: Json = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(result["streams"].as_array().unwrap().contains(&json!("PAGEVIEWS")), "{result}");
+    assert_eq!(result["fields"][0], "USERID");
+    let rows = result["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2000);
+    let mut pages: Vec<&str> = rows.iter().map(|row| row["PAGEID"].as_str().unwrap()).collect();
+    pages.sort_unstable();
+    pages.dedup();
+    assert_eq!(pages.len(), 2000, "every row once, parsed with its columns");
+    handle.shutdown().await;
+}
