@@ -19,6 +19,13 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 export KSQL_LAKE_VENV="$venv"
 
+# A third-party ksqlDB client from npm the simulator is checked against (tests/clients/).
+node_dir="$venv/node"
+if [ ! -d "$node_dir/node_modules/ksqldb-client" ]; then
+  echo "== installing the npm ksqldb-client into $node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --silent ksqldb-client@1.0.5
+fi
+
 if [ -z "${KSQL_LAKE_CAPTURES:-}" ] && [ -d "$root/../shared/ksqldb-captures" ]; then
   export KSQL_LAKE_CAPTURES="$root/../shared/ksqldb-captures"
 fi

@@ -1214,3 +1214,54 @@ async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
     assert_eq!(pages.len(), 2000, "every row once, parsed with its columns");
     handle.shutdown().await;
 }
+
+/// The npm ksqldb-client (installed by the test command) lists, describes and streams a push
+/// query from the simulator while rows keep arriving: no parse error, every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_npm_ksqldb_client_reads_the_simulator_as_it_reads_ksqldb() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    for i in 0..500 {
+        view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
+    }
+    let producer = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            for i in 500..2000 {
+                view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let venv = std::env::var_os("KSQL_LAKE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let modules = venv.join("node/node_modules");
+    assert!(modules.join("ksqldb-client").is_dir(), "no ksqldb-client in {}: run scripts/test.sh", modules.display());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ksqldb_client.js");
+    let output = timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .args([handle.url().trim_end_matches('/'), "PAGEVIEWS", "2000"])
+            .env("NODE_PATH", &modules)
+            .output(),
+    )
+    .await
+    .expect("the client finishes within 60 s")
+    .unwrap();
+    producer.await.unwrap();
+    assert!(output.status.success(), "client failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let result: Json = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(result["listed"].to_string().contains("PAGEVIEWS"), "{}", result["listed"]);
+    assert!(result["described"].to_string().contains("USERID"), "{}", result["described"]);
+    let rows = result["rows"].as_array().unwrap();
+    assert!(rows.len() >= 2000, "{} rows", rows.len());
+    let mut pages: Vec<String> =
+        rows.iter().map(|row| row["PAGEID"].as_str().map(str::to_string).unwrap_or_else(|| row.to_string())).collect();
+    pages.sort_unstable();
+    pages.dedup();
+    assert_eq!(pages.len(), rows.len(), "every row once, parsed: {:?}", &rows[..3]);
+    handle.shutdown().await;
+}
