@@ -343,3 +343,17 @@ async fn connection_failures_are_retryable_and_named_by_what_failed() {
     assert_eq!(error.reason(), "tls", "{}", error.with_causes());
     server.shutdown().await;
 }
+
+/// `DESCRIBE` on `/ksql` names the key columns, which a query's header does not.
+#[tokio::test]
+async fn describe_names_a_source_s_key_columns() {
+    let (_simulator, server) = start(SimulatorConfig::default()).await;
+    let client = new_client(&server.url(), Http2Mode::Never);
+    let columns = client.describe("PAGEVIEWS").await.unwrap();
+    assert!(columns.contains(&("USERID".to_string(), true)), "{columns:?}");
+    assert!(columns.iter().any(|(name, key)| name == "PAGEID" && !key), "{columns:?}");
+    let missing = client.describe("NOPE").await.unwrap_err();
+    assert_eq!(missing.error_code(), Some(40001));
+    assert!(!missing.is_retryable());
+    server.shutdown().await;
+}

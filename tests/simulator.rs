@@ -1265,3 +1265,24 @@ async fn the_npm_ksqldb_client_reads_the_simulator_as_it_reads_ksqldb() {
     assert_eq!(pages.len(), rows.len(), "every row once, parsed: {:?}", &rows[..3]);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn error_bodies_are_chunked_on_http1_as_ksqldb_writes_them() {
+    let (_sim, handle) = start(SimulatorConfig::default()).await;
+    let body = r#"{"sql":"SELECT * FROM NOPE EMIT CHANGES;"}"#;
+    let request = format!(
+        "POST /query-stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: {DELIMITED}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(handle.local_addr()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let raw = String::from_utf8(raw).unwrap().to_ascii_lowercase();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{head}");
+    assert!(body.contains("does not exist"), "{body}");
+    handle.shutdown().await;
+}

@@ -200,6 +200,29 @@ impl KsqlClient {
         ServerInfo::from_body(&body)
     }
 
+    /// `DESCRIBE <source>;` on `/ksql`: the source's columns as (name, is a key column).
+    pub async fn describe(&self, source: &str) -> Result<Vec<(String, bool)>, ClientError> {
+        let url = self.endpoint("ksql")?;
+        let body = serde_json::json!({ "ksql": format!("DESCRIBE {source};"), "streamsProperties": {} });
+        let response = self
+            .send(|client| client.post(url.clone()).header(ACCEPT, "application/vnd.ksql.v1+json").json(&body), &url)
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
+        if !(200..300).contains(&status) {
+            return Err(ClientError::from_status(status, &body));
+        }
+        let entities: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|error| ClientError::Info(format!("DESCRIBE answer: {error}")))?;
+        let fields = entities[0]["sourceDescription"]["fields"]
+            .as_array()
+            .ok_or_else(|| ClientError::Info("DESCRIBE answer without sourceDescription.fields".into()))?;
+        Ok(fields
+            .iter()
+            .filter_map(|field| Some((field["name"].as_str()?.to_string(), field["type"] == "KEY")))
+            .collect())
+    }
+
     /// Starts a query and reads its header. Uses `/query-stream` (delimited framing); a server
     /// before 0.24 that refuses HTTP/1.1 there (400 40004) is asked again on `/query`.
     pub async fn stream_query(&self, request: QueryRequest) -> Result<QueryStream, ClientError> {

@@ -356,7 +356,15 @@ async fn probe_source(client: &KsqlClient, feed: &FeedConfig) -> Result<String, 
         return Err(problem);
     }
     let names: Vec<&str> = columns.iter().map(|column| column.name.as_str()).collect();
-    Ok(format!("{} columns: {}", columns.len(), names.join(", ")))
+    let mut found = format!("{} columns: {}", columns.len(), names.join(", "));
+    // The key columns, where the server answers DESCRIBE (the query header does not say).
+    if let Ok(Ok(described)) = tokio::time::timeout(Duration::from_secs(10), client.describe(&feed.source)).await {
+        let keys: Vec<&str> = described.iter().filter(|(_, key)| *key).map(|(name, _)| name.as_str()).collect();
+        if !keys.is_empty() {
+            found.push_str(&format!("; key: {}", keys.join(", ")));
+        }
+    }
+    Ok(found)
 }
 
 /// Writes, reads back and deletes a small object under `_ksql_lake_check/` (and, on a local

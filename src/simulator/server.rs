@@ -140,8 +140,15 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// A whole body sent as one write with no length announced: ksqlDB's Vert.x responses are
+/// chunked on HTTP/1.1, error and pull-query bodies included.
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    let body: Bytes = body.into();
+    if body.is_empty() {
+        return Full::new(body).map_err(|never| match never {}).boxed();
+    }
+    let frame = futures::stream::once(async move { Ok::<_, io::Error>(hyper::body::Frame::data(body)) });
+    http_body_util::StreamBody::new(frame).boxed()
 }
 
 fn respond(status: StatusCode, content_type: Option<&str>, body: impl Into<Bytes>) -> Response<Body> {
