@@ -143,7 +143,7 @@ struct Ack {
 /// A commit attempt without an answer for this long, plus the time its bytes need at
 /// [`SLOWEST_HEALTHY_BYTES_PER_SECOND`], marks the lake as failing while it waits: a frozen
 /// store shows within seconds, a large file on a healthy one does not.
-const STORE_SLOW: Duration = Duration::from_secs(2);
+const STORE_SLOW: Duration = Duration::from_millis(1500);
 const SLOWEST_HEALTHY_BYTES_PER_SECOND: u64 = 16 * 1024 * 1024;
 
 fn slow_after(bytes: usize) -> Duration {
