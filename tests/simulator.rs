@@ -1286,3 +1286,29 @@ async fn error_bodies_are_chunked_on_http1_as_ksqldb_writes_them() {
     assert!(body.contains("does not exist"), "{body}");
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn accept_quality_values_choose_the_framing() {
+    let (_sim, handle) = start(SimulatorConfig::default()).await;
+    let client = reqwest::Client::new();
+    let content_type = |accept: &'static str| {
+        let request = client
+            .post(format!("{}/query-stream", handle.url()))
+            .header("Accept", accept)
+            .json(&json!({"sql": "SELECT * FROM PAGEVIEWS EMIT CHANGES LIMIT 0;"}));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type =
+                response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            (status, content_type)
+        }
+    };
+    let (status, chosen) = content_type("application/json;q=0.5, application/vnd.ksql.v1+json;q=0.9").await;
+    assert_eq!((status, chosen.as_str()), (200, V1_JSON));
+    let (_, chosen) = content_type("application/vnd.ksql.v1+json;q=0.1, application/vnd.ksqlapi.delimited.v1").await;
+    assert_eq!(chosen, DELIMITED);
+    let (status, _) = content_type("application/json;q=0, text/html").await;
+    assert_eq!(status, 406, "q=0 refuses the only supported type");
+    handle.shutdown().await;
+}

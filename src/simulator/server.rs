@@ -240,12 +240,19 @@ fn info(config: &SimulatorConfig) -> Response<Body> {
     respond(StatusCode::OK, Some("application/json"), body)
 }
 
-/// Picks the framing from `Accept`; `None` means 406.
+/// Picks the framing from `Accept`, by quality (`q=`, default 1; `q=0` refuses a type; equal
+/// weights keep their order); `None` means 406.
 fn negotiate<B>(req: &Request<B>, endpoint: Endpoint) -> Option<Framing> {
     let header = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut any = false;
+    let mut best: Option<(f32, Framing)> = None;
     for media in header.split(',') {
-        let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut parts = media.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|parameter| parameter.trim().strip_prefix("q="))
+            .find_map(|value| value.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
         let framing = match (media.as_str(), endpoint) {
             ("", _) => continue,
             ("application/vnd.ksqlapi.delimited.v1", _) | ("*/*", _) => Framing::Delimited,
@@ -257,6 +264,15 @@ fn negotiate<B>(req: &Request<B>, endpoint: Endpoint) -> Option<Framing> {
                 continue;
             }
         };
+        if quality <= 0.0 {
+            any = true;
+            continue;
+        }
+        if best.is_none_or(|(weight, _)| quality > weight) {
+            best = Some((quality, framing));
+        }
+    }
+    if let Some((_, framing)) = best {
         return Some(framing);
     }
     if any {
