@@ -272,11 +272,16 @@ async fn planted_secrets_appear_in_no_output_at_trace_level() {
     server.shutdown().await;
 }
 
-/// The peak resident memory of a process, from /proc (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
+/// A memory figure of a process from /proc/<pid>/status (`VmHWM:`, `VmRSS:`, …), in bytes.
+fn proc_memory(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    let line = status.lines().find(|line| line.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// The peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    proc_memory(pid, "VmHWM:")
 }
 
 /// A 200 MB row under a 64 MiB memory budget: it is dead-lettered truncated to max_line_bytes
@@ -355,11 +360,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// The resident memory of a process now, from /proc (VmRSS), in bytes.
+/// The resident memory of a process now, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    proc_memory(pid, "VmRSS:")
 }
 
 /// `simulator --demo-data` keeps each source to its retention, so its memory stays flat while

@@ -144,6 +144,13 @@ fn resume_filter(start_after: &lake::Positions) -> Option<String> {
     Some(terms.join(" OR "))
 }
 
+/// The ksqlDB position of a row from its leading `[ROWTIME, ROWPARTITION, ROWOFFSET, ...`;
+/// `None` when they are missing, null or out of range.
+pub fn row_position(row: &[u8]) -> Option<Position> {
+    let (_, partition, offset) = leading_position(row)?;
+    Some(Position { partition: u32::try_from(partition).ok()?, offset: u64::try_from(offset).ok()? })
+}
+
 /// Reads the leading `[ROWTIME, ROWPARTITION, ROWOFFSET, ...` of a row's JSON text without
 /// decoding the rest. `None` when the row does not start with three integers.
 pub fn leading_position(row: &[u8]) -> Option<(i64, i32, i64)> {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{BatchSent, FeedMetrics, QueryFailed, QueryReopening, ResumeFilterRejected, RowRejected};
-use super::query::{event_time_problem, leading_position, push_query, Resume};
+use super::query::{event_time_problem, push_query, row_position, Resume};
 use crate::backoff::Backoff;
 use crate::config::{Delivery, ErrorPolicy};
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
@@ -343,13 +343,7 @@ impl FeedSource {
             };
             match event {
                 Ok(Some(Event::Row { values, .. })) => {
-                    let position =
-                        positioned.then(|| leading_position(&values)).flatten().and_then(|(_, partition, offset)| {
-                            Some(Position {
-                                partition: u32::try_from(partition).ok()?,
-                                offset: u64::try_from(offset).ok()?,
-                            })
-                        });
+                    let position = positioned.then(|| row_position(&values)).flatten();
                     if let Some(position) = position {
                         rejections.unplaced.passed(position);
                     }
@@ -468,15 +462,10 @@ impl FeedSource {
                     // is trusted only when it is the plausible next offset of a partition this
                     // run has seen: a broken line's first values may be anything, and a false
                     // position would mark genuine rows as handed on.
-                    let position = positioned.then(|| leading_position(&error.raw)).flatten().and_then(
-                        |(_, partition, offset)| {
-                            let position = Position {
-                                partition: u32::try_from(partition).ok()?,
-                                offset: u64::try_from(offset).ok()?,
-                            };
-                            resume.is_next(position).then_some(position)
-                        },
-                    );
+                    let position = positioned
+                        .then(|| row_position(&error.raw))
+                        .flatten()
+                        .filter(|&position| resume.is_next(position));
                     if let Some(position) = position {
                         rejections.unplaced.passed(position);
                         if settings.delivery != Delivery::Latest && resume.covers(position) {

@@ -109,21 +109,7 @@ pub async fn spawn_service_logged(
 /// Starts the `ksql-lake` binary with `args` (its config listening on 127.0.0.1:0) and
 /// returns it with the address it bound for /metrics, read from its JSON log.
 pub async fn spawn_service(binary: &str, args: &[&OsStr]) -> (Child, SocketAddr) {
-    let mut child = Command::new(binary)
-        .args(["--log-format", "json"])
-        .args(args)
-        .env("RUST_LOG", "warn,ksql_lake::pipeline=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ksql-lake starts");
-    let stderr = child.stderr.take().unwrap();
-    let address = watch_lines(stderr, Duration::from_secs(30), "the metrics address", |line| {
-        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-        entry["fields"]["address"].as_str()?.parse().ok()
-    })
-    .await;
+    let (child, address, _) = spawn_service_logged(binary, args, "warn,ksql_lake::pipeline=info", &[]).await;
     (child, address)
 }
 
