@@ -1,6 +1,8 @@
 //! The simulator over real sockets: framings byte for byte, live push queries, offsets and
 //! resume filters, every pre-stream error, the push-query limit, faults, h2c.
 
+mod support;
+
 use std::time::Duration;
 
 use ksql_lake::schema::{Column, ColumnRole, KsqlType};
@@ -1167,29 +1169,30 @@ async fn the_ksql_endpoint_lists_and_describes_sources_in_ksqldb_s_shapes() {
     handle.shutdown().await;
 }
 
+/// 500 rows of history, then 1,500 live rows at full speed on a task while a third-party client
+/// reads: the producer, to await once the client is done.
+fn history_then_live_pageviews(sim: &Simulator) -> tokio::task::JoinHandle<()> {
+    for i in 0..500 {
+        view(sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
+    }
+    let sim = sim.clone();
+    tokio::spawn(async move {
+        for i in 500..2000 {
+            view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+}
+
 /// A third-party client from PyPI (ksql-python-ng, installed by the test command) lists, describes
 /// and reads a push query from the simulator while rows keep arriving, one row per chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    for i in 0..500 {
-        view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
-    }
-    // Live rows at full speed while the client reads.
-    let producer = {
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            for i in 500..2000 {
-                view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
-                if i % 100 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
-    let venv = std::env::var_os("KSQL_LAKE_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let producer = history_then_live_pageviews(&sim);
+    let venv = support::venv();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ksql_python_ng.py");
     let output = timeout(
         Duration::from_secs(60),
@@ -1220,23 +1223,8 @@ async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_npm_ksqldb_client_reads_the_simulator_as_it_reads_ksqldb() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
-    for i in 0..500 {
-        view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
-    }
-    let producer = {
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            for i in 500..2000 {
-                view(&sim, (i % 2) as u32, &format!("u{i}"), &format!("p{i}"), i);
-                if i % 100 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
-    let venv = std::env::var_os("KSQL_LAKE_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let producer = history_then_live_pageviews(&sim);
+    let venv = support::venv();
     let modules = venv.join("node/node_modules");
     assert!(modules.join("ksqldb-client").is_dir(), "no ksqldb-client in {}: run scripts/test.sh", modules.display());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ksqldb_client.js");
