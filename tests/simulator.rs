@@ -368,16 +368,38 @@ async fn errors_before_the_stream() {
     let response = post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": sql})).await;
     assert_eq!(response.headers()["content-type"], "application/json");
     expect_error(response, 400, unknown).await;
-    let response = post(&client, &handle, "/query-stream", None, json!({"sql": "SELEC * FROM X;"})).await;
-    assert_eq!(response.status(), 400);
-    let body: Json = response.json().await.unwrap();
-    assert_eq!(body["@type"], "statement_error");
-    assert_eq!(body["error_code"], 40001);
-    assert!(body["message"].as_str().unwrap().starts_with("line 1:1: mismatched input 'SELEC'"));
+    // the texts of ksqlDB 0.29: QueryEndpoint adds the statement, StreamedQueryResource the cause
+    let typo = "SLECTT * from X EMIT CHANGES;";
+    let suggestion = "line 1:1: Syntax Error\nUnknown statement 'SLECTT'\nDid you mean 'SELECT'?\nStatement: SLECTT * from X EMIT CHANGES;";
+    let syntax = json!({"@type": "statement_error", "error_code": 40001, "message": suggestion,
+        "statementText": typo, "entities": []});
+    expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": typo})).await, 400, syntax).await;
+    let syntax = json!({"@type": "statement_error", "error_code": 40001,
+        "message": format!("{suggestion}\nCaused by: line 1:1: Syntax error at line 1:1"), "statementText": typo, "entities": []});
+    expect_error(post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": typo})).await, 400, syntax).await;
+    let two_lines = "SELECT *\nFROM X EMIT CHANGES";
+    let body: Json =
+        post(&client, &handle, "/query-stream", None, json!({"sql": two_lines})).await.json().await.unwrap();
+    assert_eq!(body["message"], "line 2:20: Syntax Error\nSyntax error at or near \";\"\n'}', ']', or ')' is missing\nStatement: FROM X EMIT CHANGES");
+    assert_eq!(body["statementText"], "FROM X EMIT CHANGES");
     let not_query = json!({"@type": "statement_error", "error_code": 40001,
-        "message": "Neither a query nor a print statement", "statementText": "SHOW STREAMS;", "entities": []});
+        "message": "Neither a query nor a print statement\nStatement: SHOW STREAMS;", "statementText": "SHOW STREAMS;", "entities": []});
     expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": "SHOW STREAMS;"})).await, 400, not_query)
         .await;
+    let not_query = json!({"@type": "generic_error", "error_code": 40000,
+        "message": "Statement type `io.confluent.ksql.parser.tree.ListStreams' not supported for this resource"});
+    expect_error(
+        post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": "SHOW STREAMS;"})).await,
+        400,
+        not_query,
+    )
+    .await;
+    let pull = "SELECT ROWOFFSET FROM PAGEVIEWS;";
+    let offsets = json!({"@type": "statement_error", "error_code": 40001,
+        "message": "Pull queries don't support the following columns in SELECT clauses: `ROWOFFSET`\n See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
+        "statementText": pull, "entities": []});
+    expect_error(post(&client, &handle, "/query-stream", None, json!({"sql": pull})).await, 400, offsets.clone()).await;
+    expect_error(post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": pull})).await, 400, offsets).await;
     let missing = json!({"@type": "generic_error", "error_code": 40000,
         "message": "Invalid JSON in request: Missing required creator property 'sql' (index 0)"});
     expect_error(post(&client, &handle, "/query-stream", None, json!({"ksql": sql})).await, 400, missing).await;
@@ -411,9 +433,21 @@ async fn errors_before_the_stream() {
     assert_eq!(starting.status(), 503);
     assert_eq!(starting.json::<Json>().await.unwrap()["error_code"], 50302);
     sim.set_ready(true);
-    let too_many = json!({"sql": "SELECT * FROM A; SELECT * FROM B;"});
-    expect_error(post(&client, &handle, "/query-stream", None, too_many).await, 400,
-        json!({"@type": "generic_error", "error_code": 40000, "message": "Expected exactly one KSQL statement; found 2 instead"})).await;
+    let two = "SELECT * FROM A; SELECT * FROM B;";
+    expect_error(
+        post(&client, &handle, "/query-stream", None, json!({"sql": two})).await,
+        400,
+        json!({"@type": "statement_error", "error_code": 40001, "statementText": two, "entities": [],
+            "message": format!("Expected exactly one KSQL statement; found 2 instead\nStatement: {two}")}),
+    )
+    .await;
+    expect_error(
+        post(&client, &handle, "/query", Some(V1_JSON), json!({"ksql": two})).await,
+        400,
+        json!({"@type": "statement_error", "error_code": 40001, "statementText": two, "entities": [],
+            "message": "Expected exactly one KSQL statement; found 2 instead"}),
+    )
+    .await;
 }
 
 #[tokio::test]

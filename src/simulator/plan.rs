@@ -103,7 +103,6 @@ impl Plan {
                 SelectItem::Column(name) => {
                     let (proj, column) = resolve(&source_columns, name)
                         .ok_or_else(|| PlanError(format!("SELECT column '{name}' cannot be resolved.")))?;
-                    check_pull_pseudo(kind, proj, "SELECT")?;
                     projection.push(proj);
                     columns.push(output_column(&column, kind));
                 }
@@ -112,9 +111,27 @@ impl Plan {
         let identity = projection.len() == source_columns.len()
             && projection.iter().enumerate().all(|(i, p)| *p == Proj::Column(i));
         let filter = match &select.filter {
-            Some(expr) => Some(bind(expr, &source_columns, kind)?),
+            Some(expr) => Some(bind(expr, &source_columns)?),
             None => None,
         };
+        if kind != QueryKind::Push {
+            // `SELECT *` does not name them; an explicit item or the WHERE clause does
+            let named: Vec<Proj> = select
+                .items
+                .iter()
+                .filter_map(|item| match item {
+                    SelectItem::Column(name) => resolve(&source_columns, name).map(|(proj, _)| proj),
+                    SelectItem::Star => None,
+                })
+                .collect();
+            let mut filtered = Vec::new();
+            if let Some(filter) = &filter {
+                filter_fields(filter, &mut filtered);
+            }
+            for (clause, projections) in [("SELECT", named), ("WHERE", filtered)] {
+                disallow_in_pull(clause, &projections)?;
+            }
+        }
         Ok(Plan { source, kind, projection, identity, columns, source_columns, filter, limit: select.limit })
     }
 
@@ -195,31 +212,65 @@ fn resolve(columns: &[Column], name: &str) -> Option<(Proj, Column)> {
         .map(|(pseudo, proj, ty)| (*proj, Column::new(*pseudo, ty.clone())))
 }
 
-fn check_pull_pseudo(kind: QueryKind, proj: Proj, clause: &str) -> Result<(), PlanError> {
-    if kind != QueryKind::Push && matches!(proj, Proj::Rowpartition | Proj::Rowoffset) {
-        return Err(PlanError(format!("Pull queries don't support ROWPARTITION or ROWOFFSET in {clause} clauses.")));
+/// ksqlDB 0.29's `PullQueryValidator`: pull queries cannot read ROWPARTITION or ROWOFFSET.
+fn disallow_in_pull(clause: &str, projections: &[Proj]) -> Result<(), PlanError> {
+    let mut names: Vec<&str> = Vec::new();
+    for proj in projections {
+        let name = match proj {
+            Proj::Rowpartition => "`ROWPARTITION`",
+            Proj::Rowoffset => "`ROWOFFSET`",
+            _ => continue,
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
     }
-    Ok(())
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError(format!(
+        "Pull queries don't support the following columns in {clause} clauses: {}\n \
+         See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
+        names.join(", ")
+    )))
 }
 
-fn bind(expr: &Expr, source: &[Column], kind: QueryKind) -> Result<Filter, PlanError> {
+/// The fields a filter reads, in the order written.
+fn filter_fields(filter: &Filter, out: &mut Vec<Proj>) {
+    match filter {
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            filter_fields(a, out);
+            filter_fields(b, out);
+        }
+        Filter::Not(a) => filter_fields(a, out),
+        Filter::Literal(_) => {}
+        Filter::Compare(left, _, right) => {
+            for term in [left, right] {
+                if let Term::Field(proj) = term {
+                    out.push(*proj);
+                }
+            }
+        }
+    }
+}
+
+fn bind(expr: &Expr, source: &[Column]) -> Result<Filter, PlanError> {
     Ok(match expr {
-        Expr::And(a, b) => Filter::And(Box::new(bind(a, source, kind)?), Box::new(bind(b, source, kind)?)),
-        Expr::Or(a, b) => Filter::Or(Box::new(bind(a, source, kind)?), Box::new(bind(b, source, kind)?)),
-        Expr::Not(a) => Filter::Not(Box::new(bind(a, source, kind)?)),
+        Expr::And(a, b) => Filter::And(Box::new(bind(a, source)?), Box::new(bind(b, source)?)),
+        Expr::Or(a, b) => Filter::Or(Box::new(bind(a, source)?), Box::new(bind(b, source)?)),
+        Expr::Not(a) => Filter::Not(Box::new(bind(a, source)?)),
         Expr::Literal(b) => Filter::Literal(*b),
         Expr::Compare(left, op, right) => {
-            Filter::Compare(bind_operand(left, source, kind)?, *op, bind_operand(right, source, kind)?)
+            Filter::Compare(bind_operand(left, source)?, *op, bind_operand(right, source)?)
         }
     })
 }
 
-fn bind_operand(operand: &Operand, source: &[Column], kind: QueryKind) -> Result<Term, PlanError> {
+fn bind_operand(operand: &Operand, source: &[Column]) -> Result<Term, PlanError> {
     Ok(match operand {
         Operand::Column(name) => {
             let (proj, _) =
                 resolve(source, name).ok_or_else(|| PlanError(format!("WHERE column '{name}' cannot be resolved.")))?;
-            check_pull_pseudo(kind, proj, "WHERE")?;
             Term::Field(proj)
         }
         Operand::Integer(i) => Term::Literal(Scalar::Int(*i)),
@@ -372,7 +423,16 @@ mod tests {
         let err = Plan::new(&parse("SELECT NOPE FROM S EMIT CHANGES;").unwrap(), source()).unwrap_err();
         assert_eq!(err.0, "SELECT column 'NOPE' cannot be resolved.");
         let err = Plan::new(&parse("SELECT ROWOFFSET FROM S;").unwrap(), source()).unwrap_err();
-        assert!(err.0.starts_with("Pull queries don't support ROWPARTITION or ROWOFFSET"));
+        assert_eq!(
+            err.0,
+            "Pull queries don't support the following columns in SELECT clauses: `ROWOFFSET`\n \
+             See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query."
+        );
+        let select = parse("SELECT K FROM S WHERE ROWOFFSET > 1 AND ROWPARTITION = 0 OR ROWOFFSET < 9;").unwrap();
+        let err = Plan::new(&select, source()).unwrap_err();
+        assert!(err.0.starts_with(
+            "Pull queries don't support the following columns in WHERE clauses: `ROWOFFSET`, `ROWPARTITION`\n"
+        ));
         let err = Plan::new(&parse("SELECT * FROM S WHERE X = 1;").unwrap(), source()).unwrap_err();
         assert_eq!(err.0, "WHERE column 'X' cannot be resolved.");
     }

@@ -175,6 +175,39 @@ fn error_response(endpoint: Endpoint, status: StatusCode, body: String) -> Respo
     respond(status, content_type, body)
 }
 
+/// A statement ksqlDB 0.29 refuses before running it, in the words of each endpoint:
+/// `/query-stream` (`QueryEndpoint`) appends `Statement: <sql>` to the message, `/query`
+/// (`StreamedQueryResource`) appends the cause of a syntax error and names the statement type it
+/// does not serve.
+fn parse_failure(endpoint: Endpoint, sql: &str, error: SqlError) -> Response<Body> {
+    let statement = |message: &str, statement: &str| {
+        error_response(endpoint, StatusCode::BAD_REQUEST, statement_error(message, statement))
+    };
+    match (endpoint, &error) {
+        (Endpoint::QueryStream, SqlError::Syntax(syntax)) => {
+            let line = syntax.failed_line(sql);
+            statement(&format!("{syntax}\nStatement: {line}"), line)
+        }
+        (Endpoint::Query, SqlError::Syntax(syntax)) => {
+            statement(&format!("{syntax}\nStatement: {}\nCaused by: {}", syntax.failed_line(sql), syntax.logged()), sql)
+        }
+        (Endpoint::QueryStream, SqlError::NotAQuery { .. } | SqlError::StatementCount(_)) => {
+            statement(&format!("{error}\nStatement: {sql}"), sql)
+        }
+        (Endpoint::Query, SqlError::NotAQuery { statement_type }) => error_response(
+            endpoint,
+            StatusCode::BAD_REQUEST,
+            generic_error(
+                40000,
+                &format!(
+                    "Statement type `io.confluent.ksql.parser.tree.{statement_type}' not supported for this resource"
+                ),
+            ),
+        ),
+        (_, SqlError::StatementCount(_) | SqlError::Print) => statement(&error.to_string(), sql),
+    }
+}
+
 /// Numbers the accepted connections, so `/close-query` can tell whether it arrived on the
 /// query's own connection.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -433,14 +466,7 @@ fn start_query(
         |message: &str| error_response(endpoint, StatusCode::BAD_REQUEST, statement_error(message, sql));
     let select = match sql::parse(sql) {
         Ok(select) => select,
-        Err(SqlError::StatementCount(n)) => {
-            return error_response(
-                endpoint,
-                StatusCode::BAD_REQUEST,
-                generic_error(40000, &SqlError::StatementCount(n).to_string()),
-            )
-        }
-        Err(error) => return statement_failure(&error.to_string()),
+        Err(error) => return parse_failure(endpoint, sql, error),
     };
     let source = match sim.source(&select.from) {
         Ok(source) => source,

@@ -1,6 +1,7 @@
 //! The SQL subset the simulator understands: one `SELECT` statement. Grammar in the
-//! [module doc of the simulator](super). Errors read like ksqlDB's ANTLR messages
-//! (`line 1:8: mismatched input 'FROM' expecting ...`) so clients see the same shape.
+//! [module doc of the simulator](super). Errors carry the texts ksqlDB 0.29 builds from its
+//! ANTLR messages (`SyntaxErrorValidator`: `line 1:1: Syntax Error\nUnknown statement 'SLECTT'\n
+//! Did you mean 'SELECT'?`), so clients see what a real server answers.
 
 use std::fmt;
 
@@ -53,19 +54,50 @@ pub enum CmpOp {
     Ge,
 }
 
-/// A statement the simulator could not parse. `message` is the whole ksqlDB-like text.
+/// A statement the simulator could not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SqlError {
     #[error("{0}")]
-    Syntax(String),
-    /// A valid statement that is not a `SELECT` (ksqlDB: "Neither a query nor a print statement").
+    Syntax(SyntaxError),
+    /// A valid statement that is not a `SELECT` (ksqlDB: "Neither a query nor a print
+    /// statement"). `statement_type` is the name of ksqlDB's parse-tree class for it, which
+    /// `/query` puts in its error.
     #[error("Neither a query nor a print statement")]
-    NotAQuery,
+    NotAQuery { statement_type: &'static str },
     /// `PRINT` is a valid ksqlDB statement the simulator does not serve.
     #[error("PRINT statements are not supported by the simulator")]
     Print,
     #[error("Expected exactly one KSQL statement; found {0} instead")]
     StatementCount(usize),
+}
+
+/// A syntax error where ksqlDB's parser would stop, with the parts ksqlDB 0.29 returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// 1-based, as in the message.
+    pub line: usize,
+    /// 1-based, as in the message.
+    pub column: usize,
+    /// What follows `line L:C: ` in the text a client gets (`ParsingException`'s details).
+    pub detail: String,
+}
+
+impl SyntaxError {
+    /// The shorter message ksqlDB logs, which `/query` appends as the cause.
+    pub fn logged(&self) -> String {
+        format!("line {0}:{1}: Syntax error at line {0}:{1}", self.line, self.column)
+    }
+
+    /// The line of `sql` the error is on, which ksqlDB reports as the statement.
+    pub fn failed_line<'a>(&self, sql: &'a str) -> &'a str {
+        sql.split('\n').nth(self.line - 1).unwrap_or(sql)
+    }
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}:{}: {}", self.line, self.column, self.detail)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,30 +129,130 @@ impl fmt::Display for Tok {
 struct Token {
     tok: Tok,
     line: usize,
+    /// 0-based, as ANTLR's `charPositionInLine`.
     col: usize,
+    /// The token as written (ANTLR's `getText`), `<EOF>` at the end.
+    text: String,
 }
 
-const STATEMENT_KEYWORDS: &[&str] = &[
+/// The statements ksqlDB 0.29's grammar starts with, in `SyntaxErrorValidator`'s order (the
+/// order decides ties when it suggests the nearest one).
+const COMMANDS: &[&str] = &[
+    "SELECT",
     "CREATE",
     "INSERT",
     "DESCRIBE",
+    "PRINT",
     "EXPLAIN",
     "SHOW",
     "LIST",
     "TERMINATE",
-    "DROP",
-    "SET",
-    "UNSET",
-    "DEFINE",
-    "UNDEFINE",
-    "ALTER",
     "PAUSE",
     "RESUME",
+    "DROP",
+    "SET",
+    "DEFINE",
+    "UNDEFINE",
+    "UNSET",
     "ASSERT",
+    "ALTER",
 ];
 
-const EXPECTING_STATEMENT: &str = "{<EOF>, 'SELECT', 'CREATE', 'INSERT', 'DESCRIBE', 'PRINT', \
-'EXPLAIN', 'SHOW', 'LIST', 'TERMINATE', 'DROP', 'SET', 'UNSET'}";
+/// ANTLR's expected set where a statement must start.
+fn expecting_statement() -> String {
+    let quoted: Vec<String> = COMMANDS.iter().map(|command| format!("'{command}'")).collect();
+    format!("{{<EOF>, {}}}", quoted.join(", "))
+}
+
+/// ksqlDB's parse-tree class for a statement other than a query, from its first words.
+fn statement_type(words: &[&str]) -> Option<&'static str> {
+    Some(match words {
+        ["SHOW" | "LIST", "STREAMS", ..] => "ListStreams",
+        ["SHOW" | "LIST", "TABLES", ..] => "ListTables",
+        ["SHOW" | "LIST", "QUERIES", ..] => "ListQueries",
+        ["SHOW" | "LIST", "PROPERTIES", ..] => "ListProperties",
+        ["SHOW" | "LIST", "VARIABLES", ..] => "ListVariables",
+        ["SHOW" | "LIST", "TOPICS", ..] => "ListTopics",
+        ["SHOW" | "LIST", "FUNCTIONS", ..] => "ListFunctions",
+        ["SHOW" | "LIST", "TYPES", ..] => "ListTypes",
+        ["SHOW" | "LIST", "CONNECTORS", ..] => "ListConnectors",
+        ["SHOW" | "LIST", ..] => "ListStreams",
+        ["DESCRIBE", "FUNCTION", ..] => "DescribeFunction",
+        ["DESCRIBE", "CONNECTOR", ..] => "DescribeConnector",
+        ["DESCRIBE", "STREAMS", ..] => "DescribeStreams",
+        ["DESCRIBE", "TABLES", ..] => "DescribeTables",
+        ["DESCRIBE", ..] => "ShowColumns",
+        ["CREATE", rest @ ..] => {
+            let table = rest.iter().take(4).any(|word| *word == "TABLE");
+            match (table, rest.windows(2).any(|pair| pair == ["AS", "SELECT"])) {
+                (false, false) => "CreateStream",
+                (true, false) => "CreateTable",
+                (false, true) => "CreateStreamAsSelect",
+                (true, true) => "CreateTableAsSelect",
+            }
+        }
+        ["INSERT", rest @ ..] if rest.contains(&"VALUES") => "InsertValues",
+        ["INSERT", ..] => "InsertInto",
+        ["DROP", "TABLE", ..] => "DropTable",
+        ["DROP", ..] => "DropStream",
+        ["EXPLAIN", ..] => "Explain",
+        ["TERMINATE", ..] => "TerminateQuery",
+        ["PAUSE", ..] => "PauseQuery",
+        ["RESUME", ..] => "ResumeQuery",
+        ["SET", ..] => "SetProperty",
+        ["UNSET", ..] => "UnsetProperty",
+        ["DEFINE", ..] => "DefineVariable",
+        ["UNDEFINE", ..] => "UndefineVariable",
+        ["ALTER", ..] => "AlterSource",
+        ["ASSERT", ..] => "AssertTopic",
+        _ => return None,
+    })
+}
+
+/// The text ksqlDB 0.29's `SyntaxErrorValidator` makes of a parser message: "Syntax Error",
+/// then a suggestion for a mistyped statement, a hint for a missing bracket, or the expected
+/// tokens when there are at most three.
+fn syntax_detail(message: &str, offending: &str) -> String {
+    let mut detail = String::from("Syntax Error\n");
+    let Some((_, expecting)) = message.split_once("expecting ") else {
+        detail.push_str(message);
+        return detail;
+    };
+    if expecting == expecting_statement() {
+        detail.push_str(&format!("Unknown statement '{offending}'\nDid you mean '{}'?", nearest_command(offending)));
+    } else if message.contains("EOF") {
+        detail.push_str("Syntax error at or near \";\"\n'}', ']', or ')' is missing");
+    } else if expecting.split(',').count() <= 3 {
+        detail.push_str(&format!("Expecting {expecting}"));
+    }
+    detail
+}
+
+/// The first command at the smallest edit distance from `word`.
+fn nearest_command(word: &str) -> &'static str {
+    let word: Vec<char> = word.to_uppercase().chars().collect();
+    let mut best = (usize::MAX, COMMANDS[0]);
+    for command in COMMANDS {
+        let distance = edit_distance(&word, &command.chars().collect::<Vec<_>>());
+        if distance < best.0 {
+            best = (distance, command);
+        }
+    }
+    best.1
+}
+
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
 
 /// Reads a token quoted with `quote` starting at `chars[*i]` (a doubled quote stands for one),
 /// leaving `*i` after the closing quote.
@@ -131,10 +263,8 @@ fn quoted(chars: &[char], i: &mut usize, quote: char, line: usize, col: usize) -
     loop {
         match chars.get(*i) {
             None => {
-                return Err(SqlError::Syntax(format!(
-                    "line {line}:{col}: token recognition error at: '{}'",
-                    chars[start..].iter().collect::<String>()
-                )))
+                let text: String = chars[start..].iter().collect();
+                return Err(lexer_error(line, col, &text));
             }
             Some(&ch) if ch == quote && chars.get(*i + 1) == Some(&quote) => {
                 text.push(quote);
@@ -152,6 +282,11 @@ fn quoted(chars: &[char], i: &mut usize, quote: char, line: usize, col: usize) -
     }
 }
 
+/// A lexer error: ANTLR's message as it is (ksqlDB adds no "Syntax Error" to these).
+fn lexer_error(line: usize, col: usize, text: &str) -> SqlError {
+    SqlError::Syntax(SyntaxError { line, column: col + 1, detail: format!("token recognition error at: '{text}'") })
+}
+
 fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
     let chars: Vec<char> = sql.chars().collect();
     let mut tokens = Vec::new();
@@ -160,7 +295,9 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
         let c = chars[i];
         let col = i - line_start;
         let start = i;
-        let push = |tokens: &mut Vec<Token>, tok| tokens.push(Token { tok, line, col });
+        let push = |tokens: &mut Vec<Token>, tok, end: usize| {
+            tokens.push(Token { tok, line, col, text: chars[start..end].iter().collect() })
+        };
         match c {
             '\n' => {
                 i += 1;
@@ -175,11 +312,11 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
             }
             '`' => {
                 let text = quoted(&chars, &mut i, '`', line, col)?;
-                push(&mut tokens, Tok::Ident { text, quoted: true });
+                push(&mut tokens, Tok::Ident { text, quoted: true }, i);
             }
             '\'' => {
                 let text = quoted(&chars, &mut i, '\'', line, col)?;
-                push(&mut tokens, Tok::Str(text));
+                push(&mut tokens, Tok::Str(text), i);
             }
             c if c.is_ascii_digit() => {
                 while i < chars.len() && chars[i].is_ascii_digit() {
@@ -194,14 +331,14 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
                     }
                 }
                 let text: String = chars[start..i].iter().collect();
-                push(&mut tokens, if is_num { Tok::Num(text) } else { Tok::Int(text) });
+                push(&mut tokens, if is_num { Tok::Num(text) } else { Tok::Int(text) }, i);
             }
             c if c.is_alphabetic() || c == '_' => {
                 while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().collect::<String>().to_uppercase();
-                push(&mut tokens, Tok::Ident { text, quoted: false });
+                push(&mut tokens, Tok::Ident { text, quoted: false }, i);
             }
             _ => {
                 let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
@@ -214,7 +351,7 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
                 };
                 if let Some(sym) = sym {
                     i += 2;
-                    push(&mut tokens, Tok::Sym(sym));
+                    push(&mut tokens, Tok::Sym(sym), i);
                     continue;
                 }
                 let sym = match c {
@@ -227,15 +364,15 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
                     '>' => ">",
                     ';' => ";",
                     '-' => "-",
-                    _ => return Err(SqlError::Syntax(format!("line {line}:{col}: token recognition error at: '{c}'"))),
+                    _ => return Err(lexer_error(line, col, &c.to_string())),
                 };
                 i += 1;
-                push(&mut tokens, Tok::Sym(sym));
+                push(&mut tokens, Tok::Sym(sym), i);
             }
         }
     }
     let col = chars.len() - line_start;
-    tokens.push(Token { tok: Tok::Eof, line, col });
+    tokens.push(Token { tok: Tok::Eof, line, col, text: "<EOF>".into() });
     Ok(tokens)
 }
 
@@ -274,11 +411,12 @@ impl Parser {
             Tok::Str(text) => format!("''{text}''"),
             other => format!("'{other}'"),
         };
-        SqlError::Syntax(format!(
-            "line {}:{}: mismatched input {found} expecting {expecting}",
-            token.line,
-            token.col + 1
-        ))
+        let message = format!("mismatched input {found} expecting {expecting}");
+        SqlError::Syntax(SyntaxError {
+            line: token.line,
+            column: token.col + 1,
+            detail: syntax_detail(&message, &token.text),
+        })
     }
 
     fn is_keyword(&self, keyword: &str) -> bool {
@@ -313,11 +451,18 @@ impl Parser {
         if self.eat_keyword("PRINT") {
             return Err(SqlError::Print);
         }
-        if STATEMENT_KEYWORDS.iter().any(|k| self.is_keyword(k)) {
-            return Err(SqlError::NotAQuery);
+        if !self.is_keyword("SELECT") && COMMANDS.iter().any(|k| self.is_keyword(k)) {
+            let words: Vec<&str> = self.tokens[self.pos..]
+                .iter()
+                .filter_map(|token| match &token.tok {
+                    Tok::Ident { text, quoted: false } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            return Err(SqlError::NotAQuery { statement_type: statement_type(&words).unwrap_or("Statement") });
         }
         if !self.eat_keyword("SELECT") {
-            return Err(self.error(EXPECTING_STATEMENT));
+            return Err(self.error(&expecting_statement()));
         }
         let items = self.select_items()?;
         self.expect_keyword("FROM")?;
@@ -532,13 +677,32 @@ mod tests {
     }
 
     #[test]
-    fn reports_ksqldb_like_syntax_errors() {
+    fn reports_syntax_errors_in_ksqldb_0_29_s_words() {
+        // ApiIntegrationTest.shouldFailPushQueryWithInvalidSql (v0.29.0)
         assert_eq!(
-            parse("noi;").unwrap_err().to_string(),
-            format!("line 1:1: mismatched input 'NOI' expecting {EXPECTING_STATEMENT}")
+            parse("SLECTT * from S EMIT CHANGES;").unwrap_err().to_string(),
+            "line 1:1: Syntax Error\nUnknown statement 'SLECTT'\nDid you mean 'SELECT'?"
         );
-        let missing_semicolon = parse("SELECT * FROM S EMIT CHANGES").unwrap_err().to_string();
-        assert!(missing_semicolon.starts_with("line 1:29: mismatched input '<EOF>' expecting"));
+        // the word as written, the nearest command first in ksqlDB's order on a tie
+        assert_eq!(
+            parse("shw;").unwrap_err().to_string(),
+            "line 1:1: Syntax Error\nUnknown statement 'shw'\nDid you mean 'SHOW'?"
+        );
+        assert_eq!(
+            parse("SELECT * FROM S EMIT CHANGES").unwrap_err().to_string(),
+            "line 1:29: Syntax Error\nSyntax error at or near \";\"\n'}', ']', or ')' is missing"
+        );
+        assert_eq!(
+            parse("SELECT * FROM S EMIT;").unwrap_err().to_string(),
+            "line 1:21: Syntax Error\nExpecting 'CHANGES'"
+        );
+        assert_eq!(parse("SELECT * FROM S WHERE A 1;").unwrap_err().to_string(), "line 1:25: Syntax Error\n");
+        let SqlError::Syntax(error) = parse("SELECT *\nFROM S WHERE A = 'open;").unwrap_err() else { panic!() };
+        assert_eq!(error.to_string(), "line 2:18: token recognition error at: ''open;'");
+        assert_eq!(error.logged(), "line 2:18: Syntax error at line 2:18");
+        assert_eq!(error.failed_line("SELECT *\nFROM S WHERE A = 'open;"), "FROM S WHERE A = 'open;");
+        assert_eq!(nearest_command("SLECT"), "SELECT");
+        assert_eq!(edit_distance(&['a', 'b'], &['b']), 1);
         assert!(parse("SELECT FROM S;").unwrap_err().to_string().starts_with("line 1:8:"));
         assert!(parse("SELECT * FROM S WHERE A = ;").is_err());
         assert!(parse("SELECT * FROM S WHERE (A = 1;").is_err());
@@ -549,8 +713,16 @@ mod tests {
 
     #[test]
     fn classifies_other_statements() {
-        assert_eq!(parse("SHOW STREAMS;"), Err(SqlError::NotAQuery));
-        assert_eq!(parse("create stream x (a int) with (kafka_topic='t');"), Err(SqlError::NotAQuery));
+        let not_a_query = |statement_type| Err(SqlError::NotAQuery { statement_type });
+        assert_eq!(parse("SHOW STREAMS;"), not_a_query("ListStreams"));
+        assert_eq!(parse("list tables extended;"), not_a_query("ListTables"));
+        assert_eq!(parse("DESCRIBE S EXTENDED;"), not_a_query("ShowColumns"));
+        assert_eq!(parse("create stream x (a int) with (kafka_topic='t');"), not_a_query("CreateStream"));
+        assert_eq!(
+            parse("CREATE TABLE T AS SELECT K, COUNT(*) FROM S GROUP BY K;"),
+            not_a_query("CreateTableAsSelect")
+        );
+        assert_eq!(parse("INSERT INTO S (A) VALUES (1);"), not_a_query("InsertValues"));
         assert_eq!(parse("PRINT 'topic';"), Err(SqlError::Print));
         assert_eq!(parse("SELECT * FROM A; SELECT * FROM B;"), Err(SqlError::StatementCount(2)));
     }
