@@ -1220,27 +1220,33 @@ fn history_then_live_pageviews(sim: &Simulator) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// A third-party client from PyPI (ksql-python-ng, installed by the test command) lists, describes
-/// and reads a push query from the simulator while rows keep arriving, one row per chunk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
-    let (sim, handle) = start(SimulatorConfig::default()).await;
-    let producer = history_then_live_pageviews(&sim);
-    let venv = support::venv();
+/// Runs tests/clients/ksql_python_ng.py against `handle`, reading `rows` rows of PAGEVIEWS.
+async fn ksql_python_ng(handle: &SimulatorHandle, rows: usize) -> Json {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ksql_python_ng.py");
     let output = timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(venv.join("bin/python"))
+        tokio::process::Command::new(support::venv().join("bin/python"))
             .arg(&script)
-            .args([handle.url().trim_end_matches('/'), "PAGEVIEWS", "2000"])
+            .args([handle.url().trim_end_matches('/'), "PAGEVIEWS", &rows.to_string()])
             .output(),
     )
     .await
     .expect("the client finishes within 60 s")
     .unwrap();
-    producer.await.unwrap();
     assert!(output.status.success(), "client failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    let result: Json = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A third-party client from PyPI (ksql-python-ng, installed by the test command) lists, describes
+/// and reads a push query from the simulator while rows keep arriving, one row per chunk. Its
+/// `close_query` opens a new connection, so it meets what ksqlDB 0.29 does there: the query is
+/// closed and the answer is 500, on which this client raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
+    let (sim, handle) = start(SimulatorConfig::default()).await;
+    let producer = history_then_live_pageviews(&sim);
+    let result = ksql_python_ng(&handle, 2000).await;
+    producer.await.unwrap();
     assert!(result["streams"].as_array().unwrap().contains(&json!("PAGEVIEWS")), "{result}");
     assert_eq!(result["fields"][0], "USERID");
     let rows = result["rows"].as_array().unwrap();
@@ -1249,6 +1255,21 @@ async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
     pages.sort_unstable();
     pages.dedup();
     assert_eq!(pages.len(), 2000, "every row once, parsed with its columns");
+    let close = &result["close"];
+    assert_eq!(close["status"], "500", "{close}");
+    assert!(close["query_id"].as_str().unwrap().starts_with("transient_PAGEVIEWS_"), "{close}");
+    wait_for(|| !sim.query_ids().iter().any(|id| close["query_id"] == id.as_str())).await;
+    handle.shutdown().await;
+
+    // with the 0.29 behaviour turned off, the same call answers 200 and the client returns True
+    let lenient = SimulatorConfig { close_query_wrong_context: false, ..SimulatorConfig::default() };
+    let (sim, handle) = start(lenient).await;
+    let producer = history_then_live_pageviews(&sim);
+    let result = ksql_python_ng(&handle, 10).await;
+    producer.await.unwrap();
+    assert_eq!(result["rows"].as_array().unwrap().len(), 10);
+    assert_eq!(result["close"]["status"], "200", "{}", result["close"]);
+    assert_eq!(sim.running_push_queries(), 0);
     handle.shutdown().await;
 }
 
@@ -1257,6 +1278,16 @@ async fn ksql_python_ng_reads_the_simulator_as_it_reads_ksqldb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_npm_ksqldb_client_reads_the_simulator_as_it_reads_ksqldb() {
     let (sim, handle) = start(SimulatorConfig::default()).await;
+    for (i, name) in ["Ann", "Bob", "Cid", "Dee"].iter().enumerate() {
+        sim.produce(
+            "users",
+            None,
+            i as i64,
+            vec![Value::string(name.to_lowercase()), Value::string(*name), Value::Integer(i as i32)],
+        )
+        .unwrap();
+    }
+    sim.delete("users", vec![Value::string("bob")], 9).unwrap();
     let producer = history_then_live_pageviews(&sim);
     let venv = support::venv();
     let modules = venv.join("node/node_modules");
@@ -1266,7 +1297,7 @@ async fn the_npm_ksqldb_client_reads_the_simulator_as_it_reads_ksqldb() {
         Duration::from_secs(60),
         tokio::process::Command::new("node")
             .arg(&script)
-            .args([handle.url().trim_end_matches('/'), "PAGEVIEWS", "2000"])
+            .args([handle.url().trim_end_matches('/'), "PAGEVIEWS", "2000", "USERS"])
             .env("NODE_PATH", &modules)
             .output(),
     )
@@ -1285,6 +1316,17 @@ async fn the_npm_ksqldb_client_reads_the_simulator_as_it_reads_ksqldb() {
     pages.sort_unstable();
     pages.dedup();
     assert_eq!(pages.len(), rows.len(), "every row once, parsed: {:?}", &rows[..3]);
+    // the pull query on the table: the live keys with their values, the deleted one gone
+    let table = &result["table"];
+    assert_eq!(table["metadata"]["columnNames"], json!(["ID", "NAME", "SCORE"]), "{table}");
+    let mut users: Vec<(String, i64)> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["NAME"].as_str().unwrap().to_string(), row["SCORE"].as_i64().unwrap()))
+        .collect();
+    users.sort();
+    assert_eq!(users, [("Ann".to_string(), 0), ("Cid".to_string(), 2), ("Dee".to_string(), 3)]);
     handle.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 // Reads the simulator with the npm ksqldb-client, as a user of that client would.
-// Usage: node ksqldb_client.js URL STREAM ROWS
-// Prints one JSON object: the streams listed, the described fields and the rows read.
+// Usage: node ksqldb_client.js URL STREAM ROWS TABLE
+// Prints one JSON object: the streams listed, the described fields, the rows read from the
+// stream's push query and the rows of a pull query (`query`) on the table.
 // Any error from the client, or an uncaught exception, fails the run.
 "use strict";
 
@@ -12,7 +13,7 @@ process.on("uncaughtException", (error) => {
 });
 
 async function main() {
-    const [url, stream, wantText] = process.argv.slice(2);
+    const [url, stream, wantText, table] = process.argv.slice(2);
     const want = Number(wantText);
     const parsed = new URL(url);
     const client = new KsqldbClient({ host: `http://${parsed.hostname}`, port: Number(parsed.port) });
@@ -42,9 +43,11 @@ async function main() {
             }, reject);
     });
     if (queryId) await client.terminatePushQuery(queryId);
+    const pulled = await client.query(`SELECT * FROM ${table};`);
+    if (pulled.error) throw new Error(`query: ${JSON.stringify(pulled.error)}`);
     await client.disconnect();
     // Exit only once the output is written: a pipe is flushed asynchronously.
-    process.stdout.write(JSON.stringify({ listed, described, rows }) + "\n", () =>
+    process.stdout.write(JSON.stringify({ listed, described, rows, table: pulled.data }) + "\n", () =>
         process.exit(0)
     );
 }
