@@ -17,6 +17,9 @@ use crate::simulator::{Simulator, SimulatorConfig};
 /// Transactions of history loaded before the live rows, spread over the last three days.
 const HISTORY_ROWS: u64 = 60_000;
 const HISTORY_SPAN: Duration = Duration::from_secs(3 * 86_400);
+/// Rows each demo source keeps: all of the history, which the feeds read from the earliest
+/// offset, and 30 s of live rows at the default rate; memory is flat from then on.
+const DEMO_RETENTION_ROWS: usize = 2 * HISTORY_ROWS as usize;
 
 /// The demo's feeds: one per source, with a short `flush_max_age` so files appear quickly.
 fn demo_config(ksqldb_url: &str, lake_url: &str) -> String {
@@ -53,10 +56,8 @@ partitioning = "daily"
 }
 
 pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: CancellationToken) -> anyhow::Result<()> {
-    let simulator = Simulator::new(SimulatorConfig {
-        retention: Some(crate::simulator::DEFAULT_RETENTION_ROWS),
-        ..SimulatorConfig::default()
-    });
+    let simulator =
+        Simulator::new(SimulatorConfig { retention: Some(DEMO_RETENTION_ROWS), ..SimulatorConfig::default() });
     demo::create_sources(&simulator);
     let mut generator = Generator::new(42);
     generator.load_history(&simulator, chrono::Utc::now().timestamp_millis(), HISTORY_SPAN, HISTORY_ROWS);
