@@ -1,7 +1,7 @@
 //! The subcommands. Each one reads its inputs, calls into the library, and prints for people.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,47 @@ pub fn shutdown_on_signal() -> CancellationToken {
 }
 
 pub async fn run(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> anyhow::Result<()> {
+    let config = load_with_overrides(config_path, ksqldb, lake)?;
+    let shutdown = shutdown_on_signal();
+    let summary = ksql_lake::pipeline::run(config, shutdown).await?;
+    tracing::info!(rows = summary.rows_written, files = summary.files_written, "stopped cleanly");
+    Ok(())
+}
+
+/// `ksql-lake export`: exit status 1 when ksqlDB or the lake cannot be reached, 2 for bad
+/// arguments (see `main`).
+pub async fn export(
+    config_path: &Path,
+    ksqldb: Option<String>,
+    lake: Option<String>,
+    selection: ksql_lake::pipeline::export::Selection,
+    parallel: usize,
+    until_idle: &str,
+) -> anyhow::Result<()> {
+    use ksql_lake::pipeline::export::{self, ExportError};
+    let until_idle = ksql_lake::config::parse_duration(until_idle)
+        .map_err(|message| UsageError(format!("--until-idle `{until_idle}`: {message}")))?;
+    let config = load_with_overrides(config_path, ksqldb, lake)?;
+    let started = std::time::Instant::now();
+    match export::export(&config, &selection, parallel, until_idle, shutdown_on_signal()).await {
+        Ok(lines) => {
+            print!("{}", export::summary_table(&lines));
+            let rows: u64 = lines.iter().map(|line| line.rows).sum();
+            println!("exported {rows} rows from {} feeds in {:.1} s", lines.len(), started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err(ExportError::Usage(message)) => Err(UsageError(message).into()),
+        Err(ExportError::Unreachable(message)) => Err(anyhow::anyhow!(message)),
+        Err(ExportError::Failed(error)) => Err(error),
+    }
+}
+
+/// A mistake in the command line: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn load_with_overrides(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> anyhow::Result<Config> {
     let mut config = Config::load(config_path)?;
     if let Some(url) = ksqldb {
         let redacted = ksql_lake::config::redact_url(&url);
@@ -65,10 +106,7 @@ pub async fn run(config_path: &Path, ksqldb: Option<String>, lake: Option<String
     if let Some(url) = lake {
         config.lake.url = url;
     }
-    let shutdown = shutdown_on_signal();
-    let summary = ksql_lake::pipeline::run(config, shutdown).await?;
-    tracing::info!(rows = summary.rows_written, files = summary.files_written, "stopped cleanly");
-    Ok(())
+    Ok(config)
 }
 
 pub async fn check(config_path: &Path) -> anyhow::Result<()> {
@@ -127,5 +165,200 @@ pub async fn rebuild_metadata(config_path: &Path, feed: &str) -> anyhow::Result<
         metadata.total_records,
         metadata.partitions.len()
     );
+    Ok(())
+}
+
+/// Where `feeds` and `report` find the lake (and ksqlDB): the global flags, else the config.
+pub struct Target {
+    pub config: Option<PathBuf>,
+    pub ksqldb: Option<String>,
+    pub lake: Option<String>,
+}
+
+impl Target {
+    fn config(&self) -> anyhow::Result<Option<Config>> {
+        match &self.config {
+            Some(path) => Ok(Some(load_with_overrides(path, self.ksqldb.clone(), self.lake.clone())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lake(&self) -> anyhow::Result<ksql_lake::lake::Lake> {
+        let (url, options) = match self.config()? {
+            Some(config) => (config.lake.url, config.lake.store),
+            None => match &self.lake {
+                Some(url) => {
+                    check_no_credentials(url)?;
+                    (url.clone(), ksql_lake::lake::S3Options::default())
+                }
+                None => {
+                    return Err(UsageError(
+                        "give the lake: --lake URL (or KSQL_LAKE_LAKE__URL), or --config FILE".into(),
+                    )
+                    .into())
+                }
+            },
+        };
+        ksql_lake::lake::open_lake(&url, &options).with_context(|| format!("cannot open the lake {url}"))
+    }
+
+    fn defaults(&self) -> anyhow::Result<ksql_lake::config::raw::RawFeedSettings> {
+        Ok(self.config()?.map(|config| config.feed_defaults).unwrap_or_default())
+    }
+
+    fn client(&self) -> anyhow::Result<(ksql_lake::ksqldb::KsqlClient, String)> {
+        let client_config = match self.config()? {
+            Some(config) => config.ksqldb.client,
+            None => {
+                let url = self.ksqldb.as_deref().ok_or_else(|| {
+                    UsageError("--check needs ksqlDB: --ksqldb URL (or KSQL_LAKE_KSQLDB__URL), or --config FILE".into())
+                })?;
+                let redacted = ksql_lake::config::redact_url(url);
+                let parsed =
+                    url::Url::parse(url).map_err(|_| UsageError(format!("--ksqldb `{redacted}` is not a URL")))?;
+                ksql_lake::config::ClientConfig::new(parsed)
+            }
+        };
+        let url = ksql_lake::config::redact_url(client_config.url.as_str());
+        Ok((ksql_lake::ksqldb::KsqlClient::new(client_config)?, url))
+    }
+}
+
+fn check_no_credentials(url: &str) -> anyhow::Result<()> {
+    if url.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@')) {
+        return Err(UsageError(
+            "--lake must not contain credentials: set them in [lake] or the AWS_* environment variables".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `feeds` errors a person can act on are usage errors (exit 2); the store failing is not.
+fn feeds_error(error: ksql_lake::feeds::FeedsError) -> anyhow::Error {
+    use ksql_lake::feeds::FeedsError;
+    match error {
+        FeedsError::Store { .. } | FeedsError::Corrupt { .. } => anyhow::Error::new(error),
+        other => UsageError(other.to_string()).into(),
+    }
+}
+
+pub async fn feeds_add(target: &Target, raw: ksql_lake::config::raw::RawFeed, check: bool) -> anyhow::Result<()> {
+    let defaults = target.defaults()?;
+    // validate before asking anyone anything
+    ksql_lake::config::validate::validate_feed("feed", &raw, &defaults).map_err(|error| match error {
+        // name the flag to fix: `feed.flush_max_age` → `--flush-max-age`
+        ksql_lake::config::ConfigError::Invalid { key, message } => {
+            let field = key.rsplit('.').next().unwrap_or(&key).replace('_', "-");
+            UsageError(format!("--{field}: {message}"))
+        }
+        other => UsageError(other.to_string()),
+    })?;
+    if check {
+        let (client, url) = target.client()?;
+        let columns = tokio::time::timeout(std::time::Duration::from_secs(15), client.describe(&raw.source))
+            .await
+            .map_err(|_| anyhow::anyhow!("ksqlDB at {url} did not answer DESCRIBE within 15 s"))?
+            .map_err(|error| anyhow::anyhow!("ksqlDB at {url}: {}", error.with_causes()))?;
+        let keys: Vec<&str> = columns.iter().filter(|(_, key)| *key).map(|(name, _)| name.as_str()).collect();
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        println!("✔ {} exists: {} columns: {}", raw.source, names.len(), names.join(", "));
+        println!("  key: {}", if keys.is_empty() { "none".to_string() } else { keys.join(", ") });
+    }
+    let registry = ksql_lake::feeds::FeedRegistry::new(target.lake()?);
+    let feed = registry.add(&raw, &defaults).await.map_err(feeds_error)?;
+    println!(
+        "added {} feed `{}` ({}) from {}{}",
+        feed.kind.as_str(),
+        feed.name,
+        if feed.enabled { "enabled" } else { "disabled" },
+        feed.source,
+        if feed.enabled { ": a running ksql-lake starts it within seconds" } else { "" }
+    );
+    Ok(())
+}
+
+pub async fn feeds_list(target: &Target, json: bool) -> anyhow::Result<()> {
+    let registry = ksql_lake::feeds::FeedRegistry::new(target.lake()?);
+    let feeds = registry.list().await.map_err(feeds_error)?;
+    if json {
+        let entries: Vec<serde_json::Value> =
+            feeds.iter().map(|feed| serde_json::json!({"state": feed.state.dir(), "feed": feed.json})).collect();
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    println!("{:<32} {:<6} {:<9} {:<8} SOURCE", "FEED", "KIND", "STATE", "ENABLED");
+    for feed in &feeds {
+        println!(
+            "{:<32} {:<6} {:<9} {:<8} {}",
+            feed.raw.name,
+            feed.raw.kind,
+            feed.state.dir(),
+            if feed.raw.enabled.unwrap_or(true) { "yes" } else { "no" },
+            feed.raw.source
+        );
+    }
+    if feeds.is_empty() {
+        println!("(no feeds in the lake: add one with `ksql-lake --lake URL feeds add …`)");
+    }
+    Ok(())
+}
+
+pub async fn feeds_show(target: &Target, name: &str) -> anyhow::Result<()> {
+    let registry = ksql_lake::feeds::FeedRegistry::new(target.lake()?);
+    match registry.find(name).await.map_err(feeds_error)? {
+        Some(feed) => {
+            let shown = serde_json::json!({"state": feed.state.dir(), "feed": feed.json});
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        None => Err(UsageError(format!("no feed named `{name}` in the lake")).into()),
+    }
+}
+
+/// A change of a feed's state.
+pub enum FeedChange {
+    Enable,
+    Disable,
+    Archive,
+    Restore,
+}
+
+pub async fn feeds_change(target: &Target, name: &str, change: FeedChange) -> anyhow::Result<()> {
+    let registry = ksql_lake::feeds::FeedRegistry::new(target.lake()?);
+    let message = match change {
+        FeedChange::Enable => match registry.set_enabled(name, true).await.map_err(feeds_error)? {
+            true => format!("enabled `{name}`: a running ksql-lake starts it within seconds"),
+            false => format!("`{name}` was already enabled"),
+        },
+        FeedChange::Disable => match registry.set_enabled(name, false).await.map_err(feeds_error)? {
+            true => format!("disabled `{name}`: a running ksql-lake commits its buffers and stops it"),
+            false => format!("`{name}` was already disabled"),
+        },
+        FeedChange::Archive => {
+            registry.archive(name).await.map_err(feeds_error)?;
+            format!("archived `{name}`; its data stays in the lake (`feeds restore {name}` brings it back)")
+        }
+        FeedChange::Restore => {
+            registry.restore(name).await.map_err(feeds_error)?;
+            format!("restored `{name}`, disabled: `feeds enable {name}` starts it")
+        }
+    };
+    println!("{message}");
+    Ok(())
+}
+
+pub async fn report(target: &Target, feed: Option<&str>, format: &str) -> anyhow::Result<()> {
+    let lake = target.lake()?;
+    let report = match ksql_lake::report::build(&lake, feed).await {
+        Ok(report) => report,
+        Err(error @ ksql_lake::report::ReportError::UnknownFeed(_)) => return Err(UsageError(error.to_string()).into()),
+        Err(error) => return Err(anyhow::Error::new(error).context(format!("reading the lake {lake}"))),
+    };
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        "csv" => print!("{}", ksql_lake::report::render_csv(&report)),
+        _ => print!("{}", ksql_lake::report::render_table(&report)),
+    }
     Ok(())
 }

@@ -42,6 +42,15 @@ pub const ERROR_POLICY: &str = "dead_letter";
 pub const MAX_REJECTED_PER_MINUTE: u64 = 1000;
 pub const MAX_LINE_BYTES: u64 = 16 * MIB;
 pub const INVALID_EVENT_TIME: &str = "arrival-time";
+/// How often `run` reads the feeds kept in the lake again.
+pub const FEEDS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// Table feeds: how often a snapshot version is taken.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
+pub const SNAPSHOT_METHOD: &str = "auto";
+/// Table feeds: complete versions kept.
+pub const RETENTION_VERSIONS: u64 = 7;
+/// Table feeds, changelog method: the snapshot is complete once no change arrived for this long.
+pub const CHANGELOG_IDLE: Duration = Duration::from_secs(2);
 
 /// Files larger than this go up as a multipart upload.
 pub const MULTIPART_THRESHOLD: usize = 256 * MIB as usize;

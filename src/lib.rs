@@ -19,11 +19,13 @@ pub mod config;
 pub mod defaults;
 #[cfg(feature = "simulator")]
 pub mod demo;
+pub mod feeds;
 pub mod http;
 pub mod ksqldb;
 pub mod lake;
 pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod schema;
 #[cfg(feature = "simulator")]
 pub mod simulator;

@@ -14,6 +14,13 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, env = "KSQL_LAKE_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// The ksqlDB server (overrides `[ksqldb] url`); no user name or password in it.
+    #[arg(long, global = true, env = "KSQL_LAKE_KSQLDB__URL")]
+    ksqldb: Option<String>,
+    /// The lake: a path, file://, s3://bucket/prefix … (overrides `[lake] url`). S3
+    /// credentials come from the config or the AWS_* environment variables.
+    #[arg(long, global = true, env = "KSQL_LAKE_LAKE__URL")]
+    lake: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,12 +32,48 @@ enum Command {
         /// The config file.
         #[arg(long, short, env = "KSQL_LAKE_CONFIG")]
         config: PathBuf,
-        /// Overrides `[ksqldb] url`.
+    },
+    /// One pass, then exit: each stream feed from its committed position until idle (flushed
+    /// and committed, exactly once), each table feed as a new snapshot version.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["stream", "table", "all"])))]
+    Export {
+        #[arg(long, short, env = "KSQL_LAKE_CONFIG")]
+        config: PathBuf,
+        /// Export this stream feed.
         #[arg(long)]
-        ksqldb: Option<String>,
-        /// Overrides `[lake] url`.
+        stream: Option<String>,
+        /// Snapshot this table feed.
         #[arg(long)]
-        lake: Option<String>,
+        table: Option<String>,
+        /// Export every enabled feed.
+        #[arg(long)]
+        all: bool,
+        /// Feeds exported at once (default: the number of cores).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// A stream is done once no row has arrived for this long.
+        #[arg(long, default_value = "5s")]
+        until_idle: String,
+    },
+    /// Manage the feeds kept in the lake (`<lake>/feeds/`); a running `run` picks up changes
+    /// within seconds. Needs only `--lake` (and `--ksqldb` for `add --check`).
+    Feeds {
+        /// A config file, for its `[lake]`, `[ksqldb]` and `[defaults]` (optional).
+        #[arg(long, short, env = "KSQL_LAKE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: FeedsCommand,
+    },
+    /// What the lake holds per feed, from the manifests alone.
+    Report {
+        /// A config file, for its `[lake]` (optional: `--lake` is enough).
+        #[arg(long, short, env = "KSQL_LAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this feed.
+        #[arg(long)]
+        feed: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
     },
     /// Run the whole pipeline against a built-in ksqlDB simulator with sample data.
     Demo {
@@ -87,6 +130,75 @@ enum MetadataCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct AddArgs {
+    #[arg(long)]
+    name: String,
+    /// stream or table.
+    #[arg(long)]
+    kind: String,
+    /// The ksqlDB stream or table.
+    #[arg(long)]
+    source: String,
+    /// daily or hourly.
+    #[arg(long)]
+    partitioning: Option<String>,
+    #[arg(long)]
+    timestamp_column: Option<String>,
+    /// exactly-once, at-least-once, latest, continuation-token.
+    #[arg(long)]
+    delivery: Option<String>,
+    #[arg(long)]
+    flush_max_rows: Option<u64>,
+    #[arg(long)]
+    flush_max_bytes: Option<String>,
+    #[arg(long)]
+    flush_max_age: Option<String>,
+    /// Table feeds.
+    #[arg(long)]
+    snapshot_interval: Option<String>,
+    /// Table feeds: auto, pull, changelog.
+    #[arg(long)]
+    snapshot_method: Option<String>,
+    /// Table feeds.
+    #[arg(long)]
+    retention_versions: Option<u64>,
+    /// Add it disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// Ask ksqlDB first whether the source exists, and show its columns and key.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Subcommand)]
+enum FeedsCommand {
+    /// Add a feed (validated like a `[[feeds]]` entry; created disabled with `--disabled`).
+    Add(Box<AddArgs>),
+    /// Every feed with its state.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
+    /// One feed's definition, as stored.
+    Show { name: String },
+    /// Start ingesting an active feed.
+    Enable { name: String },
+    /// Stop ingesting an active feed (its buffers are committed first).
+    Disable { name: String },
+    /// Move a feed to `feeds/archived/`, disabled; its data stays.
+    Archive { name: String },
+    /// Move an archived feed back to `feeds/active/`, still disabled.
+    Restore { name: String },
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Print a complete, commented config with every default.
@@ -105,7 +217,78 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run { config, ksqldb, lake } => cli::run(&config, ksqldb, lake).await,
+            Command::Run { config } => cli::run(&config, cli.ksqldb, cli.lake).await,
+            Command::Feeds { config, command } => {
+                let target = cli::Target { config, ksqldb: cli.ksqldb, lake: cli.lake };
+                match command {
+                    FeedsCommand::Add(add) => {
+                        let AddArgs {
+                            name,
+                            kind,
+                            source,
+                            partitioning,
+                            timestamp_column,
+                            delivery,
+                            flush_max_rows,
+                            flush_max_bytes,
+                            flush_max_age,
+                            snapshot_interval,
+                            snapshot_method,
+                            retention_versions,
+                            disabled,
+                            check,
+                        } = *add;
+                        let settings = ksql_lake::config::raw::RawFeedSettings {
+                            partitioning,
+                            timestamp_column,
+                            delivery,
+                            flush_max_rows,
+                            flush_max_bytes,
+                            flush_max_age,
+                            snapshot_interval,
+                            snapshot_method,
+                            retention_versions,
+                            ..Default::default()
+                        };
+                        let raw = ksql_lake::config::raw::RawFeed {
+                            name,
+                            kind,
+                            source,
+                            enabled: Some(!disabled),
+                            query: None,
+                            settings,
+                        };
+                        cli::feeds_add(&target, raw, check).await
+                    }
+                    FeedsCommand::List { format } => {
+                        cli::feeds_list(&target, matches!(format, ReportFormat::Json)).await
+                    }
+                    FeedsCommand::Show { name } => cli::feeds_show(&target, &name).await,
+                    FeedsCommand::Enable { name } => cli::feeds_change(&target, &name, cli::FeedChange::Enable).await,
+                    FeedsCommand::Disable { name } => cli::feeds_change(&target, &name, cli::FeedChange::Disable).await,
+                    FeedsCommand::Archive { name } => cli::feeds_change(&target, &name, cli::FeedChange::Archive).await,
+                    FeedsCommand::Restore { name } => cli::feeds_change(&target, &name, cli::FeedChange::Restore).await,
+                }
+            }
+            Command::Report { config, feed, format } => {
+                let target = cli::Target { config, ksqldb: cli.ksqldb, lake: cli.lake };
+                let format = match format {
+                    ReportFormat::Table => "table",
+                    ReportFormat::Csv => "csv",
+                    ReportFormat::Json => "json",
+                };
+                cli::report(&target, feed.as_deref(), format).await
+            }
+            Command::Export { config, stream, table, all: _, parallel, until_idle } => {
+                use ksql_lake::pipeline::export::Selection;
+                let selection = match (stream, table) {
+                    (Some(name), _) => Selection::Stream(name),
+                    (None, Some(name)) => Selection::Table(name),
+                    (None, None) => Selection::All,
+                };
+                let parallel = parallel.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                cli::export(&config, cli.ksqldb, cli.lake, selection, parallel, &until_idle).await
+            }
             Command::Demo { duration, lake, rate } => cli::demo(&duration, &lake, rate).await,
             Command::Check { config } => cli::check(&config).await,
             Command::Config { command: ConfigCommand::Default } => {
@@ -124,7 +307,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if error.downcast_ref::<ksql_lake::config::ConfigError>().is_some() {
+            if error.downcast_ref::<ksql_lake::config::ConfigError>().is_some()
+                || error.downcast_ref::<cli::UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -46,7 +46,7 @@ fn new_client(url: &str, http2: Http2Mode) -> KsqlClient {
 fn earliest(sql: &str) -> QueryRequest {
     let mut properties = serde_json::Map::new();
     properties.insert("auto.offset.reset".into(), json!("earliest"));
-    QueryRequest { sql: sql.into(), properties, request_properties: serde_json::Map::new() }
+    QueryRequest { sql: sql.into(), properties, ..QueryRequest::default() }
 }
 
 async fn open(client: &KsqlClient, request: QueryRequest) -> Result<QueryStream, ClientError> {

@@ -85,6 +85,15 @@ max_line_bytes = "16MiB"
 # it was received) or fixed-partition (year=1970/month=01/day=01, to find them in one place).
 # Either way it is counted in ksql_lake_null_event_time_rows_total and logged once a minute.
 invalid_event_time = "arrival-time"
+# Table feeds write complete snapshots as versions: tables/<feed>/version=vN/. A snapshot is
+# taken this often (and by `ksql-lake export --table`):
+snapshot_interval = "1h"
+# auto (a pull query, or the changelog if ksqlDB refuses it), pull (SELECT * FROM T;) or
+# changelog (the push query from the earliest offset, materialized by key within the memory
+# budget; deletes remove their keys).
+snapshot_method = "auto"
+# Complete versions kept; older ones are deleted after a new one is committed.
+retention_versions = 7
 
 # One entry per ksqlDB stream or table to ingest.
 # [[feeds]]

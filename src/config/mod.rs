@@ -7,9 +7,9 @@
 //! (a feed is named by its `name`). The environment wins over the file.
 
 mod default_file;
-mod raw;
+pub mod raw;
 pub mod units;
-mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub use default_file::DEFAULT_CONFIG;
 pub use raw::RawConfig;
+pub use units::{parse_byte_size, parse_duration};
 pub use validate::validate;
 
 /// The domain types the config is parsed into, re-exported so config users need only this module.
@@ -57,6 +58,8 @@ pub struct Config {
     /// How long a SIGTERM may take: below Kubernetes' default 30 s grace period.
     pub shutdown_grace: Duration,
     pub feeds: Vec<FeedConfig>,
+    /// `[defaults]` as written: what feed files in the lake inherit (see `feeds`).
+    pub feed_defaults: raw::RawFeedSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +146,23 @@ pub struct FeedSettings {
     pub max_line_bytes: usize,
     /// Where rows without a usable event time are partitioned.
     pub invalid_event_time: crate::lake::InvalidEventTime,
+    /// Table feeds: how often a snapshot is taken.
+    pub snapshot_interval: Duration,
+    /// Table feeds: how a snapshot reads the table.
+    pub snapshot_method: SnapshotMethod,
+    /// Table feeds: complete versions kept (the newest is never deleted).
+    pub retention_versions: usize,
+}
+
+/// How a table feed reads its table for a snapshot (see `pipeline::table`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMethod {
+    /// `pull`, or `changelog` when ksqlDB refuses the table scan.
+    Auto,
+    /// The table scan `SELECT * FROM T;`.
+    Pull,
+    /// The push-query changelog from the earliest offset, materialized by key.
+    Changelog,
 }
 
 /// What happens to a row or line that cannot be decoded.

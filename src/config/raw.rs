@@ -2,7 +2,7 @@
 //! `Option` so that a feed can inherit from `[defaults]`. [`super::validate`] turns it into the
 //! typed [`super::Config`] the service runs on.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +71,7 @@ pub struct RawShutdown {
 }
 
 /// Settings a feed may set for itself and `[defaults]` may set for every feed.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeedSettings {
     pub partitioning: Option<String>,
@@ -90,9 +90,12 @@ pub struct RawFeedSettings {
     pub max_rejected_per_minute: Option<u64>,
     pub max_line_bytes: Option<String>,
     pub invalid_event_time: Option<String>,
+    pub snapshot_interval: Option<String>,
+    pub snapshot_method: Option<String>,
+    pub retention_versions: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeed {
     pub name: String,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawFeedSettings};
+use super::raw::{RawConfig, RawFeed, RawFeedSettings};
 use super::units::{parse_byte_size, parse_duration};
 use super::*;
 
@@ -36,38 +36,45 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut feeds = Vec::with_capacity(raw.feeds.len());
     for (index, feed) in raw.feeds.iter().enumerate() {
         let key = |field: &str| format!("feeds[{index}].{field}");
-        if let Err(error) = crate::lake::layout::validate_feed_name(&feed.name) {
-            return Err(ConfigError::invalid(key("name"), error.to_string()));
-        }
         if !names.insert(feed.name.to_ascii_lowercase()) {
             return Err(ConfigError::invalid(key("name"), format!("feed `{}` is defined twice", feed.name)));
         }
-        let kind = match feed.kind.as_str() {
-            "stream" => FeedKind::Stream,
-            "table" => FeedKind::Table,
-            other => return Err(ConfigError::invalid(key("kind"), format!("`{other}`: allowed: stream, table"))),
-        };
-        if !is_ksql_identifier(feed.source.trim()) {
-            return Err(ConfigError::invalid(
-                key("source"),
-                "must name a ksqlDB stream or table: letters, digits and `_` (not starting with a digit), \
-                 or a name in backquotes such as `my-stream`",
-            ));
-        }
-        let settings = validate_settings(&format!("feeds[{index}]"), &feed.settings, &raw.defaults)?;
-        feeds.push(FeedConfig {
-            name: feed.name.clone(),
-            kind,
-            source: feed.source.trim().to_string(),
-            enabled: feed.enabled.unwrap_or(true),
-            query: feed.query.clone(),
-            settings,
-        });
+        feeds.push(validate_feed(&format!("feeds[{index}]"), feed, &raw.defaults)?);
     }
     // Defaults are validated even without feeds, so a typo there is caught early.
     validate_settings("defaults", &RawFeedSettings::default(), &raw.defaults)?;
 
-    Ok(Config { ksqldb, lake, http_listen, memory_budget_bytes, shutdown_grace, feeds })
+    Ok(Config { ksqldb, lake, http_listen, memory_budget_bytes, shutdown_grace, feeds, feed_defaults: raw.defaults })
+}
+
+/// One feed (a `[[feeds]]` entry or a feed file in the lake), with `defaults` for what it
+/// leaves out; `prefix` names it in errors (`feeds[2]`, "feed `orders`").
+pub fn validate_feed(prefix: &str, feed: &RawFeed, defaults: &RawFeedSettings) -> Result<FeedConfig, ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    if let Err(error) = crate::lake::layout::validate_feed_name(&feed.name) {
+        return Err(ConfigError::invalid(key("name"), error.to_string()));
+    }
+    let kind = match feed.kind.as_str() {
+        "stream" => FeedKind::Stream,
+        "table" => FeedKind::Table,
+        other => return Err(ConfigError::invalid(key("kind"), format!("`{other}`: allowed: stream, table"))),
+    };
+    if !is_ksql_identifier(feed.source.trim()) {
+        return Err(ConfigError::invalid(
+            key("source"),
+            "must name a ksqlDB stream or table: letters, digits and `_` (not starting with a digit), \
+             or a name in backquotes such as `my-stream`",
+        ));
+    }
+    let settings = validate_settings(prefix, &feed.settings, defaults)?;
+    Ok(FeedConfig {
+        name: feed.name.clone(),
+        kind,
+        source: feed.source.trim().to_string(),
+        enabled: feed.enabled.unwrap_or(true),
+        query: feed.query.clone(),
+        settings,
+    })
 }
 
 fn validate_ksqldb(raw: &super::raw::RawKsqldb) -> Result<KsqldbConfig, ConfigError> {
@@ -288,7 +295,24 @@ fn validate_settings(
         "fixed-partition" => crate::lake::InvalidEventTime::FixedPartition,
         other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: arrival-time, fixed-partition"))),
     };
+    let (snapshot_interval, key) = pick!(snapshot_interval);
+    let snapshot_interval = duration(&key, snapshot_interval.as_deref(), defaults::SNAPSHOT_INTERVAL)?;
+    if snapshot_interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(key, "must be at least 1s"));
+    }
+    let (snapshot_method, key) = pick!(snapshot_method);
+    let snapshot_method = match snapshot_method.as_deref().unwrap_or(defaults::SNAPSHOT_METHOD) {
+        "auto" => SnapshotMethod::Auto,
+        "pull" => SnapshotMethod::Pull,
+        "changelog" => SnapshotMethod::Changelog,
+        other => return Err(ConfigError::invalid(key, format!("`{other}`: allowed: auto, pull, changelog"))),
+    };
+    let (retention_versions, key) = pick!(retention_versions);
+    let retention_versions = positive(&key, retention_versions.unwrap_or(defaults::RETENTION_VERSIONS))?;
     Ok(FeedSettings {
+        snapshot_interval,
+        snapshot_method,
+        retention_versions: retention_versions as usize,
         partitioning,
         event_time,
         timezone,

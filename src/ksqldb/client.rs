@@ -141,6 +141,9 @@ pub struct QueryRequest {
     pub properties: serde_json::Map<String, serde_json::Value>,
     /// Request-scoped settings, e.g. `request.ksql.query.push.continuation.token`.
     pub request_properties: serde_json::Map<String, serde_json::Value>,
+    /// Ask for the StreamedRow framing, the only one in which ksqlDB sends a table's deletes
+    /// (tombstones); the delimited framing drops them.
+    pub tombstones: bool,
 }
 
 /// What the `Auto` mode has learnt about a cleartext server.
@@ -232,7 +235,8 @@ impl KsqlClient {
             "properties": request.properties,
             "requestProperties": request.request_properties,
         });
-        let response = self.send(|client| client.post(url.clone()).header(ACCEPT, DELIMITED).json(&body), &url).await?;
+        let accept = if request.tombstones { STREAMED_ROW } else { DELIMITED };
+        let response = self.send(|client| client.post(url.clone()).header(ACCEPT, accept).json(&body), &url).await?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             let framing = query_stream_framing(&response)?;

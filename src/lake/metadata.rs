@@ -59,6 +59,12 @@ pub struct FeedMetadata {
     /// Rows that could not be decoded, kept under `<lake>/dead_letter/<feed>/`.
     #[serde(default, skip_serializing_if = "DeadLetterInfo::is_empty")]
     pub dead_letter: DeadLetterInfo,
+    /// Table feeds: the newest complete snapshot, the one to read (`version=v<N>/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_version: Option<u32>,
+    /// Table feeds: the complete snapshot versions kept, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<TableVersion>,
     /// Fields written by other tools or newer versions, preserved on rewrite.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -101,6 +107,31 @@ pub struct FileEntry {
     /// Rows that arrived after the partition closed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
+}
+
+/// One complete snapshot of a table feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableVersion {
+    pub version: u32,
+    /// Relative to the feed directory: `version=vN`.
+    pub path: String,
+    pub records: u64,
+    pub bytes: u64,
+    /// When the snapshot started (RFC 3339, UTC).
+    pub created_at: String,
+    /// The statement the rows came from.
+    pub source_query: String,
+    /// `pull` (a table scan) or `changelog` (the push query materialized by key).
+    pub method: String,
+    pub files: Vec<VersionFile>,
+}
+
+/// One file of a snapshot version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionFile {
+    pub name: String,
+    pub records: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,8 +203,41 @@ impl FeedMetadata {
             committed_ranges: Runs::new(),
             continuation_token: None,
             dead_letter: DeadLetterInfo::default(),
+            latest_version: None,
+            versions: Vec::new(),
             extra: Map::new(),
         }
+    }
+
+    /// Records a complete snapshot as the latest version and keeps the newest `keep` (at
+    /// least 1); returns the versions that left the list, whose files the caller deletes.
+    /// Totals describe what a reader of the table sees: `total_records` is the latest
+    /// version's rows, `total_bytes` the bytes of every version kept.
+    pub fn add_table_version(
+        &mut self,
+        version: TableVersion,
+        keep: usize,
+        schema: Option<&Schema>,
+    ) -> Vec<TableVersion> {
+        if let Some(schema) = schema {
+            self.record_schema(columns_of(schema), &version.created_at);
+        }
+        self.last_export = Some(version.created_at.clone());
+        self.latest_version = Some(version.version);
+        self.total_records = version.records;
+        self.versions.push(version);
+        self.versions.sort_by_key(|entry| entry.version);
+        let excess = self.versions.len().saturating_sub(keep.max(1));
+        let retired: Vec<TableVersion> = self.versions.drain(..excess).collect();
+        self.total_bytes = self.versions.iter().map(|entry| entry.bytes).sum();
+        self.total_size_mb = size_mb(self.total_bytes);
+        retired
+    }
+
+    /// The latest complete version's entry.
+    pub fn latest(&self) -> Option<&TableVersion> {
+        let latest = self.latest_version?;
+        self.versions.iter().find(|entry| entry.version == latest)
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {

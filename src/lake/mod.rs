@@ -14,7 +14,7 @@
 //! <lake>/streams/<feed>/year=YYYY/month=MM/day=DD/data_YYYYMMDD_HHMMSS_<unique>.parquet          (daily)
 //! <lake>/streams/<feed>/year=YYYY/month=MM/day=DD/hour=HH/data_YYYYMMDD_HHMMSS_<unique>.parquet  (hourly)
 //! <lake>/streams/<feed>/_metadata.json
-//! <lake>/tables/<feed>/...                                                                       (kind = table)
+//! <lake>/tables/<feed>/version=vN/snapshot_YYYYMMDD_HHMMSS.parquet                               (kind = table)
 //! ```
 //!
 //! The commit protocol: a data file is visible only once complete (single atomic put, or a
@@ -31,6 +31,7 @@ pub mod metadata;
 pub(crate) mod parquet;
 pub(crate) mod partition;
 pub(crate) mod reconcile;
+pub(crate) mod snapshot;
 pub(crate) mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
@@ -50,6 +51,7 @@ pub use partition::{
     RowStats,
 };
 pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport, ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON};
+pub use snapshot::{CommittedVersion, PendingVersion, SnapshotError, SnapshotWriter};
 pub use store::{open_lake, Lake, S3Options, StoreError};
 pub use writer::{CommitOutcome, CommittedFile, LakeWriter, WriteError, WriterOptions};
 

@@ -31,6 +31,8 @@ pub struct FaultyStore {
     remaining_failures: AtomicUsize,
     /// Puts attempted through this wrapper (failed ones included).
     puts: AtomicUsize,
+    /// Puts left before a simulated crash; `usize::MAX`: no crash planned.
+    crash_in: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -40,6 +42,7 @@ impl FaultyStore {
             path_filter: String::new(),
             remaining_failures: AtomicUsize::new(0),
             puts: AtomicUsize::new(0),
+            crash_in: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -50,6 +53,7 @@ impl FaultyStore {
             path_filter: filter.to_string(),
             remaining_failures: AtomicUsize::new(0),
             puts: AtomicUsize::new(0),
+            crash_in: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -58,12 +62,29 @@ impl FaultyStore {
         self.remaining_failures.store(count, Ordering::SeqCst);
     }
 
+    /// From now on `puts` more puts succeed; every later put and every delete fails, as if the
+    /// process had died right there (nothing it would do next reaches the store).
+    pub fn crash_after_puts(&self, puts: usize) {
+        self.crash_in.store(puts, Ordering::SeqCst);
+    }
+
+    fn crashed(&self) -> bool {
+        self.crash_in.load(Ordering::SeqCst) == 0
+    }
+
     pub fn puts(&self) -> usize {
         self.puts.load(Ordering::SeqCst)
     }
 
     fn inject(&self, location: &Path) -> Result<()> {
         self.puts.fetch_add(1, Ordering::SeqCst);
+        let left = self.crash_in.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+            0 | usize::MAX => None,
+            n => Some(n - 1),
+        });
+        if left.is_err() && self.crashed() {
+            return Err(object_store::Error::Generic { store: "faulty", source: "the process crashed".into() });
+        }
         if !location.as_ref().contains(&self.path_filter) {
             return Ok(());
         }
@@ -101,6 +122,10 @@ impl ObjectStore for FaultyStore {
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        if self.crashed() {
+            let crashed = object_store::Error::Generic { store: "faulty", source: "the process crashed".into() };
+            return Box::pin(futures::stream::once(async move { Err(crashed) }));
+        }
         self.inner.delete_stream(locations)
     }
 

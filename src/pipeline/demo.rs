@@ -47,7 +47,7 @@ partitioning = "hourly"
 name = "user_transaction_summary"
 kind = "table"
 source = "{}"
-partitioning = "daily"
+snapshot_interval = "10s"
 "#,
         demo::TRANSACTION_STREAM,
         demo::TRANSACTION_FLATTENED,
@@ -98,6 +98,19 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
             println!("  {}: nothing committed", feed.name);
             continue;
         };
+        if let Some(latest) = metadata.latest() {
+            println!(
+                "  {}/{}: {} rows in {}/ ({} files, {:.2} MB), {} versions kept",
+                kind.dir(),
+                feed.name,
+                latest.records,
+                latest.path,
+                latest.files.len(),
+                latest.bytes as f64 / 1e6,
+                metadata.versions.len()
+            );
+            continue;
+        }
         let files: usize = metadata.partitions.iter().map(|partition| partition.files.len()).sum();
         println!(
             "  {}/{}: {} rows, {} files, {} partitions, {:.2} MB",

@@ -12,9 +12,11 @@
 #[cfg(feature = "simulator")]
 pub mod demo;
 mod events;
+pub mod export;
 pub mod query;
 pub(crate) mod sink;
 pub(crate) mod source;
+pub mod table;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +63,8 @@ pub struct RunOptions {
     /// A lake opened by the caller (tests wrap stores with fault injection); else the
     /// config's `[lake]` is opened.
     pub lake: Option<lake::Lake>,
+    /// How often the feeds in the lake (`<lake>/feeds/active/`) are read again.
+    pub reload_interval: Duration,
 }
 
 impl Default for RunOptions {
@@ -76,6 +80,7 @@ impl Default for RunOptions {
             },
             serve_http: true,
             lake: None,
+            reload_interval: defaults::FEEDS_RELOAD_INTERVAL,
         }
     }
 }
@@ -120,109 +125,42 @@ pub async fn run_with(
     metrics.memory_budget_bytes.set(config.memory_budget_bytes as f64);
     metrics.store_up.set(1.0);
 
-    let sources_stop = shutdown.child_token();
-    let mut sinks = tokio::task::JoinSet::new();
-    let mut sources = tokio::task::JoinSet::new();
+    let ctx = FeedContext { config: config.clone(), client, lake: lake.clone(), budget, metrics, health, options };
+    let registry = crate::feeds::FeedRegistry::new(lake);
+    let feeds_stop = shutdown.child_token();
+    let mut feeds = Feeds::default();
     for feed in config.feeds.iter().filter(|feed| feed.enabled) {
-        let kind = feed.kind;
-        // A crash may have left a written file the metadata does not list, or a temp file.
-        let report = lake::reconcile(&lake, kind, &feed.name)
-            .await
-            .with_context(|| format!("reconciling feed {} with its files", feed.name))?;
-        if report.changed() {
-            tracing::warn!(feed = %feed.name, adopted = ?report.adopted, removed_temp = ?report.removed_temp,
-                unreadable = ?report.unreadable, "recovered from an interrupted run");
-        }
-        let writer = Arc::new(LakeWriter::new(lake.clone(), writer_options(&feed.settings)));
-        let committed = writer
-            .read_metadata(kind, &feed.name)
-            .await
-            .with_context(|| format!("reading the metadata of feed {}", feed.name))?
-            .map(|metadata| metadata.commit_state())
-            .unwrap_or_default();
-        if !committed.low.is_empty() {
-            tracing::info!(feed = %feed.name, positions = ?committed.low, "resuming after committed positions");
-        }
-        let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
-        let source = FeedSource {
-            settings: SourceSettings {
-                feed: feed.name.clone(),
-                source: feed.source.clone(),
-                delivery: feed.settings.delivery,
-                batch_rows: feed.settings.batch_rows,
-                linger: options.linger,
-                idle_timeout: config.ksqldb.idle_timeout,
-                error_policy: feed.settings.error_policy,
-                max_rejected_per_minute: feed.settings.max_rejected_per_minute,
-                max_line_bytes: feed.settings.max_line_bytes,
-                event_time_column: match &feed.settings.event_time {
-                    config::EventTime::Column(name) => Some(name.clone()),
-                    config::EventTime::Rowtime | config::EventTime::ProcessingTime => None,
-                },
-                backoff: options.reconnect_backoff.unwrap_or(Backoff {
-                    initial: config.ksqldb.reconnect_backoff_initial,
-                    max: config.ksqldb.reconnect_backoff_max,
-                    multiplier: 2.0,
-                }),
-            },
-            client: client.clone(),
-            metrics: FeedMetrics::new(&metrics, &feed.name),
-            health: health.clone(),
-        };
-        let sink = build_sink(feed, &writer, &budget, &metrics, &health, &options, committed.clone());
-        sources.spawn(source.run(committed, sender, sources_stop.clone()));
-        sinks.spawn(sink.run(receiver));
+        // A feed of the config file that cannot start stops the service at once.
+        let prepared = prepare_feed(&ctx, feed).await?;
+        feeds.spawn(&ctx, prepared, Origin::ConfigFile, &feeds_stop);
     }
 
     // Run until SIGTERM, or until every feed has stopped on its own (permanent errors): then
     // the process exits 1 with the first reason, so the orchestrator restarts it and shows it
-    // failing, instead of a pod that looks alive and ingests nothing.
-    let mut summary = RunSummary::default();
-    let mut failure: Option<anyhow::Error> = None;
-    let take_sink = |result: Result<Result<sink::SinkSummary, sink::SinkFailed>, tokio::task::JoinError>,
-                     summary: &mut RunSummary,
-                     failure: &mut Option<anyhow::Error>| match result {
-        Ok(Ok(done)) => {
-            summary.rows_written += done.rows_written;
-            summary.files_written += done.files_written;
-        }
-        Ok(Err(error)) => {
-            failure.get_or_insert(error.into());
-        }
-        Err(error) => {
-            failure.get_or_insert(anyhow::anyhow!("a feed task panicked: {error}"));
-        }
-    };
-    let any_feed = !sinks.is_empty();
+    // failing, instead of a pod that looks alive and ingests nothing. Feeds stopped on
+    // purpose (disabled or archived in the lake) do not count.
+    let mut reload = tokio::time::interval(ctx.options.reload_interval);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = std::collections::BTreeMap::new();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(result) = sources.join_next(), if !sources.is_empty() => {
-                if let Ok(Err(error)) = result {
-                    failure.get_or_insert(error.into());
-                }
-            }
-            Some(result) = sinks.join_next(), if !sinks.is_empty() => take_sink(result, &mut summary, &mut failure),
+            Some(ended) = feeds.tasks.join_next(), if !feeds.tasks.is_empty() => feeds.ended(ended),
+            _ = reload.tick() => reload_lake_feeds(&ctx, &registry, &mut feeds, &feeds_stop, &mut reported).await,
         }
-        // Feeds end on their own at a shutdown too: only without one is it a failure.
-        if any_feed && sources.is_empty() && sinks.is_empty() && !shutdown.is_cancelled() {
-            let reason = failure.take().unwrap_or_else(|| anyhow::anyhow!("every feed ended"));
+        if feeds.running.is_empty() && feeds.ended_on_their_own && !shutdown.is_cancelled() {
+            let reason = feeds.failure.take().unwrap_or_else(|| anyhow::anyhow!("every feed ended"));
             return Err(reason.context("every feed has stopped; nothing is being ingested"));
         }
     }
-    health.set_shutting_down();
+    ctx.health.set_shutting_down();
     tracing::info!(grace = ?config.shutdown_grace, "flushing every buffer before exit");
     let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while let Some(result) = sources.join_next().await {
-            if let Ok(Err(error)) = result {
-                failure.get_or_insert(error.into());
-            }
+        while let Some(ended) = feeds.tasks.join_next().await {
+            feeds.ended(ended);
         }
-        while let Some(result) = sinks.join_next().await {
-            take_sink(result, &mut summary, &mut failure);
-        }
-        (summary, failure)
+        (feeds.summary, feeds.failure)
     })
     .await;
     match drained {
@@ -232,6 +170,260 @@ pub async fn run_with(
             "buffers were not committed within the {:?} grace period; uncommitted rows are read again from ksqlDB on restart",
             config.shutdown_grace
         ),
+    }
+}
+
+/// What every feed of a run shares.
+struct FeedContext {
+    config: Config,
+    client: Arc<KsqlClient>,
+    lake: lake::Lake,
+    budget: Arc<MemoryBudget>,
+    metrics: Metrics,
+    health: Health,
+    options: RunOptions,
+}
+
+/// Where a running feed was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    ConfigFile,
+    Lake,
+}
+
+/// A feed ready to start: its writer and commit state are read (stream feeds).
+enum PreparedFeed {
+    Stream { feed: FeedConfig, writer: Arc<LakeWriter>, committed: CommitState },
+    Table { feed: FeedConfig, writer: lake::SnapshotWriter, settings: table::TableSettings },
+}
+
+/// How one feed ended.
+enum FeedEnd {
+    /// What the sink committed, and the first error of the source or the sink.
+    Stream {
+        summary: Option<sink::SinkSummary>,
+        failure: Option<anyhow::Error>,
+    },
+    Table {
+        rows: u64,
+    },
+}
+
+/// A running feed.
+struct FeedHandle {
+    feed: FeedConfig,
+    origin: Origin,
+    /// Cancelled to stop the feed on purpose (flush and commit first).
+    stop: CancellationToken,
+}
+
+/// The running feeds and what the ended ones did.
+#[derive(Default)]
+struct Feeds {
+    running: std::collections::BTreeMap<String, FeedHandle>,
+    tasks: tokio::task::JoinSet<(String, FeedEnd)>,
+    summary: RunSummary,
+    failure: Option<anyhow::Error>,
+    /// A feed ended without being asked to.
+    ended_on_their_own: bool,
+    /// Lake feeds that ended on their own, with the definition they failed with: not started
+    /// again until their definition changes.
+    failed: std::collections::BTreeMap<String, FeedConfig>,
+}
+
+impl Feeds {
+    fn spawn(&mut self, ctx: &FeedContext, prepared: PreparedFeed, origin: Origin, parent: &CancellationToken) {
+        let stop = parent.child_token();
+        let feed = match &prepared {
+            PreparedFeed::Stream { feed, .. } | PreparedFeed::Table { feed, .. } => feed.clone(),
+        };
+        let name = feed.name.clone();
+        match prepared {
+            PreparedFeed::Table { feed, writer, settings } => {
+                let task = table::run_table_feed(
+                    ctx.client.clone(),
+                    writer,
+                    settings,
+                    feed.settings.snapshot_interval,
+                    ctx.metrics.clone(),
+                    ctx.health.clone(),
+                    stop.clone(),
+                );
+                let name = name.clone();
+                self.tasks.spawn(async move { (name, FeedEnd::Table { rows: task.await }) });
+            }
+            PreparedFeed::Stream { feed, writer, committed } => {
+                let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
+                let source = build_source(ctx, &feed);
+                let sink =
+                    build_sink(&feed, &writer, &ctx.budget, &ctx.metrics, &ctx.health, &ctx.options, committed.clone());
+                let source_task = tokio::spawn(source.run(committed, sender, stop.clone()));
+                let name = name.clone();
+                self.tasks.spawn(async move {
+                    let sink = sink.run(receiver).await;
+                    let source = match source_task.await {
+                        Ok(result) => result.err().map(anyhow::Error::from),
+                        Err(error) => Some(anyhow::anyhow!("the source task of feed {name} panicked: {error}")),
+                    };
+                    let (summary, failure) = match sink {
+                        Ok(summary) => (Some(summary), source),
+                        Err(error) => (None, source.or(Some(error.into()))),
+                    };
+                    (name, FeedEnd::Stream { summary, failure })
+                });
+            }
+        }
+        tracing::info!(feed = %name, origin = ?origin, "feed started");
+        self.running.insert(name, FeedHandle { feed, origin, stop });
+    }
+
+    fn ended(&mut self, ended: Result<(String, FeedEnd), tokio::task::JoinError>) {
+        let (name, end) = match ended {
+            Ok(ended) => ended,
+            Err(error) => {
+                self.failure.get_or_insert(anyhow::anyhow!("a feed task panicked: {error}"));
+                self.ended_on_their_own = true;
+                return;
+            }
+        };
+        let handle = self.running.remove(&name);
+        let on_purpose = handle.as_ref().is_some_and(|handle| handle.stop.is_cancelled());
+        if !on_purpose {
+            self.ended_on_their_own = true;
+            if let Some(handle) = handle.filter(|handle| handle.origin == Origin::Lake) {
+                tracing::error!(feed = %name, "feed defined in the lake stopped on its own; it starts again once its definition changes");
+                self.failed.insert(name.clone(), handle.feed);
+            }
+        }
+        match end {
+            FeedEnd::Table { rows } => self.summary.rows_written += rows,
+            FeedEnd::Stream { summary, failure } => {
+                if let Some(done) = summary {
+                    self.summary.rows_written += done.rows_written;
+                    self.summary.files_written += done.files_written;
+                }
+                if let Some(error) = failure {
+                    self.failure.get_or_insert(error);
+                }
+            }
+        }
+        if on_purpose {
+            tracing::info!(feed = %name, "feed stopped after its buffers were committed");
+        }
+    }
+}
+
+/// Reads what a feed needs before it starts: a crash may have left a written file the
+/// metadata does not list, or a temp file; the commit state says where to resume.
+async fn prepare_feed(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Result<PreparedFeed> {
+    if feed.kind == lake::FeedKind::Table {
+        let (writer, settings) = table_feed(&ctx.lake, feed, ctx.config.memory_budget_bytes)?;
+        return Ok(PreparedFeed::Table { feed: feed.clone(), writer, settings });
+    }
+    let kind = feed.kind;
+    let report = lake::reconcile(&ctx.lake, kind, &feed.name)
+        .await
+        .with_context(|| format!("reconciling feed {} with its files", feed.name))?;
+    if report.changed() {
+        tracing::warn!(feed = %feed.name, adopted = ?report.adopted, removed_temp = ?report.removed_temp,
+            unreadable = ?report.unreadable, "recovered from an interrupted run");
+    }
+    let writer = Arc::new(LakeWriter::new(ctx.lake.clone(), writer_options(&feed.settings)));
+    let committed = writer
+        .read_metadata(kind, &feed.name)
+        .await
+        .with_context(|| format!("reading the metadata of feed {}", feed.name))?
+        .map(|metadata| metadata.commit_state())
+        .unwrap_or_default();
+    if !committed.low.is_empty() {
+        tracing::info!(feed = %feed.name, positions = ?committed.low, "resuming after committed positions");
+    }
+    Ok(PreparedFeed::Stream { feed: feed.clone(), writer, committed })
+}
+
+fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
+    let config = &ctx.config;
+    FeedSource {
+        settings: SourceSettings {
+            feed: feed.name.clone(),
+            source: feed.source.clone(),
+            delivery: feed.settings.delivery,
+            batch_rows: feed.settings.batch_rows,
+            linger: ctx.options.linger,
+            idle_timeout: config.ksqldb.idle_timeout,
+            error_policy: feed.settings.error_policy,
+            max_rejected_per_minute: feed.settings.max_rejected_per_minute,
+            max_line_bytes: feed.settings.max_line_bytes,
+            event_time_column: match &feed.settings.event_time {
+                config::EventTime::Column(name) => Some(name.clone()),
+                config::EventTime::Rowtime | config::EventTime::ProcessingTime => None,
+            },
+            backoff: ctx.options.reconnect_backoff.unwrap_or(Backoff {
+                initial: config.ksqldb.reconnect_backoff_initial,
+                max: config.ksqldb.reconnect_backoff_max,
+                multiplier: 2.0,
+            }),
+        },
+        client: ctx.client.clone(),
+        metrics: FeedMetrics::new(&ctx.metrics, &feed.name),
+        health: ctx.health.clone(),
+    }
+}
+
+/// Brings the feeds defined in the lake (`<lake>/feeds/active/`) in line with what runs:
+/// starts added and enabled ones, stops (flush, commit) disabled, archived and removed ones,
+/// and restarts a changed one once its old run has stopped. A name the config file also
+/// defines is an error, reported once, and the lake's feed is not run.
+async fn reload_lake_feeds(
+    ctx: &FeedContext,
+    registry: &crate::feeds::FeedRegistry,
+    feeds: &mut Feeds,
+    parent: &CancellationToken,
+    reported: &mut std::collections::BTreeMap<String, String>,
+) {
+    let report = |reported: &mut std::collections::BTreeMap<String, String>, name: &str, problem: String| {
+        if reported.get(name) != Some(&problem) {
+            tracing::error!(feed = %name, problem = %problem, "feed in the lake not run");
+            reported.insert(name.to_string(), problem);
+        }
+    };
+    let (wanted, invalid) = match registry.enabled_feeds(&ctx.config.feed_defaults).await {
+        Ok(found) => found,
+        Err(error) => {
+            report(reported, "*", format!("cannot read the feeds in the lake: {error}"));
+            return;
+        }
+    };
+    for (name, problem) in invalid {
+        report(reported, &name, problem);
+    }
+    let in_config: Vec<&str> = ctx.config.feeds.iter().map(|feed| feed.name.as_str()).collect();
+    // stop what is no longer wanted, or wanted differently
+    for (name, handle) in &feeds.running {
+        if handle.origin != Origin::Lake || handle.stop.is_cancelled() {
+            continue;
+        }
+        if wanted.get(name) != Some(&handle.feed) {
+            tracing::info!(feed = %name, "feed disabled, archived or changed in the lake; stopping it");
+            handle.stop.cancel();
+        }
+    }
+    for (name, feed) in wanted {
+        if in_config.iter().any(|known| known.eq_ignore_ascii_case(&name)) {
+            report(reported, &name, "the config file defines a feed of the same name: remove one of the two".into());
+            continue;
+        }
+        if feeds.running.contains_key(&name) || feeds.failed.get(&name) == Some(&feed) {
+            continue;
+        }
+        feeds.failed.remove(&name);
+        match prepare_feed(ctx, &feed).await {
+            Ok(prepared) => {
+                reported.remove(&name);
+                feeds.spawn(ctx, prepared, Origin::Lake, parent);
+            }
+            Err(error) => report(reported, &name, format!("{error:#}")),
+        }
     }
 }
 
@@ -271,6 +463,30 @@ fn build_sink(
         retry: options.write_retry,
         tick: options.tick,
     }
+}
+
+/// The snapshot writer and settings of a table feed.
+pub fn table_feed(
+    lake: &lake::Lake,
+    feed: &FeedConfig,
+    budget_bytes: u64,
+) -> anyhow::Result<(lake::SnapshotWriter, table::TableSettings)> {
+    let settings = &feed.settings;
+    let writer = lake::SnapshotWriter::new(
+        lake.clone(),
+        &feed.name,
+        writer_options(settings).parquet,
+        settings.retention_versions,
+    )?;
+    let table = table::TableSettings {
+        feed: feed.name.clone(),
+        source: feed.source.clone(),
+        method: settings.snapshot_method,
+        file_rows: settings.flush_max_rows as usize,
+        idle: defaults::CHANGELOG_IDLE,
+        budget_bytes,
+    };
+    Ok((writer, table))
 }
 
 /// Each feed has its own writer: compression and row groups are per-feed settings.
@@ -337,7 +553,7 @@ pub async fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
 async fn probe_source(client: &KsqlClient, feed: &FeedConfig) -> Result<String, String> {
     let delivery = feed.settings.delivery;
     let (sql, properties) = query::push_query(&feed.source, delivery, &lake::Positions::new());
-    let request = crate::ksqldb::client::QueryRequest { sql, properties, request_properties: Default::default() };
+    let request = crate::ksqldb::client::QueryRequest { sql, properties, ..Default::default() };
     let opened = tokio::time::timeout(Duration::from_secs(15), client.stream_query(request))
         .await
         .map_err(|_| "no answer within 15 s".to_string())?

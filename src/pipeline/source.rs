@@ -277,7 +277,7 @@ impl FeedSource {
                 request_properties.insert("request.ksql.query.push.continuation.token".into(), token.clone().into());
             }
         }
-        let request = QueryRequest { sql, properties, request_properties };
+        let request = QueryRequest { sql, properties, request_properties, tombstones: false };
         let mut stream = tokio::select! {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             opened = self.client.stream_query(request) => opened?,

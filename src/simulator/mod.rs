@@ -109,6 +109,9 @@ pub struct SimulatorConfig {
     /// `/close-query` on another connection than the query's answers 500 "On wrong context or
     /// worker" (after closing the query), as ksqlDB 0.29 does. On by default.
     pub close_query_wrong_context: bool,
+    /// `ksql.query.pull.table.scan.enabled`: a pull query on a table without WHERE is a table
+    /// scan. When off, ksqlDB refuses it with "Missing WHERE clause". On by default.
+    pub table_scans: bool,
     /// `ksql.query.push.v2.enabled` as server config: qualifying push queries run as
     /// scalable push queries. A request's `properties` (`streamsProperties` on `/query`)
     /// can set it either way per query.
@@ -133,6 +136,7 @@ impl Default for SimulatorConfig {
             heartbeat: false,
             batched_writes: false,
             close_query_wrong_context: true,
+            table_scans: true,
             retention: None,
             push_v2_enabled: false,
             continuation_tokens_enabled: false,

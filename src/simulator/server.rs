@@ -432,6 +432,16 @@ async fn query_endpoint(
     start_query(sim, connection, &sql, &options, framing, error_endpoint)
 }
 
+/// ksqlDB 0.29's answer to a table scan when table scans are off (`QueryFilterNode`).
+const MISSING_WHERE: &str = "Missing WHERE clause.  See https://cnfl.io/queries for more info.\n\
+Add EMIT CHANGES if you intended to issue a push query.\n\
+Pull queries require a WHERE clause that:\n \
+- includes a key equality expression, e.g. `SELECT * FROM X WHERE <key-column> = Y;`.\n \
+- in the case of a multi-column key, is a conjunction of equality expressions that cover all key columns.\n \
+- to support range expressions, e.g.,  SELECT * FROM X WHERE <key-column> < Y;`, range scans need to be enabled by \
+setting ksql.query.pull.range.scan.enabled=true\n\
+If more flexible queries are needed, , table scans can be enabled by setting ksql.query.pull.table.scan.enabled=true.";
+
 /// The request property carrying the continuation token to resume from.
 const RESUME_TOKEN_PROPERTY: &str = "request.ksql.query.push.continuation.token";
 
@@ -478,6 +488,9 @@ fn start_query(
         Ok(plan) => plan,
         Err(error) => return statement_failure(&error.0),
     };
+    if !sim.config().table_scans && plan.kind == super::plan::QueryKind::PullTable && select.filter.is_none() {
+        return statement_failure(MISSING_WHERE);
+    }
     if sim.config().reject_offset_filters && plan.filters_on_offset_columns() {
         return statement_failure("WHERE clause on ROWPARTITION or ROWOFFSET is not supported.");
     }

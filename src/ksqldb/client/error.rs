@@ -113,6 +113,14 @@ impl ClientError {
         text
     }
 
+    /// The HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Server { status, .. } | ClientError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// The ksqlDB error code, when ksqlDB sent one.
     pub fn error_code(&self) -> Option<i64> {
         match self {
