@@ -12,9 +12,10 @@ use ksql_lake::config::{units::parse_duration, Config};
 use ksql_lake::demo;
 use ksql_lake::simulator::{Simulator, SimulatorConfig};
 
-pub fn init_logging(format: &str) {
+/// Logs to standard error at `level` unless `RUST_LOG` says otherwise.
+pub fn init_logging(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

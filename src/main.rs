@@ -14,6 +14,10 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, env = "KSQL_LAKE_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Log every step (`info`); `demo` and `export` otherwise show only their own progress
+    /// and warnings. `RUST_LOG` overrides both.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     /// The ksqlDB server (overrides `[ksqldb] url`); no user name or password in it.
     #[arg(long, global = true, env = "KSQL_LAKE_KSQLDB__URL")]
     ksqldb: Option<String>,
@@ -207,7 +211,8 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(&cli.log_format);
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Export { .. }) && !cli.verbose;
+    cli::init_logging(&cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -84,7 +84,10 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
     let feeds = config.feeds.clone();
     let lake_config = config.lake.clone();
     let metrics = Metrics::new(prometheus::Registry::new());
+    let names: Vec<String> = feeds.iter().map(|feed| feed.name.clone()).collect();
+    let display = tokio::spawn(show_progress(metrics.clone(), names, run_stop.clone()));
     let summary = run_with(config, run_stop, metrics, Health::default(), RunOptions::default()).await;
+    display.abort();
     producing.cancel();
     server.shutdown().await;
     let summary = summary?;
@@ -134,12 +137,53 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
     Ok(())
 }
 
+/// A few live lines per feed while the demo runs (every 5 s); the full log is `-v` away.
+async fn show_progress(metrics: Metrics, feeds: Vec<String>, stop: CancellationToken) {
+    let started = std::time::Instant::now();
+    let names: Vec<&str> = feeds.iter().map(String::as_str).collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        eprintln!("after {:.0} s:", started.elapsed().as_secs_f64());
+        for line in super::export::progress(&metrics, &names, started.elapsed()) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Marks a folder the demo wrote.
+const DEMO_MARKER: &str = ".ksql-lake-demo";
+
+/// Each demo starts a new simulator, whose offsets begin at 0 again, so the committed
+/// positions of an earlier demo's lake would hide the new rows: an earlier demo lake is
+/// replaced, and a folder that holds anything else is refused.
+fn prepare_demo_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.join(DEMO_MARKER).is_file() {
+        eprintln!("replacing the earlier demo lake in {}", dir.display());
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot remove the earlier demo lake {}", dir.display()))?;
+    } else if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        anyhow::bail!(
+            "--lake {} is not empty and was not written by the demo: choose an empty or new folder",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join(DEMO_MARKER), "written by `ksql-lake demo`; the next demo replaces this folder\n")
+        .with_context(|| format!("cannot write into {}", dir.display()))?;
+    Ok(())
+}
+
 /// The demo writes to a local folder: make it absolute so the printed commands work anywhere.
 fn local_lake_url(lake: &str) -> anyhow::Result<String> {
     if lake.contains("://") {
         return Ok(lake.to_string());
     }
-    std::fs::create_dir_all(lake).with_context(|| format!("cannot create {lake}"))?;
+    prepare_demo_dir(std::path::Path::new(lake))?;
     let absolute = std::fs::canonicalize(lake).with_context(|| format!("cannot resolve {lake}"))?;
     Ok(format!("file://{}", absolute.display()))
 }

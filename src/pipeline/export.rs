@@ -215,14 +215,9 @@ async fn watch_idle(metrics: Metrics, feeds: Vec<FeedConfig>, until_idle: Durati
         }
         if terminal && printed.elapsed() >= Duration::from_secs(1) {
             printed = Instant::now();
-            for (feed, rows) in feeds.iter().zip(&last) {
-                let bytes = metrics.bytes_written.with_label_values(&[feed.name.as_str()]).get();
-                let rate = *rows as f64 / started.elapsed().as_secs_f64().max(0.001);
-                eprintln!(
-                    "  {:<32} {rows:>12} rows {rate:>10.0} rows/s {:>10.1} MiB written",
-                    feed.name,
-                    bytes as f64 / 1048576.0
-                );
+            let names: Vec<&str> = feeds.iter().map(|feed| feed.name.as_str()).collect();
+            for line in progress(&metrics, &names, started.elapsed()) {
+                eprintln!("{line}");
             }
         }
         if quiet_since.elapsed() >= until_idle {
@@ -231,6 +226,24 @@ async fn watch_idle(metrics: Metrics, feeds: Vec<FeedConfig>, until_idle: Durati
             return;
         }
     }
+}
+
+/// One line per feed: rows received and committed, the rate, files and MiB written.
+pub fn progress(metrics: &Metrics, feeds: &[&str], elapsed: Duration) -> Vec<String> {
+    feeds
+        .iter()
+        .map(|feed| {
+            let received = metrics.rows_received.with_label_values(&[*feed]).get();
+            let written = metrics.rows_written.with_label_values(&[*feed]).get();
+            let bytes = metrics.bytes_written.with_label_values(&[*feed]).get();
+            let rate = received as f64 / elapsed.as_secs_f64().max(0.001);
+            format!(
+                "  {feed:<28} {received:>10} rows read {rate:>9.0}/s {written:>10} committed {:>5} files {:>8.1} MiB",
+                files_written(metrics, feed),
+                bytes as f64 / 1048576.0
+            )
+        })
+        .collect()
 }
 
 /// The summary table: feed, kind, rows, files, bytes, seconds.

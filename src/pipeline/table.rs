@@ -317,6 +317,7 @@ pub async fn run_table_feed(
                 tracing::info!(feed = %feed, version = done.version, rows = done.records, bytes = done.bytes,
                     files = done.files, method = summary.method, retired = ?done.retired, removed = ?summary.removed,
                     seconds = started.elapsed().as_secs_f64(), "table snapshot committed");
+                metrics.rows_received.with_label_values(&labels).inc_by(done.records);
                 metrics.rows_written.with_label_values(&labels).inc_by(done.records);
                 metrics.bytes_written.with_label_values(&labels).inc_by(done.bytes);
                 metrics.files_written.with_label_values(&[feed.as_str(), "snapshot"]).inc_by(done.files as u64);
