@@ -281,7 +281,10 @@ pub async fn feeds_add(target: &Target, raw: ksql_lake::config::raw::RawFeed, ch
 
 pub async fn feeds_list(target: &Target, json: bool) -> anyhow::Result<()> {
     let registry = ksql_lake::feeds::FeedRegistry::new(target.lake()?);
-    let feeds = registry.list().await.map_err(feeds_error)?;
+    let (feeds, problems) = registry.list().await.map_err(feeds_error)?;
+    for (path, reason) in &problems {
+        eprintln!("✖ {path} is not a valid feed file: {reason}");
+    }
     if json {
         let entries: Vec<serde_json::Value> =
             feeds.iter().map(|feed| serde_json::json!({"state": feed.state.dir(), "feed": feed.json})).collect();

@@ -51,6 +51,8 @@ pub const SNAPSHOT_METHOD: &str = "auto";
 pub const RETENTION_VERSIONS: u64 = 7;
 /// Table feeds, changelog method: the snapshot is complete once no change arrived for this long.
 pub const CHANGELOG_IDLE: Duration = Duration::from_secs(2);
+/// Table feeds, changelog method: how long the first row may take to arrive.
+pub const CHANGELOG_FIRST_ROW: Duration = Duration::from_secs(30);
 
 /// Files larger than this go up as a multipart upload.
 pub const MULTIPART_THRESHOLD: usize = 256 * MIB as usize;

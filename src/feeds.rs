@@ -113,9 +113,11 @@ impl FeedRegistry {
         }
     }
 
-    /// Every feed file, active first, by name. An unreadable file is an error naming it.
-    pub async fn list(&self) -> Result<Vec<StoredFeed>, FeedsError> {
+    /// Every feed file, active first, by name. A file that cannot be read as a feed is left
+    /// out and named in the second list with the reason, so one bad file stops nothing else.
+    pub async fn list(&self) -> Result<(Vec<StoredFeed>, Vec<(String, String)>), FeedsError> {
         let mut feeds = Vec::new();
+        let mut problems = Vec::new();
         for state in [FeedState::Active, FeedState::Archived] {
             let dir = self.dir(state);
             let objects: Vec<_> =
@@ -127,12 +129,15 @@ impl FeedRegistry {
                 .collect();
             names.sort();
             for name in names {
-                if let Some(feed) = self.read(state, &name).await? {
-                    feeds.push(feed);
+                match self.read(state, &name).await {
+                    Ok(Some(feed)) => feeds.push(feed),
+                    Ok(None) => {}
+                    Err(FeedsError::Corrupt { path, reason }) => problems.push((path, reason)),
+                    Err(error) => return Err(error),
                 }
             }
         }
-        Ok(feeds)
+        Ok((feeds, problems))
     }
 
     /// The names of archived feeds.
@@ -234,8 +239,8 @@ impl FeedRegistry {
         defaults: &RawFeedSettings,
     ) -> Result<(BTreeMap<String, FeedConfig>, Vec<(String, String)>), FeedsError> {
         let mut feeds = BTreeMap::new();
-        let mut invalid = Vec::new();
-        for stored in self.list().await? {
+        let (stored, mut invalid) = self.list().await?;
+        for stored in stored {
             if stored.state != FeedState::Active || !stored.raw.enabled.unwrap_or(true) {
                 continue;
             }

@@ -234,6 +234,13 @@ impl Health {
         }
     }
 
+    /// Forgets a feed that was stopped on purpose (disabled or archived).
+    pub fn remove_feed(&self, feed: &str) {
+        let mut inner = self.lock();
+        inner.feeds.remove(feed);
+        inner.store_errors.remove(feed);
+    }
+
     pub fn set_store_error(&self, feed: &str, error: Option<String>) {
         let mut inner = self.lock();
         match error {

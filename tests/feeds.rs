@@ -79,7 +79,8 @@ async fn feeds_added_disabled_enabled_and_archived_while_the_service_runs() {
     produce(&sim, 2_000..TOTAL, TOTAL);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(running.written(), 2_000, "an archived feed reads nothing");
-    let listed = registry.list().await.unwrap();
+    let (listed, problems) = registry.list().await.unwrap();
+    assert!(problems.is_empty());
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].state, listed[0].raw.enabled), (FeedState::Archived, Some(false)));
     let report = ksql_lake::report::build(&lake, None).await.unwrap();
@@ -137,12 +138,21 @@ async fn unsafe_or_invalid_feeds_are_refused_and_nothing_is_written() {
     let mut bad_flush = stream_feed("ok");
     bad_flush.settings.flush_max_age = Some("0s".into());
     assert!(registry.add(&bad_flush, &RawFeedSettings::default()).await.is_err());
-    assert!(registry.list().await.unwrap().is_empty());
+    assert!(registry.list().await.unwrap().0.is_empty());
     registry.add(&stream_feed("ok"), &RawFeedSettings::default()).await.unwrap();
     let again = registry.add(&stream_feed("ok"), &RawFeedSettings::default()).await.unwrap_err();
     assert!(again.to_string().contains("already exists"), "{again}");
     assert!(registry.set_enabled("nope", false).await.is_err());
     assert!(registry.restore("ok").await.unwrap_err().to_string().contains("it is active"));
+    // a file that is not a feed is named, and the others still list
+    let bad = object_store::path::Path::from("feeds/active/broken.json");
+    lake.store().put(&bad, bytes::Bytes::from_static(b"{\"name\": \"broken\", \"kind\": ").into()).await.unwrap();
+    let (feeds, problems) = registry.list().await.unwrap();
+    assert_eq!(feeds.len(), 1);
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].0.contains("broken.json"), "{problems:?}");
+    let (enabled, invalid) = registry.enabled_feeds(&RawFeedSettings::default()).await.unwrap();
+    assert!(enabled.contains_key("ok") && invalid.len() == 1, "{invalid:?}");
 }
 
 /// `export --stream` twice in a row: each pass writes what arrived since, every row once.
@@ -154,6 +164,8 @@ async fn export_twice(lake_url: &str, extra_lake: &str, lake: Lake) {
         handle.url()
     );
     let config = ksql_lake::config::Config::from_toml(&text, "test", Vec::new()).unwrap();
+    // a feed kept in the lake is not export's to run
+    FeedRegistry::new(lake.clone()).add(&stream_feed("other"), &RawFeedSettings::default()).await.unwrap();
     let selection = Selection::Stream("everything".into());
     let first = tokio::time::timeout(
         Duration::from_secs(60),
@@ -176,6 +188,7 @@ async fn export_twice(lake_url: &str, extra_lake: &str, lake: Lake) {
     let third = export::export(&config, &selection, 2, Duration::from_secs(1), CancellationToken::new()).await.unwrap();
     assert_eq!(third[0].rows, 0, "nothing new, nothing written");
     verify_feed(&objects(&lake, "everything").await, TOTAL, false);
+    assert!(objects(&lake, "other").await.is_empty(), "export ran only the feed it was given");
     let summary = export::summary_table(&second);
     assert!(summary.contains("everything") && summary.contains(&(TOTAL - 2_000).to_string()), "{summary}");
     // the report's figures are what the files hold

@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 const FEED: &str = "users";
 const WAIT: Duration = Duration::from_secs(60);
+/// The snapshot lease in the crash test: long enough never to need a renewal, short enough to
+/// wait out a dead writer's.
+const LEASE: Duration = Duration::from_millis(1500);
 
 /// The table's current rows: ID → SCORE.
 type Oracle = BTreeMap<String, i32>;
@@ -83,7 +86,9 @@ fn settings(method: SnapshotMethod, file_rows: usize) -> TableSettings {
         source: "USERS".into(),
         method,
         file_rows,
+        file_bytes: 64 << 20,
         idle: Duration::from_millis(300),
+        first_row: Duration::from_secs(5),
         budget_bytes: 64 << 20,
     }
 }
@@ -210,7 +215,7 @@ async fn versions_are_numbered_from_storage_and_retention_keeps_the_newest_on_s3
     moto.stop().await;
 }
 
-/// A crash at every put of a snapshot (three data files, then the manifest): before the
+/// A crash at every put of a snapshot (the lease, three data files, then the manifest): before the
 /// manifest put the previous version stays the latest; after it the new one is; and once the
 /// next snapshot starts, storage holds exactly the versions the manifest lists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,10 +240,10 @@ async fn a_crash_at_every_put_of_a_snapshot_leaves_a_complete_latest_version() {
         .unwrap();
         let counting = FaultyStore::new(local);
         let lake = local_lake(dir.path(), Some(counting.clone()));
-        snapshot(&client, &writer(&lake, 1), &settings(SnapshotMethod::Pull, 20)).await.unwrap();
+        snapshot(&client, &writer(&lake, 1).with_lease(LEASE), &settings(SnapshotMethod::Pull, 20)).await.unwrap();
         counting.puts()
     };
-    assert!(puts >= 5, "{puts} puts");
+    assert!(puts >= 6, "{puts} puts: the lease, the data files, the manifest");
     for crash_at in 0..=puts {
         let dir = tempfile::tempdir().unwrap();
         let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
@@ -248,13 +253,16 @@ async fn a_crash_at_every_put_of_a_snapshot_leaves_a_complete_latest_version() {
         let faulty = FaultyStore::new(local.clone());
         let crashing = local_lake(dir.path(), Some(faulty.clone()));
         faulty.crash_after_puts(crash_at);
-        let result = snapshot(&client, &writer(&crashing, 1), &settings(SnapshotMethod::Pull, 20)).await;
+        let crashing_writer = writer(&crashing, 1).with_lease(LEASE);
+        let result = snapshot(&client, &crashing_writer, &settings(SnapshotMethod::Pull, 20)).await;
         let committed = crash_at >= puts;
         assert_eq!(result.is_ok(), committed, "crash after {crash_at} puts: {result:?}");
         let metadata = manifest(&lake).await;
         assert_eq!(metadata.latest_version, Some(if committed { 2 } else { 1 }), "crash after {crash_at} puts");
         assert_eq!(latest_rows(&lake).await, before, "the latest version is complete");
-        // restart: the next snapshot clears what the crash left and commits
+        // restart, once the dead writer's lease has lapsed: the next snapshot clears what the
+        // crash left and commits
+        tokio::time::sleep(LEASE).await;
         let done = snapshot(&client, &writer(&lake, 1), &settings(SnapshotMethod::Pull, 20)).await.unwrap();
         assert_eq!(done.committed.version, if committed { 3 } else { 2 });
         assert_eq!(stored_versions(&lake).await, [done.committed.version], "crash after {crash_at} puts");
@@ -325,6 +333,103 @@ async fn run_snapshots_a_table_feed_on_its_interval() {
     assert_eq!(latest_rows(&lake).await, oracle);
     assert!(stored_versions(&lake).await.len() <= 2);
     assert!(metrics.files_written.with_label_values(&[FEED, "snapshot"]).get() >= 3);
+    handle.shutdown().await;
+}
+
+/// One writer per table at a time: a second one (`export --table` next to `run`) is refused
+/// while the first holds the lease and leaves its files alone; a crashed writer's lease
+/// lapses, and the next writer takes over and clears what it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_is_refused_while_the_first_holds_the_lease() {
+    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let client = client(&handle);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(dir.path(), None);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let (mut oracle, mut time) = (Oracle::new(), 0);
+    random_changes(&sim, &mut oracle, &mut rng, 100, &mut time);
+    snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.unwrap();
+    let first = writer(&lake, 3);
+    let mut pending = first.begin().await.unwrap();
+    assert_eq!(pending.version, 2);
+    let batch = {
+        let path = lake
+            .feed_path(
+                ksql_lake::lake::FeedKind::Table,
+                FEED,
+                &format!("version=v1/{}", manifest(&lake).await.versions[0].files[0].name),
+            )
+            .unwrap();
+        let bytes = lake.store().get(&path).await.unwrap().bytes().await.unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap().next().unwrap().unwrap()
+    };
+    first.write(&mut pending, &[batch]).await.unwrap();
+    let second = snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.unwrap_err();
+    assert!(second.to_string().contains("another writer"), "{second}");
+    assert!(writer(&lake, 3).cleanup().await.is_err(), "cleanup waits for the lease too");
+    assert_eq!(stored_versions(&lake).await, [1, 2], "the first writer's files are untouched");
+    let done = first.commit(pending, "SELECT * FROM USERS;", "pull", None).await.unwrap();
+    assert_eq!(done.version, 2);
+    // a writer that died holding the lease: it lapses, and the next writer clears its files
+    let lease = lake.feed_path(ksql_lake::lake::FeedKind::Table, FEED, "_snapshot.lease").unwrap();
+    let dead = serde_json::json!({"owner": "dead", "expires_at_ms": chrono::Utc::now().timestamp_millis() + 60_000});
+    lake.store().put(&lease, serde_json::to_vec(&dead).unwrap().into()).await.unwrap();
+    let partial =
+        lake.feed_path(ksql_lake::lake::FeedKind::Table, FEED, "version=v3/snapshot_partial.parquet").unwrap();
+    lake.store().put(&partial, bytes::Bytes::from_static(b"partial").into()).await.unwrap();
+    assert!(
+        snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.is_err(),
+        "held for a minute"
+    );
+    let lapsed = serde_json::json!({"owner": "dead", "expires_at_ms": chrono::Utc::now().timestamp_millis() - 1});
+    lake.store().put(&lease, serde_json::to_vec(&lapsed).unwrap().into()).await.unwrap();
+    let done = snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.unwrap();
+    assert_eq!((done.committed.version, done.removed.clone()), (3, vec!["version=v3".to_string()]));
+    assert_eq!(latest_rows(&lake).await, oracle);
+    assert!(lake.store().head(&lease).await.is_err(), "the lease is released after the commit");
+    handle.shutdown().await;
+}
+
+/// `run` removes what an interrupted snapshot left when it starts, not an hour later at the
+/// next snapshot, and a fresh latest version makes the feed ready without a new snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_removes_an_interrupted_snapshot_at_start() {
+    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let client = client(&handle);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(dir.path(), None);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let (mut oracle, mut time) = (Oracle::new(), 0);
+    random_changes(&sim, &mut oracle, &mut rng, 50, &mut time);
+    snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.unwrap();
+    let partial =
+        lake.feed_path(ksql_lake::lake::FeedKind::Table, FEED, "version=v2/snapshot_partial.parquet").unwrap();
+    lake.store().put(&partial, bytes::Bytes::from_static(b"partial").into()).await.unwrap();
+    let text = format!(
+        "[ksqldb]\nurl = \"{}\"\n[lake]\nurl = \"{}\"\n[[feeds]]\nname = \"{FEED}\"\nkind = \"table\"\nsource = \"USERS\"\n",
+        handle.url(),
+        dir.path().display()
+    );
+    let config = Config::from_toml(&text, "test", Vec::new()).unwrap();
+    let health = ksql_lake::metrics::Health::default();
+    let stop = CancellationToken::new();
+    let options = ksql_lake::pipeline::RunOptions { serve_http: false, ..Default::default() };
+    let metrics = ksql_lake::metrics::Metrics::new(prometheus::Registry::new());
+    let task = tokio::spawn(ksql_lake::pipeline::run_with(config, stop.clone(), metrics, health.clone(), options));
+    let cleared = tokio::time::timeout(WAIT, async {
+        while stored_versions(&lake).await != [1] || !health.report().0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        cleared.is_ok(),
+        "the partial version is removed and the feed is ready: {:?}",
+        stored_versions(&lake).await
+    );
+    assert_eq!(manifest(&lake).await.latest_version, Some(1), "no new snapshot before its interval");
+    stop.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();
     handle.shutdown().await;
 }
 

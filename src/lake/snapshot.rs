@@ -6,8 +6,11 @@
 //! <lake>/tables/<feed>/_metadata.json                                  latest_version: 2, versions: [1, 2]
 //! ```
 //!
-//! The protocol, one writer per feed:
-//! 1. [`SnapshotWriter::begin`] removes every `version=vN/` folder the manifest does not list
+//! The protocol, one writer per feed at a time, held by a lease (`_snapshot.lease`, taken
+//! create-only, renewed while files are written, released at the end; a crashed writer's
+//! lease expires after [`LEASE`]). A second writer (`export --table` next to `run`) is refused
+//! with [`SnapshotError::Busy`] instead of touching the first one's files.
+//! 1. [`SnapshotWriter::begin`] takes the lease, removes every `version=vN/` folder the manifest does not list
 //!    (files of an interrupted snapshot, or of a retired version whose deletion was cut short),
 //!    then numbers the new version one above the highest found in storage or in the manifest.
 //! 2. [`SnapshotWriter::write`] puts each file create-only inside the new folder. Nothing points
@@ -31,6 +34,19 @@ use super::store::Lake;
 
 /// How many times a contended manifest update is retried.
 const MAX_ATTEMPTS: usize = 8;
+
+/// The lease file next to the manifest (hidden from lake readers by its `_`).
+pub const LEASE_FILE: &str = "_snapshot.lease";
+
+/// How long a lease holds without renewal; a crashed writer's lease lapses after it.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What the lease file says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LeaseBody {
+    owner: String,
+    expires_at_ms: i64,
+}
 
 /// Folder name of version `n`.
 pub fn version_dir(version: u32) -> String {
@@ -71,6 +87,10 @@ pub enum SnapshotError {
     Contended { path: String, attempts: usize },
     #[error("{path} lists version {version}, which is not newer than its latest version {latest}")]
     Stale { path: String, version: u32, latest: u32 },
+    #[error(
+        "another writer is taking a snapshot of this table (its lease {path} holds until {until}); try again later"
+    )]
+    Busy { path: String, until: String },
 }
 
 /// Writes and retires the versions of one table feed.
@@ -81,6 +101,8 @@ pub struct SnapshotWriter {
     parquet: ParquetOptions,
     /// Complete versions kept (at least 1: the newest is never deleted).
     retention_versions: usize,
+    /// How long the lease holds without renewal.
+    lease: std::time::Duration,
 }
 
 /// A version being written: its number, the time it started and the files put so far.
@@ -91,6 +113,9 @@ pub struct PendingVersion {
     pub files: Vec<VersionFile>,
     /// The folders `begin` removed.
     pub removed: Vec<String>,
+    /// This writer's lease.
+    owner: String,
+    renewed: std::time::Instant,
 }
 
 /// What a commit did.
@@ -112,7 +137,19 @@ impl SnapshotWriter {
         retention_versions: usize,
     ) -> Result<Self, LayoutError> {
         validate_feed_name(feed)?;
-        Ok(SnapshotWriter { lake, feed: feed.to_string(), parquet, retention_versions: retention_versions.max(1) })
+        Ok(SnapshotWriter {
+            lake,
+            feed: feed.to_string(),
+            parquet,
+            retention_versions: retention_versions.max(1),
+            lease: LEASE,
+        })
+    }
+
+    /// A lease other than [`LEASE`] (tests use short ones).
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     fn dir(&self) -> Result<Path, LayoutError> {
@@ -180,13 +217,130 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Starts a new version: removes leftovers, then numbers it above everything found.
+    fn lease_path(&self) -> Result<Path, LayoutError> {
+        self.lake.feed_path(FeedKind::Table, &self.feed, LEASE_FILE)
+    }
+
+    /// Takes the feed's lease for `owner`: create-only, or over a lapsed one.
+    async fn acquire(&self, owner: &str) -> Result<(), SnapshotError> {
+        let path = self.lease_path()?;
+        let store = self.lake.store();
+        let body = |owner: &str| {
+            let expires_at_ms = Utc::now().timestamp_millis() + self.lease.as_millis() as i64;
+            let lease = LeaseBody { owner: owner.to_string(), expires_at_ms };
+            PutPayload::from(serde_json::to_vec(&lease).unwrap_or_default())
+        };
+        let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match store.put_opts(&path, body(owner), create).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(source) => return Err(SnapshotError::Store { path: path.to_string(), source }),
+        }
+        let current = match store.get(&path).await {
+            Ok(current) => current,
+            // released meanwhile: one more try
+            Err(object_store::Error::NotFound { .. }) => {
+                return match store
+                    .put_opts(&path, body(owner), PutOptions { mode: PutMode::Create, ..PutOptions::default() })
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(SnapshotError::Busy { path: path.to_string(), until: "now".into() }),
+                };
+            }
+            Err(source) => return Err(SnapshotError::Store { path: path.to_string(), source }),
+        };
+        let version =
+            object_store::UpdateVersion { e_tag: current.meta.e_tag.clone(), version: current.meta.version.clone() };
+        let bytes = current.bytes().await.map_err(Self::store_error(&path))?;
+        let held: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
+        let expires = held.as_ref().map_or(0, |lease| lease.expires_at_ms);
+        let ours = held.as_ref().is_some_and(|lease| lease.owner == owner);
+        if !ours && expires > Utc::now().timestamp_millis() {
+            let until = DateTime::<Utc>::from_timestamp_millis(expires).map(|t| t.to_rfc3339()).unwrap_or_default();
+            return Err(SnapshotError::Busy { path: path.to_string(), until });
+        }
+        // lapsed (or unreadable): take it over, conditionally where the store can
+        let update = PutOptions { mode: PutMode::Update(version), ..PutOptions::default() };
+        match store.put_opts(&path, body(owner), update).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                store.put(&path, body(owner)).await.map_err(Self::store_error(&path))?;
+                Ok(())
+            }
+            Err(object_store::Error::Precondition { .. }) => {
+                Err(SnapshotError::Busy { path: path.to_string(), until: "now (taken over by another writer)".into() })
+            }
+            Err(source) => Err(SnapshotError::Store { path: path.to_string(), source }),
+        }
+    }
+
+    /// Extends the lease while a long snapshot writes its files.
+    async fn renew(&self, pending: &mut PendingVersion) -> Result<(), SnapshotError> {
+        if pending.renewed.elapsed() < self.lease / 4 {
+            return Ok(());
+        }
+        self.acquire(&pending.owner).await?;
+        pending.renewed = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Gives the lease up, if it is still ours (best effort: it lapses anyway).
+    async fn release(&self, owner: &str) {
+        let Ok(path) = self.lease_path() else { return };
+        let store = self.lake.store();
+        let ours = match store.get(&path).await {
+            Ok(current) => current
+                .bytes()
+                .await
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<LeaseBody>(&bytes).ok())
+                .is_some_and(|lease| lease.owner == owner),
+            Err(_) => false,
+        };
+        if ours {
+            if let Err(error) = store.delete(&path).await {
+                tracing::debug!(feed = %self.feed, error = %error, "could not release the snapshot lease; it lapses");
+            }
+        }
+    }
+
+    /// Removes what an interrupted snapshot left, under the lease; `Busy` when another
+    /// writer holds it (then its folder is not ours to remove).
+    pub async fn cleanup(&self) -> Result<Vec<String>, SnapshotError> {
+        let owner = new_owner();
+        self.acquire(&owner).await?;
+        let removed = self.remove_unlisted().await;
+        self.release(&owner).await;
+        removed
+    }
+
+    /// Starts a new version: takes the lease, removes leftovers, then numbers the version
+    /// above everything found.
     pub async fn begin(&self) -> Result<PendingVersion, SnapshotError> {
-        let removed = self.remove_unlisted().await?;
-        let in_manifest = self.manifest().await?.and_then(|m| m.versions.iter().map(|v| v.version).max());
-        let in_storage = self.stored_versions().await?.into_iter().max();
-        let version = in_manifest.max(in_storage).unwrap_or(0) + 1;
-        Ok(PendingVersion { version, started: Utc::now(), files: Vec::new(), removed })
+        let owner = new_owner();
+        self.acquire(&owner).await?;
+        let numbered = async {
+            let removed = self.remove_unlisted().await?;
+            let in_manifest = self.manifest().await?.and_then(|m| m.versions.iter().map(|v| v.version).max());
+            let in_storage = self.stored_versions().await?.into_iter().max();
+            Ok::<_, SnapshotError>((in_manifest.max(in_storage).unwrap_or(0) + 1, removed))
+        }
+        .await;
+        match numbered {
+            Ok((version, removed)) => Ok(PendingVersion {
+                version,
+                started: Utc::now(),
+                files: Vec::new(),
+                removed,
+                owner,
+                renewed: std::time::Instant::now(),
+            }),
+            Err(error) => {
+                self.release(&owner).await;
+                Err(error)
+            }
+        }
     }
 
     /// Encodes `batches` into one file of the pending version and puts it, create-only.
@@ -225,7 +379,7 @@ impl SnapshotWriter {
             Err(source) => return Err(SnapshotError::Store { path: path.to_string(), source }),
         }
         pending.files.push(VersionFile { name, records: encoded.rows as u64, bytes });
-        Ok(())
+        self.renew(pending).await
     }
 
     /// Makes the pending version the latest (the commit point), then retires the versions
@@ -250,8 +404,27 @@ impl SnapshotWriter {
             method: method.to_string(),
             files: pending.files.clone(),
         };
+        let result = self.commit_manifest(&pending, entry, &path, schema).await;
+        match &result {
+            // certainly not committed: the files go now
+            Err(SnapshotError::Stale { .. } | SnapshotError::Contended { .. }) => self.abandon(&pending).await,
+            // a failed manifest put may still have landed: the files stay, and the next
+            // snapshot removes them only if the manifest does not list them
+            _ => self.release(&pending.owner).await,
+        }
+        result
+    }
+
+    async fn commit_manifest(
+        &self,
+        pending: &PendingVersion,
+        entry: TableVersion,
+        path: &Path,
+        schema: Option<&arrow::datatypes::Schema>,
+    ) -> Result<CommittedVersion, SnapshotError> {
+        let (records, bytes) = (entry.records, entry.bytes);
         for _ in 0..MAX_ATTEMPTS {
-            let (mut metadata, version) = match load_manifest(self.lake.store().as_ref(), &path).await? {
+            let (mut metadata, version) = match load_manifest(self.lake.store().as_ref(), path).await? {
                 Some((metadata, version)) => (metadata, Some(version)),
                 None => (FeedMetadata::new(&self.feed, FeedKind::Table), None),
             };
@@ -259,7 +432,7 @@ impl SnapshotWriter {
                 return Err(SnapshotError::Stale { path: path.to_string(), version: pending.version, latest });
             }
             let retired = metadata.add_table_version(entry.clone(), self.retention_versions, schema);
-            if replace_manifest(self.lake.store().as_ref(), &path, &metadata, version).await? {
+            if replace_manifest(self.lake.store().as_ref(), path, &metadata, version).await? {
                 let mut retired_numbers = Vec::new();
                 for old in retired {
                     // committed already: a failure here leaves a folder the next begin removes
@@ -280,12 +453,23 @@ impl SnapshotWriter {
         Err(SnapshotError::Contended { path: path.to_string(), attempts: MAX_ATTEMPTS })
     }
 
-    /// Removes the files of a version that will not be committed (best effort).
+    /// Removes the files this writer put for a version that will not be committed, then gives
+    /// the lease up (best effort: what is left is removed by the next snapshot).
     pub async fn abandon(&self, pending: &PendingVersion) {
-        if let Err(error) = self.delete_version(pending.version).await {
-            tracing::warn!(feed = %self.feed, version = pending.version, error = %error, "could not remove an abandoned snapshot; it is removed at the next start");
+        for file in &pending.files {
+            let relative = format!("{}/{}", version_dir(pending.version), file.name);
+            let Ok(path) = self.lake.feed_path(FeedKind::Table, &self.feed, &relative) else { continue };
+            if let Err(error) = self.lake.store().delete(&path).await {
+                tracing::warn!(feed = %self.feed, path = %path, error = %error, "could not remove a file of an abandoned snapshot; it is removed at the next start");
+            }
         }
+        self.release(&pending.owner).await;
     }
+}
+
+/// A writer's identity in the lease: random, so two processes never share one.
+fn new_owner() -> String {
+    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
 #[cfg(test)]

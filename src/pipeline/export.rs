@@ -161,7 +161,8 @@ async fn export_streams(
     let metrics = Metrics::new(prometheus::Registry::new());
     let idle = stop.child_token();
     let watcher = tokio::spawn(watch_idle(metrics.clone(), feeds.to_vec(), until_idle, idle.clone()));
-    let options = RunOptions { serve_http: false, lake: Some(lake.clone()), ..RunOptions::default() };
+    let options =
+        RunOptions { serve_http: false, lake: Some(lake.clone()), lake_feeds: false, ..RunOptions::default() };
     let result = run_with(config, idle.clone(), metrics.clone(), Health::default(), options).await;
     idle.cancel();
     let _ = watcher.await;
@@ -194,12 +195,18 @@ fn files_written(metrics: &Metrics, feed: &str) -> u64 {
         .sum()
 }
 
+/// How long an export waits for a first row before the idle time starts counting.
+const FIRST_ROW_WAIT: Duration = Duration::from_secs(10);
+
 /// Cancels `idle` once no feed has received a row for `until_idle`; prints progress on a terminal.
 async fn watch_idle(metrics: Metrics, feeds: Vec<FeedConfig>, until_idle: Duration, idle: CancellationToken) {
     let terminal = std::io::stderr().is_terminal();
     let received = |feed: &FeedConfig| metrics.rows_received.with_label_values(&[feed.name.as_str()]).get();
     let mut last: Vec<u64> = feeds.iter().map(received).collect();
-    let mut quiet_since = Instant::now();
+    // the idle clock starts with the first row: opening the queries (and ksqlDB starting them
+    // from the earliest offset) may take longer than the idle time; a feed with nothing new
+    // ends after FIRST_ROW_WAIT more
+    let mut quiet_since = Instant::now() + FIRST_ROW_WAIT;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut printed = Instant::now();
     let started = Instant::now();
@@ -220,7 +227,7 @@ async fn watch_idle(metrics: Metrics, feeds: Vec<FeedConfig>, until_idle: Durati
                 eprintln!("{line}");
             }
         }
-        if quiet_since.elapsed() >= until_idle {
+        if Instant::now() >= quiet_since && quiet_since.elapsed() >= until_idle {
             tracing::info!(idle = ?until_idle, "no row arrived for the idle time; flushing and committing");
             idle.cancel();
             return;

@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub lake: Option<lake::Lake>,
     /// How often the feeds in the lake (`<lake>/feeds/active/`) are read again.
     pub reload_interval: Duration,
+    /// Run the feeds kept in the lake too (`export` runs only the feeds it was given).
+    pub lake_feeds: bool,
 }
 
 impl Default for RunOptions {
@@ -81,6 +83,7 @@ impl Default for RunOptions {
             serve_http: true,
             lake: None,
             reload_interval: defaults::FEEDS_RELOAD_INTERVAL,
+            lake_feeds: true,
         }
     }
 }
@@ -146,10 +149,13 @@ pub async fn run_with(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(ended) = feeds.tasks.join_next(), if !feeds.tasks.is_empty() => feeds.ended(ended),
-            _ = reload.tick() => reload_lake_feeds(&ctx, &registry, &mut feeds, &feeds_stop, &mut reported).await,
+            Some(ended) = feeds.tasks.join_next_with_id(), if !feeds.tasks.is_empty() => feeds.ended(ended, &ctx.health),
+            _ = reload.tick(), if ctx.options.lake_feeds => {
+                reload_lake_feeds(&ctx, &registry, &mut feeds, &feeds_stop, &mut reported).await;
+                feeds.restart_pending = false;
+            }
         }
-        if feeds.running.is_empty() && feeds.ended_on_their_own && !shutdown.is_cancelled() {
+        if feeds.running.is_empty() && feeds.ended_on_their_own && !feeds.restart_pending && !shutdown.is_cancelled() {
             let reason = feeds.failure.take().unwrap_or_else(|| anyhow::anyhow!("every feed ended"));
             return Err(reason.context("every feed has stopped; nothing is being ingested"));
         }
@@ -157,8 +163,8 @@ pub async fn run_with(
     ctx.health.set_shutting_down();
     tracing::info!(grace = ?config.shutdown_grace, "flushing every buffer before exit");
     let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while let Some(ended) = feeds.tasks.join_next().await {
-            feeds.ended(ended);
+        while let Some(ended) = feeds.tasks.join_next_with_id().await {
+            feeds.ended(ended, &ctx.health);
         }
         (feeds.summary, feeds.failure)
     })
@@ -222,6 +228,11 @@ struct FeedHandle {
 struct Feeds {
     running: std::collections::BTreeMap<String, FeedHandle>,
     tasks: tokio::task::JoinSet<(String, FeedEnd)>,
+    /// The feed of each task, to clean up after one that panicked.
+    task_names: std::collections::HashMap<tokio::task::Id, String>,
+    /// A lake feed stopped on purpose may start again at the next reload: until then an
+    /// empty `running` is not "every feed has stopped".
+    restart_pending: bool,
     summary: RunSummary,
     failure: Option<anyhow::Error>,
     /// A feed ended without being asked to.
@@ -249,8 +260,9 @@ impl Feeds {
                     ctx.health.clone(),
                     stop.clone(),
                 );
-                let name = name.clone();
-                self.tasks.spawn(async move { (name, FeedEnd::Table { rows: task.await }) });
+                let task_name = name.clone();
+                let handle = self.tasks.spawn(async move { (task_name, FeedEnd::Table { rows: task.await }) });
+                self.task_names.insert(handle.id(), name.clone());
             }
             PreparedFeed::Stream { feed, writer, committed } => {
                 let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
@@ -258,8 +270,9 @@ impl Feeds {
                 let sink =
                     build_sink(&feed, &writer, &ctx.budget, &ctx.metrics, &ctx.health, &ctx.options, committed.clone());
                 let source_task = tokio::spawn(source.run(committed, sender, stop.clone()));
-                let name = name.clone();
-                self.tasks.spawn(async move {
+                let task_name = name.clone();
+                let handle = self.tasks.spawn(async move {
+                    let name = task_name;
                     let sink = sink.run(receiver).await;
                     let source = match source_task.await {
                         Ok(result) => result.err().map(anyhow::Error::from),
@@ -271,18 +284,28 @@ impl Feeds {
                     };
                     (name, FeedEnd::Stream { summary, failure })
                 });
+                self.task_names.insert(handle.id(), name.clone());
             }
         }
         tracing::info!(feed = %name, origin = ?origin, "feed started");
         self.running.insert(name, FeedHandle { feed, origin, stop });
     }
 
-    fn ended(&mut self, ended: Result<(String, FeedEnd), tokio::task::JoinError>) {
+    fn ended(&mut self, ended: Result<(tokio::task::Id, (String, FeedEnd)), tokio::task::JoinError>, health: &Health) {
         let (name, end) = match ended {
-            Ok(ended) => ended,
+            Ok((id, ended)) => {
+                self.task_names.remove(&id);
+                ended
+            }
             Err(error) => {
-                self.failure.get_or_insert(anyhow::anyhow!("a feed task panicked: {error}"));
+                let name = self.task_names.remove(&error.id()).unwrap_or_default();
+                let panicked = anyhow::anyhow!("the task of feed {name} panicked: {error}");
+                health.set_feed(&name, crate::metrics::FeedState::Failed { error: panicked.to_string() });
+                self.failure.get_or_insert(panicked);
                 self.ended_on_their_own = true;
+                if let Some(handle) = self.running.remove(&name).filter(|handle| handle.origin == Origin::Lake) {
+                    self.failed.insert(name, handle.feed);
+                }
                 return;
             }
         };
@@ -308,6 +331,9 @@ impl Feeds {
             }
         }
         if on_purpose {
+            // stopped on purpose: not a feed /readyz waits for
+            health.remove_feed(&name);
+            self.restart_pending = true;
             tracing::info!(feed = %name, "feed stopped after its buffers were committed");
         }
     }
@@ -483,7 +509,9 @@ pub fn table_feed(
         source: feed.source.clone(),
         method: settings.snapshot_method,
         file_rows: settings.flush_max_rows as usize,
+        file_bytes: settings.flush_max_bytes as usize,
         idle: defaults::CHANGELOG_IDLE,
+        first_row: defaults::CHANGELOG_FIRST_ROW,
         budget_bytes,
     };
     Ok((writer, table))

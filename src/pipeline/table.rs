@@ -75,8 +75,13 @@ pub struct TableSettings {
     pub method: SnapshotMethod,
     /// Rows per file of a version.
     pub file_rows: usize,
+    /// Decoded bytes per file of a version (whichever of the two comes first).
+    pub file_bytes: usize,
     /// `changelog`: the snapshot is complete once no change arrived for this long.
     pub idle: Duration,
+    /// `changelog`: how long the first row may take (ksqlDB starts a transient query from the
+    /// earliest offset in seconds); a table with no row at all is empty after it.
+    pub first_row: Duration,
     /// `changelog`: the most bytes of current rows held in memory.
     pub budget_bytes: u64,
 }
@@ -155,7 +160,7 @@ async fn write_pull(
             Event::Row { values, tombstone: false } => {
                 append(&mut decoder, &values, &settings.source, index)?;
                 index += 1;
-                if decoder.len() >= settings.file_rows {
+                if file_full(&decoder, settings) {
                     writer.write(pending, &[decoder.finish()]).await?;
                 }
             }
@@ -177,6 +182,10 @@ async fn finish(
         writer.write(pending, &[decoder.finish()]).await?;
     }
     Ok(schema)
+}
+
+fn file_full(decoder: &RowDecoder, settings: &TableSettings) -> bool {
+    decoder.len() >= settings.file_rows || decoder.buffered_bytes() >= settings.file_bytes
 }
 
 fn append(decoder: &mut RowDecoder, values: &[u8], source: &str, index: u64) -> Result<(), TableError> {
@@ -217,11 +226,18 @@ async fn write_changelog(
     let mut held = 0u64;
     let mut index = 0u64;
     loop {
-        let event = match tokio::time::timeout(settings.idle, stream.next_event()).await {
+        let wait = if index == 0 { settings.first_row.max(settings.idle) } else { settings.idle };
+        let event = match tokio::time::timeout(wait, stream.next_event()).await {
             Err(_) => break,
             Ok(event) => event?,
         };
-        let Some(event) = event else { break };
+        // a push query does not end by itself: an end is a server going away mid-read
+        let Some(event) = event else {
+            return Err(TableError::Ksql(format!(
+                "the changelog query of {} ended before it had been idle for {:?}: the snapshot would be partial",
+                settings.source, settings.idle
+            )));
+        };
         let (values, tombstone) = match event {
             Event::Row { values, tombstone } => (values, tombstone),
             Event::Error(error) => return Err(TableError::Ksql(error.to_string())),
@@ -241,7 +257,8 @@ async fn write_changelog(
             continue;
         }
         held += values.len() as u64 + key_bytes;
-        if let Some(old) = current.insert(key, values) {
+        // a copy: the row is a slice of its response chunk, which it would keep alive whole
+        if let Some(old) = current.insert(key, Bytes::copy_from_slice(&values)) {
             held -= old.len() as u64 + key_bytes;
         }
         if held > settings.budget_bytes {
@@ -256,18 +273,19 @@ async fn write_changelog(
     let mut decoder = RowDecoder::new(&columns);
     for (row, values) in current.values().enumerate() {
         append(&mut decoder, values, &settings.source, row as u64)?;
-        if decoder.len() >= settings.file_rows {
+        if file_full(&decoder, settings) {
             writer.write(pending, &[decoder.finish()]).await?;
         }
     }
     Ok((sql, finish(decoder, writer, pending).await?))
 }
 
-/// The JSON text of a row's key values, `None` when the row is not an array that long.
+/// The key values of a row as ksqlDB wrote them (each value's JSON text, so a DECIMAL key with
+/// more digits than a double holds stays exact), `None` when the row is not an array that long.
 fn row_key(values: &[u8], keys: &[usize]) -> Option<String> {
-    let row: Vec<serde_json::Value> = serde_json::from_slice(values).ok()?;
-    let key: Vec<&serde_json::Value> = keys.iter().map(|&index| row.get(index)).collect::<Option<_>>()?;
-    serde_json::to_string(&key).ok()
+    let row: Vec<&serde_json::value::RawValue> = serde_json::from_slice(values).ok()?;
+    let key: Vec<&str> = keys.iter().map(|&index| row.get(index).map(|value| value.get())).collect::<Option<_>>()?;
+    Some(key.join("\u{1f}"))
 }
 
 /// When the next snapshot of a feed is due: `interval` after the latest version, or now.
@@ -301,10 +319,22 @@ pub async fn run_table_feed(
     let retry = interval.min(Duration::from_secs(60));
     let mut rows = 0;
     health.set_feed(&feed, FeedState::Starting);
+    // what an interrupted snapshot left goes at start, not only before the next snapshot
+    match writer.cleanup().await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(feed = %feed, removed = ?removed, "removed the files of an interrupted snapshot");
+        }
+        Ok(_) => {}
+        Err(error) => tracing::info!(feed = %feed, error = %error, "left the version folders alone"),
+    }
     let mut due = match writer.manifest().await {
         Ok(metadata) => next_due(metadata.as_ref(), interval),
         Err(_) => tokio::time::Instant::now(),
     };
+    if due > tokio::time::Instant::now() {
+        // the latest version is fresh: the feed is where it should be
+        health.set_feed(&feed, FeedState::Streaming);
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -345,8 +375,12 @@ mod tests {
 
     #[test]
     fn row_keys_are_the_json_of_the_key_values() {
-        assert_eq!(row_key(br#"["a",1,null]"#, &[0]).as_deref(), Some(r#"["a"]"#));
-        assert_eq!(row_key(br#"["a",1,null]"#, &[1, 0]).as_deref(), Some(r#"[1,"a"]"#));
+        assert_eq!(row_key(br#"["a",1,null]"#, &[0]).as_deref(), Some(r#""a""#));
+        assert_eq!(row_key(br#"["a",1,null]"#, &[1, 0]).as_deref(), Some("1\u{1f}\"a\""));
+        // digits beyond a double's precision still tell keys apart
+        let a = row_key(br#"[12345678901234567890.01,1]"#, &[0]);
+        let b = row_key(br#"[12345678901234567890.02,1]"#, &[0]);
+        assert_ne!(a, b);
         assert_eq!(row_key(br#"["a"]"#, &[2]), None);
         assert_eq!(row_key(b"not json", &[0]), None);
     }
