@@ -42,6 +42,8 @@ pub const ERROR_POLICY: &str = "dead_letter";
 pub const MAX_REJECTED_PER_MINUTE: u64 = 1000;
 pub const MAX_LINE_BYTES: u64 = 16 * MIB;
 pub const INVALID_EVENT_TIME: &str = "arrival-time";
+/// A feed's writer lease in the lake (see `lake::lease`).
+pub const WRITER_LEASE: Duration = Duration::from_secs(30);
 /// How often `run` reads the feeds kept in the lake again.
 pub const FEEDS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Table feeds: how often a snapshot version is taken.

@@ -168,7 +168,7 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
             &config_path,
             format!(
                 "[ksqldb]\nurl = \"{}\"\nreconnect_backoff_initial = \"10ms\"\nreconnect_backoff_max = \"100ms\"\n\
-                 [lake]\nurl = \"file://{}/lake\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [lake]\nurl = \"file://{}/lake\"\nlease = \"1s\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
                  [[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\npartitioning = \"{}\"\n\
                  flush_max_age = \"{}\"\nbatch_rows = 500\ndelivery = \"{delivery}\"\n",
                 server.url(),
@@ -271,6 +271,77 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
 }
 
 /// Distinct (ROWPARTITION, ROWOFFSET) pairs in the Parquet files of `objects`.
+/// Two processes configured on one feed (a second replica by mistake, or a pod that has not
+/// died yet): the second waits for the first one's lease instead of writing, and takes over
+/// once the first is killed and its lease lapses. Every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_feed_write_it_once_through_its_lease() {
+    let rows: i64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, server) = simulator_with_rows(0).await;
+    let config_path = dir.path().join("ksql-lake.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[ksqldb]\nurl = \"{}\"\nreconnect_backoff_initial = \"10ms\"\nreconnect_backoff_max = \"100ms\"\n\
+             [lake]\nurl = \"file://{}/lake\"\nlease = \"2s\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [[feeds]]\nname = \"everything\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\nflush_max_age = \"1s\"\nbatch_rows = 500\n",
+            server.url(),
+            dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(BINARY)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let producer = {
+        let simulator = simulator.clone();
+        tokio::spawn(async move {
+            for chunk in 0..40 {
+                produce(&simulator, chunk * 500..(chunk + 1) * 500, rows);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let mut first = spawn();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut second = spawn();
+    let lake_store = local_store(&dir.path().join("lake"));
+    // both run side by side for a while, the second waiting
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(first.try_wait().unwrap().is_none() && second.try_wait().unwrap().is_none(), "both keep running");
+    first.start_kill().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), first.wait()).await.unwrap().unwrap();
+    producer.await.unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            if distinct_positions(&feed_objects(&lake_store, &Path::from("streams/everything")).await) >= rows as usize
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
+    assert!(all.is_ok(), "only {} of {rows} rows committed after the takeover", distinct_positions(&objects));
+    let pid = second.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), second.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
+    verify_feed(&objects, rows, false);
+    server.shutdown().await;
+}
+
 fn distinct_positions(objects: &[(String, bytes::Bytes)]) -> usize {
     use arrow::array::AsArray;
     use arrow::datatypes::{Int32Type, Int64Type};

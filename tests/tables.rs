@@ -365,7 +365,7 @@ async fn a_second_writer_is_refused_while_the_first_holds_the_lease() {
     };
     first.write(&mut pending, &[batch]).await.unwrap();
     let second = snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.unwrap_err();
-    assert!(second.to_string().contains("another writer"), "{second}");
+    assert!(second.to_string().contains("another process"), "{second}");
     assert!(writer(&lake, 3).cleanup().await.is_err(), "cleanup waits for the lease too");
     assert_eq!(stored_versions(&lake).await, [1, 2], "the first writer's files are untouched");
     let done = first.commit(pending, "SELECT * FROM USERS;", "pull", None).await.unwrap();

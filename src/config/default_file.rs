@@ -38,6 +38,10 @@ url = "file:///var/lib/ksql-lake"
 # session_token = "..."
 # One request to the store may take this long; failed writes are retried with the rows kept.
 request_timeout = "30s"
+# One process writes a feed at a time: it holds a lease in the lake (renewed every third of
+# this), and a second process on the same feed waits. After a crash, the next process waits
+# at most this long before it writes.
+lease = "30s"
 
 [http]
 # /metrics (Prometheus), /healthz and /readyz.

@@ -79,6 +79,8 @@ pub struct LakeConfig {
     pub url: String,
     /// Endpoint, region, credentials and the request timeout (`extra` key `timeout`).
     pub store: S3Options,
+    /// How long a feed's writer lease holds without renewal.
+    pub lease: Duration,
 }
 
 /// Where a row's event time comes from.

@@ -50,6 +50,7 @@ pub struct RawLake {
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
     pub request_timeout: Option<String>,
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

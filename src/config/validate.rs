@@ -164,6 +164,10 @@ fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
         }
     }
     let request_timeout = duration("lake.request_timeout", raw.request_timeout.as_deref(), defaults::REQUEST_TIMEOUT)?;
+    let lease = duration("lake.lease", raw.lease.as_deref(), defaults::WRITER_LEASE)?;
+    if lease < Duration::from_millis(500) {
+        return Err(ConfigError::invalid("lake.lease", "must be at least 500ms"));
+    }
     Ok(LakeConfig {
         url: url.to_string(),
         store: S3Options {
@@ -176,6 +180,7 @@ fn validate_lake(raw: &super::raw::RawLake) -> Result<LakeConfig, ConfigError> {
             session_token: raw.session_token.clone(),
             extra: vec![("timeout".to_string(), humantime::format_duration(request_timeout).to_string())],
         },
+        lease,
     })
 }
 

@@ -9,7 +9,7 @@
 //! The protocol, one writer per feed at a time, held by a lease (`_snapshot.lease`, taken
 //! create-only, renewed while files are written, released at the end; a crashed writer's
 //! lease expires after [`LEASE`]). A second writer (`export --table` next to `run`) is refused
-//! with [`SnapshotError::Busy`] instead of touching the first one's files.
+//! with [`SnapshotError::Lease`] instead of touching the first one's files.
 //! 1. [`SnapshotWriter::begin`] takes the lease, removes every `version=vN/` folder the manifest does not list
 //!    (files of an interrupted snapshot, or of a retired version whose deletion was cut short),
 //!    then numbers the new version one above the highest found in storage or in the manifest.
@@ -28,6 +28,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::layout::{validate_feed_name, FeedKind, LayoutError};
+use super::lease::{Lease, LeaseError};
 use super::metadata::{load_manifest, replace_manifest, FeedMetadata, ManifestError, TableVersion, VersionFile};
 use super::parquet::{encode, EncodeError, FileInfo, ParquetOptions};
 use super::store::Lake;
@@ -40,13 +41,6 @@ pub const LEASE_FILE: &str = "_snapshot.lease";
 
 /// How long a lease holds without renewal; a crashed writer's lease lapses after it.
 pub const LEASE: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// What the lease file says.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct LeaseBody {
-    owner: String,
-    expires_at_ms: i64,
-}
 
 /// Folder name of version `n`.
 pub fn version_dir(version: u32) -> String {
@@ -87,10 +81,9 @@ pub enum SnapshotError {
     Contended { path: String, attempts: usize },
     #[error("{path} lists version {version}, which is not newer than its latest version {latest}")]
     Stale { path: String, version: u32, latest: u32 },
-    #[error(
-        "another writer is taking a snapshot of this table (its lease {path} holds until {until}); try again later"
-    )]
-    Busy { path: String, until: String },
+    /// Another writer holds the table's lease (try again later), or it could not be read.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// Writes and retires the versions of one table feed.
@@ -114,7 +107,7 @@ pub struct PendingVersion {
     /// The folders `begin` removed.
     pub removed: Vec<String>,
     /// This writer's lease.
-    owner: String,
+    lease: Lease,
     renewed: std::time::Instant,
 }
 
@@ -221,58 +214,9 @@ impl SnapshotWriter {
         self.lake.feed_path(FeedKind::Table, &self.feed, LEASE_FILE)
     }
 
-    /// Takes the feed's lease for `owner`: create-only, or over a lapsed one.
-    async fn acquire(&self, owner: &str) -> Result<(), SnapshotError> {
-        let path = self.lease_path()?;
-        let store = self.lake.store();
-        let body = |owner: &str| {
-            let expires_at_ms = Utc::now().timestamp_millis() + self.lease.as_millis() as i64;
-            let lease = LeaseBody { owner: owner.to_string(), expires_at_ms };
-            PutPayload::from(serde_json::to_vec(&lease).unwrap_or_default())
-        };
-        let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match store.put_opts(&path, body(owner), create).await {
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(source) => return Err(SnapshotError::Store { path: path.to_string(), source }),
-        }
-        let current = match store.get(&path).await {
-            Ok(current) => current,
-            // released meanwhile: one more try
-            Err(object_store::Error::NotFound { .. }) => {
-                return match store
-                    .put_opts(&path, body(owner), PutOptions { mode: PutMode::Create, ..PutOptions::default() })
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(SnapshotError::Busy { path: path.to_string(), until: "now".into() }),
-                };
-            }
-            Err(source) => return Err(SnapshotError::Store { path: path.to_string(), source }),
-        };
-        let version =
-            object_store::UpdateVersion { e_tag: current.meta.e_tag.clone(), version: current.meta.version.clone() };
-        let bytes = current.bytes().await.map_err(Self::store_error(&path))?;
-        let held: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
-        let expires = held.as_ref().map_or(0, |lease| lease.expires_at_ms);
-        let ours = held.as_ref().is_some_and(|lease| lease.owner == owner);
-        if !ours && expires > Utc::now().timestamp_millis() {
-            let until = DateTime::<Utc>::from_timestamp_millis(expires).map(|t| t.to_rfc3339()).unwrap_or_default();
-            return Err(SnapshotError::Busy { path: path.to_string(), until });
-        }
-        // lapsed (or unreadable): take it over, conditionally where the store can
-        let update = PutOptions { mode: PutMode::Update(version), ..PutOptions::default() };
-        match store.put_opts(&path, body(owner), update).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::NotImplemented { .. }) => {
-                store.put(&path, body(owner)).await.map_err(Self::store_error(&path))?;
-                Ok(())
-            }
-            Err(object_store::Error::Precondition { .. }) => {
-                Err(SnapshotError::Busy { path: path.to_string(), until: "now (taken over by another writer)".into() })
-            }
-            Err(source) => Err(SnapshotError::Store { path: path.to_string(), source }),
-        }
+    /// A new lease on the feed's snapshots (not yet taken).
+    fn new_lease(&self) -> Result<Lease, SnapshotError> {
+        Ok(Lease::new(self.lake.store().clone(), self.lease_path()?, self.lease))
     }
 
     /// Extends the lease while a long snapshot writes its files.
@@ -280,46 +224,26 @@ impl SnapshotWriter {
         if pending.renewed.elapsed() < self.lease / 4 {
             return Ok(());
         }
-        self.acquire(&pending.owner).await?;
+        pending.lease.acquire().await?;
         pending.renewed = std::time::Instant::now();
         Ok(())
     }
 
-    /// Gives the lease up, if it is still ours (best effort: it lapses anyway).
-    async fn release(&self, owner: &str) {
-        let Ok(path) = self.lease_path() else { return };
-        let store = self.lake.store();
-        let ours = match store.get(&path).await {
-            Ok(current) => current
-                .bytes()
-                .await
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<LeaseBody>(&bytes).ok())
-                .is_some_and(|lease| lease.owner == owner),
-            Err(_) => false,
-        };
-        if ours {
-            if let Err(error) = store.delete(&path).await {
-                tracing::debug!(feed = %self.feed, error = %error, "could not release the snapshot lease; it lapses");
-            }
-        }
-    }
-
-    /// Removes what an interrupted snapshot left, under the lease; `Busy` when another
+    /// Removes what an interrupted snapshot left, under the lease; a lease error when another
     /// writer holds it (then its folder is not ours to remove).
     pub async fn cleanup(&self) -> Result<Vec<String>, SnapshotError> {
-        let owner = new_owner();
-        self.acquire(&owner).await?;
+        let lease = self.new_lease()?;
+        lease.acquire().await?;
         let removed = self.remove_unlisted().await;
-        self.release(&owner).await;
+        lease.release().await;
         removed
     }
 
     /// Starts a new version: takes the lease, removes leftovers, then numbers the version
     /// above everything found.
     pub async fn begin(&self) -> Result<PendingVersion, SnapshotError> {
-        let owner = new_owner();
-        self.acquire(&owner).await?;
+        let lease = self.new_lease()?;
+        lease.acquire().await?;
         let numbered = async {
             let removed = self.remove_unlisted().await?;
             let in_manifest = self.manifest().await?.and_then(|m| m.versions.iter().map(|v| v.version).max());
@@ -333,11 +257,11 @@ impl SnapshotWriter {
                 started: Utc::now(),
                 files: Vec::new(),
                 removed,
-                owner,
+                lease,
                 renewed: std::time::Instant::now(),
             }),
             Err(error) => {
-                self.release(&owner).await;
+                lease.release().await;
                 Err(error)
             }
         }
@@ -410,7 +334,7 @@ impl SnapshotWriter {
             Err(SnapshotError::Stale { .. } | SnapshotError::Contended { .. }) => self.abandon(&pending).await,
             // a failed manifest put may still have landed: the files stay, and the next
             // snapshot removes them only if the manifest does not list them
-            _ => self.release(&pending.owner).await,
+            _ => pending.lease.release().await,
         }
         result
     }
@@ -463,13 +387,8 @@ impl SnapshotWriter {
                 tracing::warn!(feed = %self.feed, path = %path, error = %error, "could not remove a file of an abandoned snapshot; it is removed at the next start");
             }
         }
-        self.release(&pending.owner).await;
+        pending.lease.release().await;
     }
-}
-
-/// A writer's identity in the lease: random, so two processes never share one.
-fn new_owner() -> String {
-    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub async fn export(
         feeds.into_iter().partition(|feed| feed.kind == FeedKind::Table);
     let mut lines = Vec::new();
     for group in tables.chunks(parallel) {
-        let runs = group.iter().map(|feed| export_table(&client, &lake, feed, config.memory_budget_bytes, &stop));
+        let runs = group.iter().map(|feed| export_table(&client, &lake, feed, config, &stop));
         for line in futures::future::join_all(runs).await {
             lines.push(line?);
         }
@@ -127,11 +127,11 @@ async fn export_table(
     client: &KsqlClient,
     lake: &lake::Lake,
     feed: &FeedConfig,
-    budget: u64,
+    config: &Config,
     stop: &CancellationToken,
 ) -> Result<ExportLine, ExportError> {
     let started = Instant::now();
-    let (writer, settings) = super::table_feed(lake, feed, budget)?;
+    let (writer, settings) = super::table_feed(lake, feed, config.memory_budget_bytes, config.lake.lease)?;
     let summary = table::snapshot(client, &writer, &settings, stop)
         .await
         .with_context(|| format!("snapshot of table feed {}", feed.name))?;

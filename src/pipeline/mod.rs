@@ -29,6 +29,7 @@ use crate::backoff::Backoff;
 use crate::config::{self, Config, FeedConfig};
 use crate::defaults;
 use crate::ksqldb::client::KsqlClient;
+use crate::lake::lease::Lease;
 use crate::lake::{
     self, CommitState, LakeWriter, MemoryBudget, PartitionBuffers, PartitionSpec, RowRouter, WriterOptions,
 };
@@ -128,7 +129,8 @@ pub async fn run_with(
     metrics.memory_budget_bytes.set(config.memory_budget_bytes as f64);
     metrics.store_up.set(1.0);
 
-    let ctx = FeedContext { config: config.clone(), client, lake: lake.clone(), budget, metrics, health, options };
+    let ctx =
+        Arc::new(FeedContext { config: config.clone(), client, lake: lake.clone(), budget, metrics, health, options });
     let registry = crate::feeds::FeedRegistry::new(lake);
     let feeds_stop = shutdown.child_token();
     let mut feeds = Feeds::default();
@@ -199,8 +201,23 @@ enum Origin {
 
 /// A feed ready to start: its writer and commit state are read (stream feeds).
 enum PreparedFeed {
-    Stream { feed: FeedConfig, writer: Arc<LakeWriter>, committed: CommitState },
-    Table { feed: FeedConfig, writer: lake::SnapshotWriter, settings: table::TableSettings },
+    /// The feed's lease is held and its commit state read.
+    Stream {
+        feed: FeedConfig,
+        writer: Arc<LakeWriter>,
+        committed: CommitState,
+        lease: Lease,
+    },
+    /// Another process holds the feed's lease: wait for it, then read the commit state.
+    Waiting {
+        feed: FeedConfig,
+        lease: Lease,
+    },
+    Table {
+        feed: FeedConfig,
+        writer: lake::SnapshotWriter,
+        settings: table::TableSettings,
+    },
 }
 
 /// How one feed ended.
@@ -243,13 +260,16 @@ struct Feeds {
 }
 
 impl Feeds {
-    fn spawn(&mut self, ctx: &FeedContext, prepared: PreparedFeed, origin: Origin, parent: &CancellationToken) {
+    fn spawn(&mut self, ctx: &Arc<FeedContext>, prepared: PreparedFeed, origin: Origin, parent: &CancellationToken) {
         let stop = parent.child_token();
         let feed = match &prepared {
-            PreparedFeed::Stream { feed, .. } | PreparedFeed::Table { feed, .. } => feed.clone(),
+            PreparedFeed::Stream { feed, .. }
+            | PreparedFeed::Waiting { feed, .. }
+            | PreparedFeed::Table { feed, .. } => feed.clone(),
         };
         let name = feed.name.clone();
-        match prepared {
+        let task_name = name.clone();
+        let handle = match prepared {
             PreparedFeed::Table { feed, writer, settings } => {
                 let task = table::run_table_feed(
                     ctx.client.clone(),
@@ -260,33 +280,18 @@ impl Feeds {
                     ctx.health.clone(),
                     stop.clone(),
                 );
-                let task_name = name.clone();
-                let handle = self.tasks.spawn(async move { (task_name, FeedEnd::Table { rows: task.await }) });
-                self.task_names.insert(handle.id(), name.clone());
+                self.tasks.spawn(async move { (task_name, FeedEnd::Table { rows: task.await }) })
             }
-            PreparedFeed::Stream { feed, writer, committed } => {
-                let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
-                let source = build_source(ctx, &feed);
-                let sink =
-                    build_sink(&feed, &writer, &ctx.budget, &ctx.metrics, &ctx.health, &ctx.options, committed.clone());
-                let source_task = tokio::spawn(source.run(committed, sender, stop.clone()));
-                let task_name = name.clone();
-                let handle = self.tasks.spawn(async move {
-                    let name = task_name;
-                    let sink = sink.run(receiver).await;
-                    let source = match source_task.await {
-                        Ok(result) => result.err().map(anyhow::Error::from),
-                        Err(error) => Some(anyhow::anyhow!("the source task of feed {name} panicked: {error}")),
-                    };
-                    let (summary, failure) = match sink {
-                        Ok(summary) => (Some(summary), source),
-                        Err(error) => (None, source.or(Some(error.into()))),
-                    };
-                    (name, FeedEnd::Stream { summary, failure })
-                });
-                self.task_names.insert(handle.id(), name.clone());
+            PreparedFeed::Stream { feed, writer, committed, lease } => {
+                let task = run_stream_feed(ctx.clone(), feed, Some((writer, committed)), lease, stop.clone());
+                self.tasks.spawn(async move { (task_name, task.await) })
             }
-        }
+            PreparedFeed::Waiting { feed, lease } => {
+                let task = run_stream_feed(ctx.clone(), feed, None, lease, stop.clone());
+                self.tasks.spawn(async move { (task_name, task.await) })
+            }
+        };
+        self.task_names.insert(handle.id(), name.clone());
         tracing::info!(feed = %name, origin = ?origin, "feed started");
         self.running.insert(name, FeedHandle { feed, origin, stop });
     }
@@ -343,9 +348,115 @@ impl Feeds {
 /// metadata does not list, or a temp file; the commit state says where to resume.
 async fn prepare_feed(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Result<PreparedFeed> {
     if feed.kind == lake::FeedKind::Table {
-        let (writer, settings) = table_feed(&ctx.lake, feed, ctx.config.memory_budget_bytes)?;
+        let (writer, settings) = table_feed(&ctx.lake, feed, ctx.config.memory_budget_bytes, ctx.config.lake.lease)?;
         return Ok(PreparedFeed::Table { feed: feed.clone(), writer, settings });
     }
+    let lease = Lease::new(
+        ctx.lake.store().clone(),
+        ctx.lake.feed_path(feed.kind, &feed.name, WRITER_LEASE)?,
+        ctx.config.lake.lease,
+    );
+    match lease.acquire().await {
+        Ok(()) => {}
+        Err(error @ lake::lease::LeaseError::Busy { .. }) => {
+            tracing::warn!(feed = %feed.name, %error, "waiting for the other writer's lease before writing this feed");
+            return Ok(PreparedFeed::Waiting { feed: feed.clone(), lease });
+        }
+        Err(error) => return Err(anyhow::Error::new(error).context(format!("taking the lease of feed {}", feed.name))),
+    }
+    match read_commit_state(ctx, feed).await {
+        Ok((writer, committed)) => Ok(PreparedFeed::Stream { feed: feed.clone(), writer, committed, lease }),
+        Err(error) => {
+            lease.release().await;
+            Err(error)
+        }
+    }
+}
+
+/// The name of a stream feed's writer lease, next to its manifest.
+const WRITER_LEASE: &str = "_writer.lease";
+
+/// Runs one stream feed under its lease: waits for the lease first when another process holds
+/// it (then reads the commit state, which that process may have moved), renews it while the
+/// feed runs, and releases it once everything buffered is committed. Losing the lease (it
+/// lapsed: the lake was unreachable for longer than it lasts) stops the feed.
+async fn run_stream_feed(
+    ctx: Arc<FeedContext>,
+    feed: FeedConfig,
+    ready: Option<(Arc<LakeWriter>, CommitState)>,
+    lease: Lease,
+    stop: CancellationToken,
+) -> FeedEnd {
+    let stopped = FeedEnd::Stream { summary: None, failure: None };
+    let (writer, committed) = match ready {
+        Some(ready) => ready,
+        None => {
+            let retry = (lease.duration() / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                match lease.acquire().await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        let reason = format!("waiting for the lease: {error}");
+                        ctx.health.set_feed(&feed.name, crate::metrics::FeedState::Reconnecting { reason });
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return stopped,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+            }
+            tracing::info!(feed = %feed.name, "took the feed's lease; resuming from what the lake holds now");
+            match read_commit_state(&ctx, &feed).await {
+                Ok(ready) => ready,
+                Err(error) => {
+                    lease.release().await;
+                    return FeedEnd::Stream { summary: None, failure: Some(error) };
+                }
+            }
+        }
+    };
+    let renewing = tokio::spawn(renew_lease(lease.clone(), feed.name.clone(), stop.clone()));
+    let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
+    let source = build_source(&ctx, &feed);
+    let sink = build_sink(&feed, &writer, &ctx.budget, &ctx.metrics, &ctx.health, &ctx.options, committed.clone());
+    let source_task = tokio::spawn(source.run(committed, sender, stop.clone()));
+    let sink = sink.run(receiver).await;
+    let source = match source_task.await {
+        Ok(result) => result.err().map(anyhow::Error::from),
+        Err(error) => Some(anyhow::anyhow!("the source task of feed {} panicked: {error}", feed.name)),
+    };
+    renewing.abort();
+    lease.release().await;
+    let (summary, failure) = match sink {
+        Ok(summary) => (Some(summary), source),
+        Err(error) => (None, source.or(Some(error.into()))),
+    };
+    FeedEnd::Stream { summary, failure }
+}
+
+/// Renews a feed's lease three times per lease period; stops the feed if it was lost.
+async fn renew_lease(lease: Lease, feed: String, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(lease.duration() / 3);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match lease.acquire().await {
+            Ok(()) => {}
+            Err(error @ lake::lease::LeaseError::Busy { .. }) => {
+                tracing::error!(feed = %feed, %error, "the feed's lease was lost to another process; stopping the feed");
+                stop.cancel();
+                return;
+            }
+            Err(error) => tracing::warn!(feed = %feed, %error, "could not renew the feed's lease; retrying"),
+        }
+    }
+}
+
+/// Reconciles a stream feed with its files and reads where it resumes.
+async fn read_commit_state(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Result<(Arc<LakeWriter>, CommitState)> {
     let kind = feed.kind;
     let report = lake::reconcile(&ctx.lake, kind, &feed.name)
         .await
@@ -364,7 +475,7 @@ async fn prepare_feed(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Result<Pr
     if !committed.low.is_empty() {
         tracing::info!(feed = %feed.name, positions = ?committed.low, "resuming after committed positions");
     }
-    Ok(PreparedFeed::Stream { feed: feed.clone(), writer, committed })
+    Ok((writer, committed))
 }
 
 fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
@@ -401,7 +512,7 @@ fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
 /// and restarts a changed one once its old run has stopped. A name the config file also
 /// defines is an error, reported once, and the lake's feed is not run.
 async fn reload_lake_feeds(
-    ctx: &FeedContext,
+    ctx: &Arc<FeedContext>,
     registry: &crate::feeds::FeedRegistry,
     feeds: &mut Feeds,
     parent: &CancellationToken,
@@ -496,6 +607,7 @@ pub fn table_feed(
     lake: &lake::Lake,
     feed: &FeedConfig,
     budget_bytes: u64,
+    lease: Duration,
 ) -> anyhow::Result<(lake::SnapshotWriter, table::TableSettings)> {
     let settings = &feed.settings;
     let writer = lake::SnapshotWriter::new(
@@ -503,7 +615,8 @@ pub fn table_feed(
         &feed.name,
         writer_options(settings).parquet,
         settings.retention_versions,
-    )?;
+    )?
+    .with_lease(lease);
     let table = table::TableSettings {
         feed: feed.name.clone(),
         source: feed.source.clone(),
