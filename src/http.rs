@@ -1,5 +1,7 @@
-//! The operations endpoint: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (every feed streams and the lake accepts writes; 503 with the reason otherwise).
+//! The operations endpoint: `/metrics` (Prometheus text), `/healthz` (the process is alive),
+//! `/readyz` (every feed streams and the lake accepts writes; 503 with the reason otherwise) and
+//! `/feeds` (each feed's state and figures as JSON; no secret is ever in it) and `/`, a status
+//! page for a browser built on `/feeds`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{FeedState, Health, Metrics};
 
 /// Binds the endpoint and serves it until `shutdown` is cancelled. Returns the bound address.
 pub async fn serve(
@@ -61,8 +63,59 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics, health: &Health) -> R
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             reply(status, "application/json", format!("{body}\n"))
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz\n".into()),
+        "/feeds" => reply(StatusCode::OK, "application/json", format!("{}\n", feeds(metrics, health))),
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE.to_string()),
+        _ => {
+            reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /, /metrics, /healthz, /readyz, /feeds\n".into())
+        }
     }
+}
+
+/// `/`: a self-contained status page (no external assets) that reads `/feeds` every 2 s.
+const STATUS_PAGE: &str = include_str!("http/status.html");
+
+/// `/feeds`: per feed its definition, state, last error and the figures an operator checks.
+pub fn feeds(metrics: &Metrics, health: &Health) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    let time = |seconds: f64| {
+        (seconds > 0.0)
+            .then(|| chrono::DateTime::from_timestamp_millis((seconds * 1000.0) as i64))
+            .flatten()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let feeds: Vec<serde_json::Value> = health
+        .feeds()
+        .into_iter()
+        .map(|crate::metrics::FeedStatus { name, state, info, store_error }| {
+            let one = [name.as_str()];
+            let watermark = metrics.event_time_watermark.with_label_values(&one).get();
+            let last_error = match &state {
+                Some(FeedState::Reconnecting { reason }) => Some(reason.clone()),
+                Some(FeedState::Failed { error }) => Some(error.clone()),
+                _ => None,
+            }
+            .or(store_error);
+            serde_json::json!({
+                "feed": name,
+                "kind": info.as_ref().map(|info| info.kind),
+                "source": info.as_ref().map(|info| info.source.clone()),
+                "delivery": info.as_ref().map(|info| info.delivery),
+                "state": state,
+                "rows_received": metrics.rows_received.with_label_values(&one).get(),
+                "rows_written": metrics.rows_written.with_label_values(&one).get(),
+                "last_row_received": time(metrics.last_row_timestamp.with_label_values(&one).get()),
+                "last_commit": time(metrics.last_commit_timestamp.with_label_values(&one).get()),
+                "buffered_rows": metrics.buffered_rows.with_label_values(&one).get(),
+                "buffered_bytes": metrics.buffered_bytes.with_label_values(&one).get(),
+                "open_partitions": metrics.open_partitions.with_label_values(&one).get(),
+                "event_time_watermark": time(watermark),
+                "lag_seconds": (watermark > 0.0).then(|| ((now - watermark) * 1000.0).round() / 1000.0),
+                "oldest_buffered_seconds": metrics.oldest_buffered_seconds.with_label_values(&one).get(),
+                "last_error": last_error,
+            })
+        })
+        .collect();
+    serde_json::json!({ "feeds": feeds })
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

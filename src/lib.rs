@@ -15,6 +15,7 @@
 //!   builds without it (`--no-default-features`).
 
 pub mod backoff;
+pub mod cluster;
 pub mod config;
 pub mod defaults;
 #[cfg(feature = "simulator")]

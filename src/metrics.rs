@@ -62,6 +62,15 @@ pub struct Metrics {
     pub backpressure_seconds: prometheus::CounterVec,
     /// 1 while the last write to the lake succeeded.
     pub store_up: Gauge,
+    /// Unix time the last row arrived from ksqlDB.
+    pub last_row_timestamp: GaugeVec,
+    /// Per committed file: commit time minus the oldest event time in it.
+    pub commit_lag: HistogramVec,
+    /// Age of the oldest row buffered and not yet committed (0 when none).
+    pub oldest_buffered_seconds: GaugeVec,
+    /// Table feeds: the latest complete version and how many are kept.
+    pub table_latest_version: IntGaugeVec,
+    pub table_versions: IntGaugeVec,
 }
 
 const SIZE_BUCKETS: [f64; 10] = [
@@ -75,6 +84,41 @@ const SIZE_BUCKETS: [f64; 10] = [
     134_217_728.0,
     268_435_456.0,
     536_870_912.0,
+];
+
+/// Lag buckets: 1 s to about 9 h.
+fn lag_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1.0, 2.0, 16).expect("valid buckets")
+}
+
+/// The label values every feed's series are exported with from the first scrape (at 0), so
+/// `increase()` and absence alerts work before the first event of each kind.
+pub const FLUSH_REASONS: &[&str] =
+    &["rows", "bytes", "age", "partition_close", "memory", "shutdown", "schema_change", "snapshot"];
+pub const RECONNECT_REASONS: &[&str] = &[
+    "disconnect",
+    "terminated",
+    "stall",
+    "in_band_error",
+    "connect",
+    "dns",
+    "tls",
+    "too_many_queries",
+    "server_error",
+    "content_type",
+    "malformed_response",
+];
+pub const REJECT_TYPES: &[&str] = &["frame", "line_too_long", "position", "row_shape", "value"];
+pub const ERROR_KINDS: &[(&str, &str)] = &[
+    ("partition", "event_time"),
+    ("write", "store"),
+    ("write", "permanent"),
+    ("write", "store_slow"),
+    ("snapshot", "ksqldb"),
+    ("snapshot", "lake"),
+    ("snapshot", "row"),
+    ("snapshot", "too_large"),
+    ("snapshot", "no_key"),
 ];
 
 fn seconds_buckets() -> Vec<f64> {
@@ -115,6 +159,13 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(backpressure_seconds.clone())).expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("ksql_lake_build_info", "Always 1; the version of the running ksql-lake"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info)).expect("metric registered once");
         Metrics {
             rows_received: counter("ksql_lake_rows_received_total", "Rows decoded from ksqlDB", &["feed"]),
             rows_written: counter("ksql_lake_rows_written_total", "Rows committed to the lake", &["feed"]),
@@ -177,8 +228,70 @@ impl Metrics {
             ),
             backpressure_seconds,
             store_up: gauge("ksql_lake_store_up", "1 while the last write to the lake succeeded"),
+            last_row_timestamp: float_gauge_vec(
+                "ksql_lake_last_row_timestamp_seconds",
+                "Unix time the last row arrived from ksqlDB",
+                &["feed"],
+            ),
+            commit_lag: histogram(
+                "ksql_lake_commit_lag_seconds",
+                "Per committed file: commit time minus the oldest event time in it",
+                lag_buckets(),
+            ),
+            oldest_buffered_seconds: float_gauge_vec(
+                "ksql_lake_oldest_buffered_seconds",
+                "Age of the oldest buffered, uncommitted row (0 when none)",
+                &["feed"],
+            ),
+            table_latest_version: gauge_vec(
+                "ksql_lake_table_latest_version",
+                "Table feeds: the latest complete snapshot version",
+                &["feed"],
+            ),
+            table_versions: gauge_vec("ksql_lake_table_versions", "Table feeds: complete versions kept", &["feed"]),
             registry,
         }
+    }
+
+    /// Exports every series of `feed` whose labels are known in advance, at 0.
+    pub fn init_feed(&self, feed: &str) {
+        let one = [feed];
+        for counter in [
+            &self.rows_received,
+            &self.rows_written,
+            &self.bytes_written,
+            &self.dead_letter_rows,
+            &self.late_rows,
+            &self.null_event_time_rows,
+            &self.write_retries,
+        ] {
+            counter.with_label_values(&one);
+        }
+        for reason in FLUSH_REASONS {
+            self.files_written.with_label_values(&[feed, reason]);
+        }
+        for reason in RECONNECT_REASONS {
+            self.push_query_reconnects.with_label_values(&[feed, reason]);
+        }
+        for error_type in REJECT_TYPES {
+            self.rows_rejected.with_label_values(&[feed, error_type]);
+        }
+        for (stage, error_type) in ERROR_KINDS {
+            self.errors.with_label_values(&[feed, stage, error_type]);
+        }
+        for histogram in
+            [&self.flush_duration, &self.encode_duration, &self.put_duration, &self.file_size, &self.commit_lag]
+        {
+            histogram.with_label_values(&one);
+        }
+        for gauge in [&self.buffered_rows, &self.buffered_bytes, &self.open_partitions, &self.push_query_up] {
+            gauge.with_label_values(&one);
+        }
+        self.backpressure_seconds.with_label_values(&one);
+        self.oldest_buffered_seconds.with_label_values(&one);
+        self.last_row_timestamp.with_label_values(&one);
+        self.last_commit_timestamp.with_label_values(&one);
+        self.event_time_watermark.with_label_values(&one);
     }
 
     /// The text exposition of every metric.
@@ -219,6 +332,26 @@ struct HealthInner {
     store_errors: BTreeMap<String, String>,
     shutting_down: bool,
     http_address: Option<std::net::SocketAddr>,
+    /// What each feed is (kind, source, delivery), for `/feeds`.
+    info: BTreeMap<String, FeedInfo>,
+}
+
+/// One feed as `/feeds` shows it.
+#[derive(Debug, Clone)]
+pub struct FeedStatus {
+    pub name: String,
+    pub state: Option<FeedState>,
+    pub info: Option<FeedInfo>,
+    /// The lake error its commit stage last saw.
+    pub store_error: Option<String>,
+}
+
+/// A feed's definition as `/feeds` shows it (nothing secret is in it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FeedInfo {
+    pub kind: &'static str,
+    pub source: String,
+    pub delivery: &'static str,
 }
 
 impl Health {
@@ -234,10 +367,30 @@ impl Health {
         }
     }
 
+    pub fn set_feed_info(&self, feed: &str, info: FeedInfo) {
+        self.lock().info.insert(feed.to_string(), info);
+    }
+
+    /// Every feed's state and definition.
+    pub fn feeds(&self) -> Vec<FeedStatus> {
+        let inner = self.lock();
+        let names: std::collections::BTreeSet<&String> = inner.feeds.keys().chain(inner.info.keys()).collect();
+        names
+            .into_iter()
+            .map(|name| FeedStatus {
+                name: name.clone(),
+                state: inner.feeds.get(name).cloned(),
+                info: inner.info.get(name).cloned(),
+                store_error: inner.store_errors.get(name).cloned(),
+            })
+            .collect()
+    }
+
     /// Forgets a feed that was stopped on purpose (disabled or archived).
     pub fn remove_feed(&self, feed: &str) {
         let mut inner = self.lock();
         inner.feeds.remove(feed);
+        inner.info.remove(feed);
         inner.store_errors.remove(feed);
     }
 

@@ -267,3 +267,51 @@ async fn the_report_renders_its_documented_shapes() {
     let unknown = ksql_lake::report::build(&lake, Some("nope")).await.unwrap_err();
     assert!(unknown.to_string().contains("nope"));
 }
+
+/// Two replicas of one config split its feeds by rendezvous hashing: each feed is written by
+/// exactly one of them, whole and once, and a replica of a bigger cluster never takes a feed
+/// from another old replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_feeds_and_write_each_once() {
+    let (_sim, handle) = simulator_with_rows(600).await;
+    let dir = tempfile::tempdir().unwrap();
+    // three feeds of each replica, so both have work
+    let candidates: Vec<String> = (0..64).map(|i| format!("feed_{i}")).collect();
+    let of =
+        |ordinal: u32| candidates.iter().filter(move |name| ksql_lake::cluster::owner_of(name, 2) == ordinal).take(3);
+    let names: Vec<&str> = of(0).chain(of(1)).map(String::as_str).collect();
+    let mut text = format!("[ksqldb]\nurl = \"{}\"\n[lake]\nurl = \"{}\"\n", handle.url(), dir.path().display());
+    for name in &names {
+        text.push_str(&format!(
+            "[[feeds]]\nname = \"{name}\"\nkind = \"stream\"\nsource = \"{SOURCE}\"\nflush_max_age = \"1s\"\n"
+        ));
+    }
+    let replica = |ordinal: u32| {
+        let text = format!("{text}[cluster]\nreplicas = 2\nordinal = {ordinal}\n");
+        ksql_lake::config::Config::from_toml(&text, "test", Vec::new()).unwrap()
+    };
+    let (first, second) = (start(replica(0), fast_options()), start(replica(1), fast_options()));
+    let written = |running: &Running, feed: &str| running.metrics.rows_written.with_label_values(&[feed]).get();
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        while !names.iter().all(|feed| written(&first, feed) + written(&second, feed) == 600) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "every feed written by one replica");
+    let mine: Vec<u32> = names.iter().map(|feed| if written(&first, feed) > 0 { 0 } else { 1 }).collect();
+    for (feed, owner) in names.iter().zip(&mine) {
+        assert_eq!(*owner, ksql_lake::cluster::owner_of(feed, 2), "{feed}");
+        assert!(written(&first, feed) == 0 || written(&second, feed) == 0, "{feed} written by both");
+    }
+    assert!(mine.contains(&0) && mine.contains(&1), "both replicas have work: {mine:?}");
+    first.shutdown().await;
+    second.shutdown().await;
+    let lake = local(dir.path());
+    for feed in &names {
+        verify_feed(&objects(&lake, feed).await, 600, false);
+    }
+    handle.shutdown().await;
+    let bad = ksql_lake::config::Config::from_toml(&format!("{text}[cluster]\nreplicas = 2\n"), "test", Vec::new());
+    assert!(bad.unwrap_err().to_string().contains("cluster.ordinal"));
+}

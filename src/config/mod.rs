@@ -60,6 +60,15 @@ pub struct Config {
     pub feeds: Vec<FeedConfig>,
     /// `[defaults]` as written: what feed files in the lake inherit (see `feeds`).
     pub feed_defaults: raw::RawFeedSettings,
+    /// `(replicas, ordinal)`: this process runs the feeds `cluster::owner_of` gives it.
+    pub cluster: (u32, u32),
+}
+
+impl Config {
+    /// Whether this replica runs `feed`.
+    pub fn runs_here(&self, feed: &str) -> bool {
+        crate::cluster::owner_of(feed, self.cluster.0) == self.cluster.1
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
+    pub cluster: RawCluster,
+    #[serde(default)]
     pub feeds: Vec<RawFeed>,
+}
+
+/// Several replicas splitting the feeds (see `cluster`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub replicas: Option<u32>,
+    /// This replica's ordinal, 0 to replicas − 1 (in a StatefulSet, from the pod's index).
+    pub ordinal: Option<u32>,
 }
 
 #[derive(Clone, Default, Deserialize)]

@@ -44,7 +44,34 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     // Defaults are validated even without feeds, so a typo there is caught early.
     validate_settings("defaults", &RawFeedSettings::default(), &raw.defaults)?;
 
-    Ok(Config { ksqldb, lake, http_listen, memory_budget_bytes, shutdown_grace, feeds, feed_defaults: raw.defaults })
+    let replicas = raw.cluster.replicas.unwrap_or(1);
+    if replicas == 0 {
+        return Err(ConfigError::invalid("cluster.replicas", "must be at least 1"));
+    }
+    let ordinal = match (raw.cluster.ordinal, replicas) {
+        (Some(ordinal), _) if ordinal >= replicas => {
+            return Err(ConfigError::invalid("cluster.ordinal", format!("{ordinal}: must be 0 to {}", replicas - 1)))
+        }
+        (Some(ordinal), _) => ordinal,
+        (None, 1) => 0,
+        (None, _) => {
+            return Err(ConfigError::invalid(
+                "cluster.ordinal",
+                "must be set when cluster.replicas is above 1: each replica runs its share of the feeds \
+                 (in a StatefulSet, set KSQL_LAKE_CLUSTER__ORDINAL from the pod index)",
+            ))
+        }
+    };
+    Ok(Config {
+        ksqldb,
+        lake,
+        http_listen,
+        memory_budget_bytes,
+        shutdown_grace,
+        feeds,
+        feed_defaults: raw.defaults,
+        cluster: (replicas, ordinal),
+    })
 }
 
 /// One feed (a `[[feeds]]` entry or a feed file in the lake), with `defaults` for what it

@@ -411,6 +411,15 @@ impl PartitionBuffers {
         self.buffers.len()
     }
 
+    /// How long the oldest buffered row has waited (zero when nothing is buffered).
+    pub fn oldest_buffered_age(&self, now: Instant) -> std::time::Duration {
+        self.buffers
+            .values()
+            .map(|buffer| now.saturating_duration_since(buffer.oldest_arrival))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The predicates, checked in this order: rows, bytes, partition close, age.
     fn flush_reason(&self, buffer: &PartitionBuffer, now: Instant, watermark_ms: i64) -> Option<FlushReason> {
         let estimated_encoded = (buffer.in_memory_bytes as f64 * self.compression_ratio) as u64;

@@ -85,8 +85,9 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
     let lake_config = config.lake.clone();
     let metrics = Metrics::new(prometheus::Registry::new());
     let names: Vec<String> = feeds.iter().map(|feed| feed.name.clone()).collect();
-    let display = tokio::spawn(show_progress(metrics.clone(), names, run_stop.clone()));
-    let summary = run_with(config, run_stop, metrics, Health::default(), RunOptions::default()).await;
+    let health = Health::default();
+    let display = tokio::spawn(show_progress(metrics.clone(), health.clone(), names, run_stop.clone()));
+    let summary = run_with(config, run_stop, metrics, health, RunOptions::default()).await;
     display.abort();
     producing.cancel();
     server.shutdown().await;
@@ -138,8 +139,15 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
 }
 
 /// A few live lines per feed while the demo runs (every 5 s); the full log is `-v` away.
-async fn show_progress(metrics: Metrics, feeds: Vec<String>, stop: CancellationToken) {
+async fn show_progress(metrics: Metrics, health: Health, feeds: Vec<String>, stop: CancellationToken) {
     let started = std::time::Instant::now();
+    for _ in 0..50 {
+        if let Some(address) = health.http_address() {
+            eprintln!("status page: http://{address}/ (metrics at /metrics, feeds as JSON at /feeds)");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let names: Vec<&str> = feeds.iter().map(String::as_str).collect();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;

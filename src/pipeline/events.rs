@@ -16,7 +16,7 @@ use crate::metrics::{FeedState, Health, Metrics};
 #[derive(Clone)]
 pub(crate) struct FeedMetrics {
     pub(crate) feed: String,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     pub(crate) rows_received: IntCounter,
     pub(crate) push_query_up: IntGauge,
     rows_written: IntCounter,
@@ -87,6 +87,10 @@ pub(crate) struct BatchSent {
 impl BatchSent {
     pub(crate) fn emit(&self, metrics: &FeedMetrics) {
         metrics.rows_received.inc_by(self.rows as u64);
+        if self.rows > 0 {
+            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            metrics.metrics.last_row_timestamp.with_label_values(&[&metrics.feed]).set(now);
+        }
         if self.blocked > Duration::from_millis(1) {
             metrics.backpressure_seconds.inc_by(self.blocked.as_secs_f64());
         }
@@ -287,6 +291,7 @@ impl DeadLetterCommitted {
 /// A file is in the lake and listed in the manifest.
 pub(crate) struct FileCommitted<'a> {
     pub(crate) file: &'a CommittedFile,
+    pub(crate) min_event_ms: i64,
     pub(crate) max_event_ms: i64,
     /// Time the file waited in the commit queue.
     pub(crate) queue_wait: Duration,
@@ -305,7 +310,10 @@ impl FileCommitted<'_> {
         metrics.put_duration.observe(self.put.as_secs_f64());
         metrics.flush_duration.observe((self.encode + self.put).as_secs_f64());
         metrics.file_size.observe(file.bytes as f64);
-        metrics.last_commit_timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        metrics.last_commit_timestamp.set(now_ms as f64 / 1000.0);
+        let lag = (now_ms - self.min_event_ms).max(0) as f64 / 1000.0;
+        metrics.metrics.commit_lag.with_label_values(&[&metrics.feed]).observe(lag);
         let watermark = self.max_event_ms as f64 / 1000.0;
         if watermark > metrics.event_time_watermark.get() {
             metrics.event_time_watermark.set(watermark);

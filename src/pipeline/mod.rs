@@ -135,6 +135,11 @@ pub async fn run_with(
     let feeds_stop = shutdown.child_token();
     let mut feeds = Feeds::default();
     for feed in config.feeds.iter().filter(|feed| feed.enabled) {
+        if !config.runs_here(&feed.name) {
+            tracing::info!(feed = %feed.name, replicas = config.cluster.0, ordinal = config.cluster.1,
+                "feed runs on another replica");
+            continue;
+        }
         // A feed of the config file that cannot start stops the service at once.
         let prepared = prepare_feed(&ctx, feed).await?;
         feeds.spawn(&ctx, prepared, Origin::ConfigFile, &feeds_stop);
@@ -268,6 +273,12 @@ impl Feeds {
             | PreparedFeed::Table { feed, .. } => feed.clone(),
         };
         let name = feed.name.clone();
+        ctx.metrics.init_feed(&name);
+        let delivery = if feed.kind == lake::FeedKind::Table { "snapshot" } else { feed.settings.delivery.as_str() };
+        ctx.health.set_feed_info(
+            &name,
+            crate::metrics::FeedInfo { kind: feed.kind.as_str(), source: feed.source.clone(), delivery },
+        );
         let task_name = name.clone();
         let handle = match prepared {
             PreparedFeed::Table { feed, writer, settings } => {
@@ -545,7 +556,9 @@ async fn reload_lake_feeds(
             handle.stop.cancel();
         }
     }
-    for (name, feed) in wanted {
+    let wanted: std::collections::BTreeMap<String, FeedConfig> =
+        wanted.into_iter().filter(|(name, _)| ctx.config.runs_here(name)).collect();
+    for (name, feed) in wanted.clone() {
         if in_config.iter().any(|known| known.eq_ignore_ascii_case(&name)) {
             report(reported, &name, "the config file defines a feed of the same name: remove one of the two".into());
             continue;

@@ -317,6 +317,8 @@ impl FeedSink {
         self.metrics.buffered_rows.set(self.buffers.buffered_rows() as i64);
         self.metrics.buffered_bytes.set(self.buffers.buffered_bytes() as i64);
         self.metrics.open_partitions.set(self.buffers.open_partitions() as i64);
+        let oldest = self.buffers.oldest_buffered_age(tokio::time::Instant::now());
+        self.metrics.metrics.oldest_buffered_seconds.with_label_values(&[&self.metrics.feed]).set(oldest.as_secs_f64());
         self.metrics.memory_used_bytes.set(self.budget.used() as f64);
     }
 }
@@ -408,6 +410,7 @@ impl Committer {
         let put_seconds = put_started.elapsed();
         FileCommitted {
             file: &committed,
+            min_event_ms: job.min_event_ms,
             max_event_ms: job.max_event_ms,
             queue_wait: encode_started.duration_since(queued),
             encode: encode_seconds,
