@@ -26,6 +26,21 @@ if [ ! -d "$node_dir/node_modules/ksqldb-client" ]; then
   npm install --prefix "$node_dir" --no-audit --no-fund --silent ksqldb-client@1.0.5
 fi
 
+# The dashboard's types (tests/grafana.rs).
+if [ ! -x "$node_dir/node_modules/.bin/tsc" ] || [ ! -d "$node_dir/node_modules/@grafana/schema" ]; then
+  echo "== installing typescript and @grafana/schema into $node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --silent typescript@5.9.3 @grafana/schema@13.2.3
+fi
+
+# A real Prometheus and promtool, and a headless browser for the status page
+# (tests/prometheus.rs), from Debian.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || [ ! -x /usr/bin/chromium ]; then
+  echo "== installing prometheus, promtool and chromium (Debian)"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null
+fi
+
 if [ -z "${KSQL_LAKE_CAPTURES:-}" ] && [ -d "$root/../shared/ksqldb-captures" ]; then
   export KSQL_LAKE_CAPTURES="$root/../shared/ksqldb-captures"
 fi
