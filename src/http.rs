@@ -90,7 +90,7 @@ pub fn feeds(metrics: &Metrics, health: &Health) -> serde_json::Value {
             let one = [name.as_str()];
             let watermark = metrics.event_time_watermark.with_label_values(&one).get();
             let last_error = match &state {
-                Some(FeedState::Reconnecting { reason }) => Some(reason.clone()),
+                Some(FeedState::Reconnecting { reason } | FeedState::Standby { reason }) => Some(reason.clone()),
                 Some(FeedState::Failed { error }) => Some(error.clone()),
                 _ => None,
             }

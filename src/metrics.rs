@@ -311,6 +311,11 @@ pub enum FeedState {
     Reconnecting {
         reason: String,
     },
+    /// Waiting for the feed's lease, which another process holds: nothing to do here, and
+    /// nothing wrong with this process (ready, so a rollout does not stall on it).
+    Standby {
+        reason: String,
+    },
     /// A permanent error (unknown source, bad statement, 401/403): the feed stopped.
     Failed {
         error: String,
@@ -419,7 +424,8 @@ impl Health {
     /// Ready when every feed streams and the lake accepts writes.
     pub fn report(&self) -> (bool, serde_json::Value) {
         let inner = self.lock();
-        let feeds_ok = inner.feeds.values().all(|state| matches!(state, FeedState::Streaming));
+        let feeds_ok =
+            inner.feeds.values().all(|state| matches!(state, FeedState::Streaming | FeedState::Standby { .. }));
         let ready = feeds_ok && inner.store_errors.is_empty() && !inner.shutting_down;
         let body = serde_json::json!({
             "ready": ready,

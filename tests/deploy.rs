@@ -59,11 +59,19 @@ async fn every_rendered_manifest_validates_and_carries_a_valid_config() {
               'replicas': by['StatefulSet']['spec']['replicas'], 'liveness': c['livenessProbe']['httpGet']['path'],\n\
               'readiness': c['readinessProbe']['httpGet']['path'], 'user': pod['securityContext']['runAsUser'],\n\
               'read_only': c['securityContext']['readOnlyRootFilesystem'],\n\
-              'rules': by['PrometheusRule']['spec']['groups'], 'kinds': sorted(by)}))";
+              'rules': by['PrometheusRule']['spec']['groups'], 'kinds': sorted(by),\n\
+              'secret': by['Secret'].get('stringData', {})}))";
         let (ok, out) = python(script, &rendered).await;
         assert!(ok, "{out}");
         let facts: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let env = vec![("KSQL_LAKE_CLUSTER__ORDINAL".to_string(), "1".to_string())];
+        // the pod's environment: the Secret's variables and the ordinal
+        let mut env: Vec<(String, String)> = facts["secret"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_string()))
+            .collect();
+        env.push(("KSQL_LAKE_CLUSTER__ORDINAL".to_string(), "1".to_string()));
         let config = ksql_lake::config::Config::from_toml(facts["config"].as_str().unwrap(), overlay, env).unwrap();
         assert!(
             config.shutdown_grace.as_secs() < facts["grace"].as_u64().unwrap(),

@@ -315,3 +315,39 @@ async fn two_replicas_split_the_feeds_and_write_each_once() {
     let bad = ksql_lake::config::Config::from_toml(&format!("{text}[cluster]\nreplicas = 2\n"), "test", Vec::new());
     assert!(bad.unwrap_err().to_string().contains("cluster.ordinal"));
 }
+
+/// A feed that loses its lease (another process took it: here a lease rewritten under it)
+/// stops at once without committing what it buffered, reports it, and the service exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_loses_its_lease_stops_without_committing() {
+    let (_sim, handle) = simulator_with_rows(500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        config(&handle.url(), dir.path().to_str().unwrap(), "daily", "lease = \"1s\"", "flush_max_age = \"60s\"");
+    let running = start(config, fast_options());
+    running.wait_until("the rows buffered", Duration::from_secs(30), |r| r.received() == 500).await;
+    let lake = local(dir.path());
+    let lease = lake.feed_path(FeedKind::Stream, "everything", "_writer.lease").unwrap();
+    let usurper = tokio::spawn({
+        let lake = lake.clone();
+        async move {
+            for i in 0..100u64 {
+                let body = serde_json::json!({"owner": "another-process", "expires_at_ms": i64::MAX - i as i64});
+                lake.store().put(&lease, serde_json::to_vec(&body).unwrap().into()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(30), running.task).await.expect("the service stops").unwrap();
+    usurper.abort();
+    let error = format!("{:#}", ended.unwrap_err());
+    assert!(error.contains("lost its lease"), "{error}");
+    assert_eq!(running.metrics.rows_written.with_label_values(&["everything"]).get(), 0, "nothing committed");
+    let files = objects(&lake, "everything").await;
+    assert!(
+        files.iter().all(|(path, _)| !path.ends_with(".parquet")),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    handle.shutdown().await;
+}

@@ -339,6 +339,7 @@ async fn two_processes_on_one_feed_write_it_once_through_its_lease() {
     assert!(status.success());
     let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
     verify_feed(&objects, rows, false);
+    assert!(!objects.iter().any(|(path, _)| path == "_writer.lease"), "a clean stop releases the lease");
     server.shutdown().await;
 }
 

@@ -260,10 +260,18 @@ async fn a_crash_at_every_put_of_a_snapshot_leaves_a_complete_latest_version() {
         let metadata = manifest(&lake).await;
         assert_eq!(metadata.latest_version, Some(if committed { 2 } else { 1 }), "crash after {crash_at} puts");
         assert_eq!(latest_rows(&lake).await, before, "the latest version is complete");
-        // restart, once the dead writer's lease has lapsed: the next snapshot clears what the
-        // crash left and commits
-        tokio::time::sleep(LEASE).await;
-        let done = snapshot(&client, &writer(&lake, 1), &settings(SnapshotMethod::Pull, 20)).await.unwrap();
+        // restart: once the dead writer's lease has been seen unchanged for a whole period,
+        // the next snapshot clears what the crash left and commits
+        let restarted = writer(&lake, 1).with_lease(LEASE).holding();
+        let mut result = snapshot(&client, &restarted, &settings(SnapshotMethod::Pull, 20)).await;
+        for _ in 0..4 {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(LEASE / 2).await;
+            result = snapshot(&client, &restarted, &settings(SnapshotMethod::Pull, 20)).await;
+        }
+        let done = result.unwrap();
         assert_eq!(done.committed.version, if committed { 3 } else { 2 });
         assert_eq!(stored_versions(&lake).await, [done.committed.version], "crash after {crash_at} puts");
         assert_eq!(latest_rows(&lake).await, oracle);
@@ -370,20 +378,21 @@ async fn a_second_writer_is_refused_while_the_first_holds_the_lease() {
     assert_eq!(stored_versions(&lake).await, [1, 2], "the first writer's files are untouched");
     let done = first.commit(pending, "SELECT * FROM USERS;", "pull", None).await.unwrap();
     assert_eq!(done.version, 2);
-    // a writer that died holding the lease: it lapses, and the next writer clears its files
+    // a writer that died holding the lease: once another has seen it unchanged for a whole
+    // lease period (its own clock; the dead one's expiry time is not trusted), it takes over
+    // and clears the dead writer's files
     let lease = lake.feed_path(ksql_lake::lake::FeedKind::Table, FEED, "_snapshot.lease").unwrap();
-    let dead = serde_json::json!({"owner": "dead", "expires_at_ms": chrono::Utc::now().timestamp_millis() + 60_000});
-    lake.store().put(&lease, serde_json::to_vec(&dead).unwrap().into()).await.unwrap();
+    let far = serde_json::json!({"owner": "dead", "expires_at_ms": chrono::Utc::now().timestamp_millis() + 3_600_000});
+    lake.store().put(&lease, serde_json::to_vec(&far).unwrap().into()).await.unwrap();
     let partial =
         lake.feed_path(ksql_lake::lake::FeedKind::Table, FEED, "version=v3/snapshot_partial.parquet").unwrap();
     lake.store().put(&partial, bytes::Bytes::from_static(b"partial").into()).await.unwrap();
-    assert!(
-        snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.is_err(),
-        "held for a minute"
-    );
-    let lapsed = serde_json::json!({"owner": "dead", "expires_at_ms": chrono::Utc::now().timestamp_millis() - 1});
-    lake.store().put(&lease, serde_json::to_vec(&lapsed).unwrap().into()).await.unwrap();
-    let done = snapshot(&client, &writer(&lake, 3), &settings(SnapshotMethod::Pull, 1000)).await.unwrap();
+    let next = writer(&lake, 3).with_lease(LEASE).holding();
+    assert!(snapshot(&client, &next, &settings(SnapshotMethod::Pull, 1000)).await.is_err(), "seen once: held");
+    tokio::time::sleep(LEASE / 2).await;
+    assert!(snapshot(&client, &next, &settings(SnapshotMethod::Pull, 1000)).await.is_err(), "not yet a whole period");
+    tokio::time::sleep(LEASE).await;
+    let done = snapshot(&client, &next, &settings(SnapshotMethod::Pull, 1000)).await.unwrap();
     assert_eq!((done.committed.version, done.removed.clone()), (3, vec!["version=v3".to_string()]));
     assert_eq!(latest_rows(&lake).await, oracle);
     assert!(lake.store().head(&lease).await.is_err(), "the lease is released after the commit");

@@ -7,13 +7,19 @@
 //! or over a lapsed one with a conditional put where the store has one, renewed well before it
 //! lapses, and deleted on a clean stop. A writer that dies holding it blocks others until it
 //! lapses.
+//!
+//! Another owner's lease counts as lapsed only when this process has seen it unchanged for a
+//! whole lease period on its own monotonic clock: the holder's `expires_at_ms` is informative,
+//! so clocks that disagree between hosts cannot hand a live lease over early. On a local lake
+//! (no conditional put) the takeover of a lapsed lease is a plain overwrite, so two processes
+//! waiting on the same local lake could both take it; object stores are safe.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -33,6 +39,9 @@ struct LeaseBody {
     expires_at_ms: i64,
 }
 
+/// Another owner's lease body and when this process first saw it so.
+type Seen = (Vec<u8>, std::time::Instant);
+
 /// One holder's lease on one path.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -40,13 +49,15 @@ pub struct Lease {
     path: Path,
     owner: String,
     duration: Duration,
+    /// Another owner's lease as last read, and since when it has looked the same.
+    seen: Arc<Mutex<Option<Seen>>>,
 }
 
 impl Lease {
     /// A lease at `path` for a new, random owner.
     pub fn new(store: Arc<dyn ObjectStore>, path: Path, duration: Duration) -> Self {
         let owner = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-        Lease { store, path, owner, duration }
+        Lease { store, path, owner, duration, seen: Arc::default() }
     }
 
     pub fn path(&self) -> &Path {
@@ -91,10 +102,21 @@ impl Lease {
         let bytes = current.bytes().await.map_err(self.failed())?;
         let held: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
         let ours = held.as_ref().is_some_and(|lease| lease.owner == self.owner);
-        let expires = held.as_ref().map_or(0, |lease| lease.expires_at_ms);
-        if !ours && expires > Utc::now().timestamp_millis() {
-            let until = DateTime::<Utc>::from_timestamp_millis(expires).map(|t| t.to_rfc3339()).unwrap_or_default();
-            return Err(LeaseError::Busy { path: self.path.to_string(), until });
+        if !ours {
+            let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let unchanged_since = match seen.as_ref() {
+                Some((body, since)) if *body == bytes.as_ref() => *since,
+                _ => {
+                    let now = std::time::Instant::now();
+                    *seen = Some((bytes.to_vec(), now));
+                    now
+                }
+            };
+            if unchanged_since.elapsed() < self.duration {
+                let expires = held.as_ref().map_or(0, |lease| lease.expires_at_ms);
+                let until = DateTime::<Utc>::from_timestamp_millis(expires).map(|t| t.to_rfc3339()).unwrap_or_default();
+                return Err(LeaseError::Busy { path: self.path.to_string(), until });
+            }
         }
         // ours, lapsed or unreadable: write it, conditionally where the store can
         let update = PutOptions { mode: PutMode::Update(version), ..PutOptions::default() };

@@ -149,6 +149,11 @@ pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<Reconc
                 footers.insert(object.meta.location.clone(), footer);
             }
             match &footers[&object.meta.location] {
+                // rows the manifest already has from another file: written by a process that
+                // no longer held the feed's lease. Adopting it would list them twice.
+                Ok(footer) if overlaps_committed(&metadata.commit_state(), &footer.runs) => {
+                    warn!(path = %object.meta.location, "file holds rows already committed in other files; not adopted");
+                }
                 Ok(footer) => {
                     adopt(&mut metadata, object, footer);
                     adopted.push(object.meta.location.to_string());
@@ -312,6 +317,20 @@ fn entry(object: &DataObject, footer: &Footer, reason: &str) -> FileEntry {
 /// Lists an orphan: totals and partition through `record_file`; its exact runs join the
 /// committed set (never its highest offset: rows below that may still be missing). A file
 /// from before runs existed keeps the old rule: its highest offset was the watermark.
+/// Whether any row of `runs` is already committed.
+fn overlaps_committed(state: &CommitState, runs: &Runs) -> bool {
+    runs.iter().any(|(&partition, ranges)| {
+        ranges.iter().any(|&(first, last)| {
+            state.covers(partition, first)
+                || state.covers(partition, last)
+                || state
+                    .ranges
+                    .get(&partition)
+                    .is_some_and(|committed| committed.iter().any(|&(a, b)| a <= last && first <= b))
+        })
+    })
+}
+
 fn adopt(metadata: &mut FeedMetadata, object: &DataObject, footer: &Footer) {
     let columns = columns_of(&footer.schema);
     metadata.record_adopted_file(&object.partition, entry(object, footer, ADOPTED_REASON), columns, Utc::now());

@@ -8,7 +8,7 @@
 //!
 //! The protocol, one writer per feed at a time, held by a lease (`_snapshot.lease`, taken
 //! create-only, renewed while files are written, released at the end; a crashed writer's
-//! lease expires after [`LEASE`]). A second writer (`export --table` next to `run`) is refused
+//! lease lapses once another writer has seen it unchanged for [`LEASE`]). A second writer (`export --table` next to `run`) is refused
 //! with [`SnapshotError::Lease`] instead of touching the first one's files.
 //! 1. [`SnapshotWriter::begin`] takes the lease, removes every `version=vN/` folder the manifest does not list
 //!    (files of an interrupted snapshot, or of a retired version whose deletion was cut short),
@@ -96,6 +96,9 @@ pub struct SnapshotWriter {
     retention_versions: usize,
     /// How long the lease holds without renewal.
     lease: std::time::Duration,
+    /// This writer's lease, one owner for all its snapshots: what it has seen of another
+    /// owner's lease carries over from one attempt to the next.
+    holder: Option<Lease>,
 }
 
 /// A version being written: its number, the time it started and the files put so far.
@@ -136,12 +139,14 @@ impl SnapshotWriter {
             parquet,
             retention_versions: retention_versions.max(1),
             lease: LEASE,
+            holder: None,
         })
     }
 
     /// A lease other than [`LEASE`] (tests use short ones).
     pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
         self.lease = lease;
+        self.holder = None;
         self
     }
 
@@ -214,9 +219,18 @@ impl SnapshotWriter {
         self.lake.feed_path(FeedKind::Table, &self.feed, LEASE_FILE)
     }
 
-    /// A new lease on the feed's snapshots (not yet taken).
+    /// This writer's lease on the feed's snapshots (not necessarily taken).
     fn new_lease(&self) -> Result<Lease, SnapshotError> {
+        if let Some(holder) = &self.holder {
+            return Ok(holder.clone());
+        }
         Ok(Lease::new(self.lake.store().clone(), self.lease_path()?, self.lease))
+    }
+
+    /// Fixes this writer's lease owner now (a writer used for several snapshots, as `run`'s).
+    pub fn holding(mut self) -> Self {
+        self.holder = self.new_lease().ok();
+        self
     }
 
     /// Extends the lease while a long snapshot writes its files.

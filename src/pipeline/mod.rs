@@ -212,6 +212,7 @@ enum PreparedFeed {
         writer: Arc<LakeWriter>,
         committed: CommitState,
         lease: Lease,
+        renewal: Renewal,
     },
     /// Another process holds the feed's lease: wait for it, then read the commit state.
     Waiting {
@@ -293,8 +294,8 @@ impl Feeds {
                 );
                 self.tasks.spawn(async move { (task_name, FeedEnd::Table { rows: task.await }) })
             }
-            PreparedFeed::Stream { feed, writer, committed, lease } => {
-                let task = run_stream_feed(ctx.clone(), feed, Some((writer, committed)), lease, stop.clone());
+            PreparedFeed::Stream { feed, writer, committed, lease, renewal } => {
+                let task = run_stream_feed(ctx.clone(), feed, Some((writer, committed, renewal)), lease, stop.clone());
                 self.tasks.spawn(async move { (task_name, task.await) })
             }
             PreparedFeed::Waiting { feed, lease } => {
@@ -319,8 +320,11 @@ impl Feeds {
                 health.set_feed(&name, crate::metrics::FeedState::Failed { error: panicked.to_string() });
                 self.failure.get_or_insert(panicked);
                 self.ended_on_their_own = true;
-                if let Some(handle) = self.running.remove(&name).filter(|handle| handle.origin == Origin::Lake) {
-                    self.failed.insert(name, handle.feed);
+                if let Some(handle) = self.running.remove(&name) {
+                    handle.stop.cancel();
+                    if handle.origin == Origin::Lake {
+                        self.failed.insert(name, handle.feed);
+                    }
                 }
                 return;
             }
@@ -375,9 +379,11 @@ async fn prepare_feed(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Result<Pr
         }
         Err(error) => return Err(anyhow::Error::new(error).context(format!("taking the lease of feed {}", feed.name))),
     }
+    let renewal = Renewal::start(lease.clone(), feed.name.clone());
     match read_commit_state(ctx, feed).await {
-        Ok((writer, committed)) => Ok(PreparedFeed::Stream { feed: feed.clone(), writer, committed, lease }),
+        Ok((writer, committed)) => Ok(PreparedFeed::Stream { feed: feed.clone(), writer, committed, lease, renewal }),
         Err(error) => {
+            renewal.finish().await;
             lease.release().await;
             Err(error)
         }
@@ -394,12 +400,12 @@ const WRITER_LEASE: &str = "_writer.lease";
 async fn run_stream_feed(
     ctx: Arc<FeedContext>,
     feed: FeedConfig,
-    ready: Option<(Arc<LakeWriter>, CommitState)>,
+    ready: Option<(Arc<LakeWriter>, CommitState, Renewal)>,
     lease: Lease,
     stop: CancellationToken,
 ) -> FeedEnd {
     let stopped = FeedEnd::Stream { summary: None, failure: None };
-    let (writer, committed) = match ready {
+    let (writer, committed, renewal) = match ready {
         Some(ready) => ready,
         None => {
             let retry = (lease.duration() / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -408,7 +414,7 @@ async fn run_stream_feed(
                     Ok(()) => break,
                     Err(error) => {
                         let reason = format!("waiting for the lease: {error}");
-                        ctx.health.set_feed(&feed.name, crate::metrics::FeedState::Reconnecting { reason });
+                        ctx.health.set_feed(&feed.name, crate::metrics::FeedState::Standby { reason });
                     }
                 }
                 tokio::select! {
@@ -417,26 +423,41 @@ async fn run_stream_feed(
                 }
             }
             tracing::info!(feed = %feed.name, "took the feed's lease; resuming from what the lake holds now");
+            let renewal = Renewal::start(lease.clone(), feed.name.clone());
             match read_commit_state(&ctx, &feed).await {
-                Ok(ready) => ready,
+                Ok((writer, committed)) => (writer, committed, renewal),
                 Err(error) => {
+                    renewal.finish().await;
                     lease.release().await;
                     return FeedEnd::Stream { summary: None, failure: Some(error) };
                 }
             }
         }
     };
-    let renewing = tokio::spawn(renew_lease(lease.clone(), feed.name.clone(), stop.clone()));
     let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
     let source = build_source(&ctx, &feed);
     let sink = build_sink(&feed, &writer, &ctx.budget, &ctx.metrics, &ctx.health, &ctx.options, committed.clone());
-    let source_task = tokio::spawn(source.run(committed, sender, stop.clone()));
-    let sink = sink.run(receiver).await;
-    let source = match source_task.await {
+    let mut source_task = sink::AbortOnDrop(tokio::spawn(source.run(committed, sender, stop.clone())));
+    // the lease is renewed until the last commit, and losing it stops everything at once:
+    // what is buffered is not committed (the new holder reads it again)
+    let sink = tokio::select! {
+        result = sink.run(receiver) => result,
+        _ = renewal.lost.cancelled() => {
+            drop(source_task);
+            let error = anyhow::anyhow!(
+                "feed {} lost its lease to another process (or could not renew it in time); stopped without \
+                 committing what it buffered, which the lease's holder reads again",
+                feed.name
+            );
+            ctx.health.set_feed(&feed.name, crate::metrics::FeedState::Failed { error: error.to_string() });
+            return FeedEnd::Stream { summary: None, failure: Some(error) };
+        }
+    };
+    let source = match (&mut source_task.0).await {
         Ok(result) => result.err().map(anyhow::Error::from),
         Err(error) => Some(anyhow::anyhow!("the source task of feed {} panicked: {error}", feed.name)),
     };
-    renewing.abort();
+    renewal.finish().await;
     lease.release().await;
     let (summary, failure) = match sink {
         Ok(summary) => (Some(summary), source),
@@ -445,23 +466,66 @@ async fn run_stream_feed(
     FeedEnd::Stream { summary, failure }
 }
 
-/// Renews a feed's lease three times per lease period; stops the feed if it was lost.
-async fn renew_lease(lease: Lease, feed: String, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(lease.duration() / 3);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match lease.acquire().await {
-            Ok(()) => {}
-            Err(error @ lake::lease::LeaseError::Busy { .. }) => {
-                tracing::error!(feed = %feed, %error, "the feed's lease was lost to another process; stopping the feed");
-                stop.cancel();
-                return;
+/// Renews a feed's lease three times per lease period until dropped. `lost` is cancelled when
+/// another process holds it, or when no renewal has succeeded for two thirds of the period
+/// (measured on this process's monotonic clock), after which the lease may be gone.
+struct Renewal {
+    lost: CancellationToken,
+    done: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Renewal {
+    fn start(lease: Lease, feed: String) -> Self {
+        let lost = CancellationToken::new();
+        let done = CancellationToken::new();
+        let (signal, finished) = (lost.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let period = lease.duration();
+            let mut tick = tokio::time::interval(period / 6);
+            tick.tick().await;
+            let mut renewed = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = finished.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match tokio::time::timeout(period / 3, lease.acquire()).await {
+                    Ok(Ok(())) => renewed = std::time::Instant::now(),
+                    Ok(Err(error @ lake::lease::LeaseError::Busy { .. })) => {
+                        tracing::error!(feed = %feed, %error, "the feed's lease was lost to another process");
+                        signal.cancel();
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(feed = %feed, %error, "could not renew the feed's lease; retrying")
+                    }
+                    Err(_) => tracing::warn!(feed = %feed, "renewing the feed's lease timed out; retrying"),
+                }
+                if renewed.elapsed() > period * 2 / 3 {
+                    tracing::error!(feed = %feed, "the feed's lease was not renewed in time; it may be another process's now");
+                    signal.cancel();
+                    return;
+                }
             }
-            Err(error) => tracing::warn!(feed = %feed, %error, "could not renew the feed's lease; retrying"),
+        });
+        Renewal { lost, done, task: Some(task) }
+    }
+
+    /// Stops renewing once no renewal is in flight, so a release that follows is not undone by
+    /// a late renewal.
+    async fn finish(mut self) {
+        self.done.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
     }
 }
@@ -629,7 +693,8 @@ pub fn table_feed(
         writer_options(settings).parquet,
         settings.retention_versions,
     )?
-    .with_lease(lease);
+    .with_lease(lease)
+    .holding();
     let table = table::TableSettings {
         feed: feed.name.clone(),
         source: feed.source.clone(),

@@ -168,7 +168,8 @@ impl FeedSink {
             retry: self.retry,
             acks: ack_sender,
         };
-        let mut commit_task = tokio::spawn(committer.run(queue));
+        // aborted if this future is dropped (the feed lost its lease): nothing more is committed
+        let mut commit_task = AbortOnDrop(tokio::spawn(committer.run(queue)));
         let mut stage =
             Stage { jobs: Some(jobs), acks, in_flight: 0, watermark: EventWatermark::default(), failure: None };
         let mut schema_seen = false;
@@ -210,7 +211,7 @@ impl FeedSink {
                     let watermark = stage.watermark.at(wall_ms());
                     let ready = self.buffers.drain_ready(Instant::now(), watermark);
                     let dead_letter = self.buffers.drain_dead_letter(Instant::now(), false);
-                    self.hand_on(&mut stage, in_order(ready, dead_letter)).await && !commit_task.is_finished()
+                    self.hand_on(&mut stage, in_order(ready, dead_letter)).await && !commit_task.0.is_finished()
                 }
             };
             self.update_gauges();
@@ -224,7 +225,7 @@ impl FeedSink {
             self.hand_on(&mut stage, in_order(rest, dead_letter)).await;
         }
         stage.jobs = None; // the commit stage finishes what is queued, then ends
-        let mut summary = match (&mut commit_task).await {
+        let mut summary = match (&mut commit_task.0).await {
             Ok(result) => result,
             Err(error) => panic!("the commit stage of feed {} panicked: {error}", self.feed),
         };
@@ -320,6 +321,15 @@ impl FeedSink {
         let oldest = self.buffers.oldest_buffered_age(tokio::time::Instant::now());
         self.metrics.metrics.oldest_buffered_seconds.with_label_values(&[&self.metrics.feed]).set(oldest.as_secs_f64());
         self.metrics.memory_used_bytes.set(self.budget.used() as f64);
+    }
+}
+
+/// A task handle that aborts the task when dropped.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -237,6 +237,11 @@ pub fn verify_feed_rows_with_lateness(
             }
             continue;
         }
+        // a writer killed with SIGKILL leaves its lease until it lapses (tests check that a
+        // clean stop removes it)
+        if relative == "_writer.lease" {
+            continue;
+        }
         assert!(relative.ends_with(".parquet"), "unexpected object {relative}: nothing half-written is visible");
         files += 1;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).unwrap().build().unwrap();
