@@ -90,24 +90,34 @@ pub struct UsageError(pub String);
 fn load_with_overrides(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> anyhow::Result<Config> {
     let mut config = Config::load(config_path)?;
     if let Some(url) = ksqldb {
-        let redacted = ksql_lake::config::redact_url(&url);
-        let parsed = url::Url::parse(&url).with_context(|| format!("--ksqldb `{redacted}` is not a URL"))?;
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            anyhow::bail!(
-                "--ksqldb must not contain a user name or password: set ksqldb.username and KSQL_LAKE_KSQLDB__PASSWORD"
-            );
-        }
-        config.ksqldb.client.url = parsed;
-    }
-    if lake.as_deref().is_some_and(|url| {
-        url.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
-    }) {
-        anyhow::bail!("--lake must not contain credentials: set them in [lake] or the AWS_* environment variables");
+        config.ksqldb.client.url = ksqldb_flag(&url).map_err(anyhow::Error::msg)?;
     }
     if let Some(url) = lake {
+        lake_flag(&url).map_err(anyhow::Error::msg)?;
         config.lake.url = url;
     }
     Ok(config)
+}
+
+/// `--ksqldb` as a URL, refused with a user name or password in it (they would be printed).
+fn ksqldb_flag(url: &str) -> Result<url::Url, String> {
+    let redacted = ksql_lake::config::redact_url(url);
+    let parsed = url::Url::parse(url).map_err(|error| format!("--ksqldb `{redacted}` is not a URL: {error}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "--ksqldb must not contain a user name or password: set ksqldb.username and KSQL_LAKE_KSQLDB__PASSWORD"
+                .into(),
+        );
+    }
+    Ok(parsed)
+}
+
+/// `--lake`, refused with credentials in it.
+fn lake_flag(url: &str) -> Result<(), String> {
+    if url.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@')) {
+        return Err("--lake must not contain credentials: set them in [lake] or the AWS_* environment variables".into());
+    }
+    Ok(())
 }
 
 pub async fn check(config_path: &Path) -> anyhow::Result<()> {
@@ -189,7 +199,7 @@ impl Target {
             Some(config) => (config.lake.url, config.lake.store),
             None => match &self.lake {
                 Some(url) => {
-                    check_no_credentials(url)?;
+                    lake_flag(url).map_err(UsageError)?;
                     (url.clone(), ksql_lake::lake::S3Options::default())
                 }
                 None => {
@@ -214,25 +224,12 @@ impl Target {
                 let url = self.ksqldb.as_deref().ok_or_else(|| {
                     UsageError("--check needs ksqlDB: --ksqldb URL (or KSQL_LAKE_KSQLDB__URL), or --config FILE".into())
                 })?;
-                let redacted = ksql_lake::config::redact_url(url);
-                let parsed =
-                    url::Url::parse(url).map_err(|_| UsageError(format!("--ksqldb `{redacted}` is not a URL")))?;
-                ksql_lake::config::ClientConfig::new(parsed)
+                ksql_lake::config::ClientConfig::new(ksqldb_flag(url).map_err(UsageError)?)
             }
         };
         let url = ksql_lake::config::redact_url(client_config.url.as_str());
         Ok((ksql_lake::ksqldb::KsqlClient::new(client_config)?, url))
     }
-}
-
-fn check_no_credentials(url: &str) -> anyhow::Result<()> {
-    if url.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@')) {
-        return Err(UsageError(
-            "--lake must not contain credentials: set them in [lake] or the AWS_* environment variables".into(),
-        )
-        .into());
-    }
-    Ok(())
 }
 
 /// `feeds` errors a person can act on are usage errors (exit 2); the store failing is not.

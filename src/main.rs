@@ -182,6 +182,32 @@ struct AddArgs {
     check: bool,
 }
 
+impl AddArgs {
+    /// The feed as a feed file holds it.
+    fn into_feed(self) -> ksql_lake::config::raw::RawFeed {
+        let settings = ksql_lake::config::raw::RawFeedSettings {
+            partitioning: self.partitioning,
+            timestamp_column: self.timestamp_column,
+            delivery: self.delivery,
+            flush_max_rows: self.flush_max_rows,
+            flush_max_bytes: self.flush_max_bytes,
+            flush_max_age: self.flush_max_age,
+            snapshot_interval: self.snapshot_interval,
+            snapshot_method: self.snapshot_method,
+            retention_versions: self.retention_versions,
+            ..Default::default()
+        };
+        ksql_lake::config::raw::RawFeed {
+            name: self.name,
+            kind: self.kind,
+            source: self.source,
+            enabled: Some(!self.disabled),
+            query: None,
+            settings,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum FeedsCommand {
     /// Add a feed (validated like a `[[feeds]]` entry; created disabled with `--disabled`).
@@ -227,43 +253,8 @@ fn main() -> ExitCode {
                 let target = cli::Target { config, ksqldb: cli.ksqldb, lake: cli.lake };
                 match command {
                     FeedsCommand::Add(add) => {
-                        let AddArgs {
-                            name,
-                            kind,
-                            source,
-                            partitioning,
-                            timestamp_column,
-                            delivery,
-                            flush_max_rows,
-                            flush_max_bytes,
-                            flush_max_age,
-                            snapshot_interval,
-                            snapshot_method,
-                            retention_versions,
-                            disabled,
-                            check,
-                        } = *add;
-                        let settings = ksql_lake::config::raw::RawFeedSettings {
-                            partitioning,
-                            timestamp_column,
-                            delivery,
-                            flush_max_rows,
-                            flush_max_bytes,
-                            flush_max_age,
-                            snapshot_interval,
-                            snapshot_method,
-                            retention_versions,
-                            ..Default::default()
-                        };
-                        let raw = ksql_lake::config::raw::RawFeed {
-                            name,
-                            kind,
-                            source,
-                            enabled: Some(!disabled),
-                            query: None,
-                            settings,
-                        };
-                        cli::feeds_add(&target, raw, check).await
+                        let check = add.check;
+                        cli::feeds_add(&target, add.into_feed(), check).await
                     }
                     FeedsCommand::List { format } => {
                         cli::feeds_list(&target, matches!(format, ReportFormat::Json)).await

@@ -179,52 +179,77 @@ fn age(seconds: Option<i64>) -> String {
     }
 }
 
+/// The console table's columns: width, and whether the column is right-aligned.
+const COLUMNS: [(usize, bool); 12] = [
+    (28, false),
+    (6, false),
+    (8, false),
+    (12, true),
+    (10, true),
+    (6, true),
+    (6, true),
+    (8, true),
+    (8, true),
+    (6, true),
+    (8, true),
+    (8, true),
+];
+
+fn table_row(out: &mut String, cells: [String; 12]) {
+    let padded: Vec<String> = cells
+        .iter()
+        .zip(COLUMNS)
+        .map(|(cell, (width, right))| if right { format!("{cell:>width$}") } else { format!("{cell:<width$}") })
+        .collect();
+    let _ = writeln!(out, "{}", padded.join(" "));
+}
+
 /// The console table.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<28} {:<6} {:<8} {:>12} {:>10} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8}",
-        "FEED", "KIND", "STATE", "RECORDS", "MIB", "FILES", "PARTS", "LAST", "VERSION", "SMALL", "LATE", "REJECTED"
-    );
+    let header =
+        ["FEED", "KIND", "STATE", "RECORDS", "MIB", "FILES", "PARTS", "LAST", "VERSION", "SMALL", "LATE", "REJECTED"];
+    table_row(&mut out, header.map(String::from));
     for feed in &report.feeds {
         let version = match feed.latest_version {
             Some(version) => format!("v{version}/{}", feed.versions_kept),
             None => "-".into(),
         };
-        let _ = writeln!(
-            out,
-            "{:<28} {:<6} {:<8} {:>12} {:>10} {:>6} {:>6} {:>8} {:>8} {:>5.0}% {:>8} {:>8}",
-            feed.feed,
-            feed.kind,
-            feed.state,
-            feed.total_records,
-            mib(feed.total_bytes),
-            feed.files,
-            feed.partitions,
-            age(feed.last_export_age_seconds),
-            version,
-            feed.small_file_ratio * 100.0,
-            feed.late_rows,
-            feed.rejected_rows
+        table_row(
+            &mut out,
+            [
+                feed.feed.clone(),
+                feed.kind.to_string(),
+                feed.state.to_string(),
+                feed.total_records.to_string(),
+                mib(feed.total_bytes),
+                feed.files.to_string(),
+                feed.partitions.to_string(),
+                age(feed.last_export_age_seconds),
+                version,
+                format!("{:.0}%", feed.small_file_ratio * 100.0),
+                feed.late_rows.to_string(),
+                feed.rejected_rows.to_string(),
+            ],
         );
     }
     let totals = &report.totals;
-    let _ = writeln!(
-        out,
-        "{:<28} {:<6} {:<8} {:>12} {:>10} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8}",
-        format!("TOTAL ({} feeds)", totals.feeds),
-        "",
-        "",
-        totals.total_records,
-        mib(totals.total_bytes),
-        totals.files,
-        totals.partitions,
-        "",
-        "",
-        "",
-        totals.late_rows,
-        totals.rejected_rows
+    table_row(
+        &mut out,
+        [
+            format!("TOTAL ({} feeds)", totals.feeds),
+            String::new(),
+            String::new(),
+            totals.total_records.to_string(),
+            mib(totals.total_bytes),
+            totals.files.to_string(),
+            totals.partitions.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            totals.late_rows.to_string(),
+            totals.rejected_rows.to_string(),
+        ],
     );
     out
 }

@@ -181,15 +181,7 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     };
     let spawn = |port: u16| {
         write_config(port);
-        Command::new(BINARY)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
+        spawn_run(&config_path)
     };
     // Rows keep arriving during the kills.
     let producer = {
@@ -223,21 +215,8 @@ async fn kill_the_process_20_times(delivery: &str, timing: Timing) -> u64 {
     let bad_rows = producer.await.unwrap();
     // A last run commits what is left, then stops on SIGTERM.
     let mut child = spawn(0);
-    // Every row in a committed file (duplicates counted once, so at-least-once cannot stop
-    // early on copies while rows are still missing).
     let lake_store = local_store(&dir.path().join("lake"));
-    let all = tokio::time::timeout(Duration::from_secs(90), async {
-        loop {
-            let distinct = distinct_positions(&feed_objects(&lake_store, &Path::from("streams/everything")).await);
-            if distinct >= rows as usize {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await;
-    let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
-    assert!(all.is_ok(), "only {} of {rows} rows committed after the restarts", distinct_positions(&objects));
+    wait_for_every_row(&lake_store, rows, "after the restarts").await;
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
@@ -291,17 +270,7 @@ async fn two_processes_on_one_feed_write_it_once_through_its_lease() {
         ),
     )
     .unwrap();
-    let spawn = || {
-        Command::new(BINARY)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_run(&config_path);
     let producer = {
         let simulator = simulator.clone();
         tokio::spawn(async move {
@@ -321,18 +290,7 @@ async fn two_processes_on_one_feed_write_it_once_through_its_lease() {
     first.start_kill().unwrap();
     tokio::time::timeout(Duration::from_secs(10), first.wait()).await.unwrap().unwrap();
     producer.await.unwrap();
-    let all = tokio::time::timeout(Duration::from_secs(90), async {
-        loop {
-            if distinct_positions(&feed_objects(&lake_store, &Path::from("streams/everything")).await) >= rows as usize
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await;
-    let objects = feed_objects(&lake_store, &Path::from("streams/everything")).await;
-    assert!(all.is_ok(), "only {} of {rows} rows committed after the takeover", distinct_positions(&objects));
+    wait_for_every_row(&lake_store, rows, "after the takeover").await;
     let pid = second.id().unwrap().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), second.wait()).await.unwrap().unwrap();
@@ -341,6 +299,33 @@ async fn two_processes_on_one_feed_write_it_once_through_its_lease() {
     verify_feed(&objects, rows, false);
     assert!(!objects.iter().any(|(path, _)| path == "_writer.lease"), "a clean stop releases the lease");
     server.shutdown().await;
+}
+
+/// `ksql-lake run --config <path>`, quiet, killed with the test.
+fn spawn_run(config_path: &std::path::Path) -> tokio::process::Child {
+    Command::new(BINARY)
+        .args(["run", "--config"])
+        .arg(config_path)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most 90 s) until every one of `rows` rows is in a committed file of the feed;
+/// copies count once, so at-least-once cannot stop early on copies while rows are missing.
+async fn wait_for_every_row(store: &Arc<dyn ObjectStore>, rows: i64, when: &str) {
+    let dir = Path::from("streams/everything");
+    let all = tokio::time::timeout(Duration::from_secs(90), async {
+        while distinct_positions(&feed_objects(store, &dir).await) < rows as usize {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    let found = distinct_positions(&feed_objects(store, &dir).await);
+    assert!(all.is_ok(), "only {found} of {rows} rows committed {when}");
 }
 
 fn distinct_positions(objects: &[(String, bytes::Bytes)]) -> usize {

@@ -60,10 +60,6 @@ impl Lease {
         Lease { store, path, owner, duration, seen: Arc::default() }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn duration(&self) -> Duration {
         self.duration
     }

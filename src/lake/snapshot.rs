@@ -123,6 +123,8 @@ pub struct CommittedVersion {
     pub files: usize,
     /// Versions retired by retention (their files deleted).
     pub retired: Vec<u32>,
+    /// Complete versions the manifest keeps now.
+    pub kept: usize,
 }
 
 impl SnapshotWriter {
@@ -183,18 +185,26 @@ impl SnapshotWriter {
     /// Removes every version folder the manifest does not list; returns their names. Without
     /// a manifest nothing is removed: the folders may be all that is left of a lost one.
     pub async fn remove_unlisted(&self) -> Result<Vec<String>, SnapshotError> {
-        let Some(manifest) = self.manifest().await? else {
-            return Ok(Vec::new());
-        };
-        let listed: Vec<u32> = manifest.versions.iter().map(|v| v.version).collect();
+        Ok(self.clear_unlisted().await?.0)
+    }
+
+    /// [`Self::remove_unlisted`], reading the manifest and the folders once, plus the highest
+    /// version left in either.
+    async fn clear_unlisted(&self) -> Result<(Vec<String>, Option<u32>), SnapshotError> {
+        let listed: Option<Vec<u32>> =
+            self.manifest().await?.map(|manifest| manifest.versions.iter().map(|v| v.version).collect());
         let mut removed = Vec::new();
+        let mut highest = listed.as_ref().and_then(|listed| listed.iter().copied().max());
         for version in self.stored_versions().await? {
-            if !listed.contains(&version) {
-                self.delete_version(version).await?;
-                removed.push(version_dir(version));
+            match &listed {
+                Some(listed) if !listed.contains(&version) => {
+                    self.delete_version(version).await?;
+                    removed.push(version_dir(version));
+                }
+                _ => highest = highest.max(Some(version)),
             }
         }
-        Ok(removed)
+        Ok((removed, highest))
     }
 
     async fn delete_version(&self, version: u32) -> Result<(), SnapshotError> {
@@ -258,13 +268,7 @@ impl SnapshotWriter {
     pub async fn begin(&self) -> Result<PendingVersion, SnapshotError> {
         let lease = self.new_lease()?;
         lease.acquire().await?;
-        let numbered = async {
-            let removed = self.remove_unlisted().await?;
-            let in_manifest = self.manifest().await?.and_then(|m| m.versions.iter().map(|v| v.version).max());
-            let in_storage = self.stored_versions().await?.into_iter().max();
-            Ok::<_, SnapshotError>((in_manifest.max(in_storage).unwrap_or(0) + 1, removed))
-        }
-        .await;
+        let numbered = self.clear_unlisted().await.map(|(removed, highest)| (highest.unwrap_or(0) + 1, removed));
         match numbered {
             Ok((version, removed)) => Ok(PendingVersion {
                 version,
@@ -385,6 +389,7 @@ impl SnapshotWriter {
                     bytes,
                     files: pending.files.len(),
                     retired: retired_numbers,
+                    kept: metadata.versions.len(),
                 });
             }
         }

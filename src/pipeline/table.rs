@@ -353,9 +353,7 @@ pub async fn run_table_feed(
                 metrics.files_written.with_label_values(&[feed.as_str(), "snapshot"]).inc_by(done.files as u64);
                 metrics.last_commit_timestamp.with_label_values(&labels).set(chrono::Utc::now().timestamp() as f64);
                 metrics.table_latest_version.with_label_values(&labels).set(i64::from(done.version));
-                if let Ok(Some(manifest)) = writer.manifest().await {
-                    metrics.table_versions.with_label_values(&labels).set(manifest.versions.len() as i64);
-                }
+                metrics.table_versions.with_label_values(&labels).set(done.kept as i64);
                 health.set_feed(&feed, FeedState::Streaming);
                 rows += done.records;
                 due = tokio::time::Instant::now() + interval;
