@@ -140,11 +140,45 @@ pub async fn check(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn simulator(listen: &str, demo_data: bool, rate: u32, retention_rows: usize) -> anyhow::Result<()> {
+/// The benchmark dataset the simulator serves (`--bench-rows`).
+pub struct BenchData {
+    pub rows: u64,
+    pub streams: u32,
+    pub ndjson: Option<PathBuf>,
+}
+
+pub async fn simulator(
+    listen: &str,
+    demo_data: bool,
+    rate: u32,
+    retention_rows: usize,
+    bench: Option<BenchData>,
+) -> anyhow::Result<()> {
     let listen: SocketAddr = listen.parse().with_context(|| format!("--listen `{listen}` is not an address"))?;
-    let retention = (retention_rows > 0).then_some(retention_rows);
+    let retention = (retention_rows > 0 && bench.is_none()).then_some(retention_rows);
     let simulator = Simulator::new(SimulatorConfig { retention, ..SimulatorConfig::default() });
     let stop = shutdown_on_signal();
+    if let Some(bench) = bench {
+        let mut bytes = 0;
+        for stream in 1..=bench.streams {
+            bytes += ksql_lake::simulator::bench::load_transactions(
+                &simulator,
+                &format!("TRANSACTIONS_{stream}"),
+                bench.rows,
+            )?;
+        }
+        if let Some(path) = &bench.ndjson {
+            let file = std::fs::File::create(path).with_context(|| format!("--bench-ndjson {}", path.display()))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            ksql_lake::simulator::bench::write_ndjson(&mut out, bench.rows)?;
+            std::io::Write::flush(&mut out)?;
+        }
+        let server = simulator.serve(listen).await?;
+        println!("ready url={} rows={} bytes={bytes}", server.url(), bench.rows * u64::from(bench.streams));
+        stop.cancelled().await;
+        server.shutdown().await;
+        return Ok(());
+    }
     if demo_data {
         demo::create_sources(&simulator);
         let mut generator = demo::Generator::new(7);

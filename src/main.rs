@@ -119,6 +119,17 @@ enum Command {
         /// stays flat however long it runs (0 keeps everything).
         #[arg(long, default_value_t = ksql_lake::simulator::DEFAULT_RETENTION_ROWS)]
         retention_rows: usize,
+        /// Benchmarks: serve this many rows of the transactions dataset in each of the streams
+        /// TRANSACTIONS_1, TRANSACTIONS_2, ... (kept whole, whatever --retention-rows says),
+        /// then print one line `ready url=… rows=… bytes=…` on stdout.
+        #[arg(long, value_name = "ROWS")]
+        bench_rows: Option<u64>,
+        /// Benchmarks: how many such streams.
+        #[arg(long, default_value_t = 1, value_name = "STREAMS")]
+        bench_streams: u32,
+        /// Benchmarks: also write the rows of one stream to FILE as newline-delimited JSON.
+        #[arg(long, value_name = "FILE", requires = "bench_rows")]
+        bench_ndjson: Option<PathBuf>,
     },
 }
 
@@ -294,8 +305,10 @@ fn main() -> ExitCode {
             Command::Metadata { command: MetadataCommand::Rebuild { config, feed } } => {
                 cli::rebuild_metadata(&config, &feed).await
             }
-            Command::Simulator { listen, demo_data, rate, retention_rows } => {
-                cli::simulator(&listen, demo_data, rate, retention_rows).await
+            Command::Simulator { listen, demo_data, rate, retention_rows, bench_rows, bench_streams, bench_ndjson } => {
+                let bench =
+                    bench_rows.map(|rows| cli::BenchData { rows, streams: bench_streams, ndjson: bench_ndjson });
+                cli::simulator(&listen, demo_data, rate, retention_rows, bench).await
             }
         }
     });

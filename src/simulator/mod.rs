@@ -52,6 +52,7 @@
 //! Values inside a STRUCT are written the way 0.29's Kafka Connect round trip would write
 //! them: TIMESTAMP/DATE/TIME as numbers, DECIMAL as a double.
 
+pub mod bench;
 pub mod fault;
 pub mod format;
 mod ksql;
