@@ -23,7 +23,7 @@ def main():
     connection.execute("SET threads = 2")
     columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items()) + "}"
     connection.execute(
-        f"COPY (SELECT *, strftime(AT, '%Y-%m-%d') AS day "
+        f"COPY (SELECT *, strftime(\"AT\", '%Y-%m-%d') AS day "
         f"FROM read_json('{source}', format = 'newline_delimited', columns = {columns})) "
         f"TO '{out}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day))"
     )

@@ -5,17 +5,18 @@
 //! slices of the response bytes, for the row decoder to consume.
 
 mod error;
+mod raw;
 mod stream;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Deserialize;
 use url::Url;
 
-pub use error::ClientError;
+pub use error::{ClientError, TransportError};
 pub use stream::QueryStream;
 
 use super::frame::Framing;
@@ -162,6 +163,15 @@ pub struct KsqlClient {
     fallback: Option<reqwest::Client>,
     /// `Auto` on `http://` only: PROTOCOL_* learnt from the first exchanges.
     protocol: AtomicU8,
+    /// Push and pull queries on `/query-stream` over cleartext HTTP/1.1 (`Never`, and `Auto`
+    /// on `http://`), read straight from the socket ([`raw`]) instead of through reqwest:
+    /// ksqlDB writes one HTTP chunk per row, and reqwest hands each to the reader with a task
+    /// switch of its own.
+    raw_queries: bool,
+    /// `Auto` only: the server refused `/query-stream` over HTTP/1.1 (before 0.24), so queries
+    /// go through reqwest's HTTP/2 from then on.
+    raw_refused: AtomicBool,
+    connect_timeout: Duration,
 }
 
 impl KsqlClient {
@@ -188,6 +198,9 @@ impl KsqlClient {
             primary,
             fallback,
             protocol: AtomicU8::new(PROTOCOL_UNKNOWN),
+            raw_queries: cleartext && matches!(config.http2, Http2Mode::Never | Http2Mode::Auto),
+            raw_refused: AtomicBool::new(false),
+            connect_timeout: config.connect_timeout,
         })
     }
 
@@ -236,16 +249,40 @@ impl KsqlClient {
             "requestProperties": request.request_properties,
         });
         let accept = if request.tombstones { STREAMED_ROW } else { DELIMITED };
-        let response = self.send(|client| client.post(url.clone()).header(ACCEPT, accept).json(&body), &url).await?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            let framing = query_stream_framing(&response)?;
-            return QueryStream::open(response, framing).await;
-        }
-        let error_body = response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?;
+        let (status, error_body) = if self.raw_queries && !self.raw_refused.load(Ordering::Relaxed) {
+            let body = serde_json::to_vec(&body).map_err(|error| ClientError::Config(error.to_string()))?;
+            let response = raw::send(raw::RawRequest {
+                url: &url,
+                accept,
+                body: &body,
+                basic_auth: self.username.as_deref().map(|user| (user, self.password.as_deref())),
+                connect_timeout: self.connect_timeout,
+                keepalive: TCP_KEEPALIVE,
+            })
+            .await?;
+            if (200..300).contains(&response.status) {
+                let framing = query_stream_framing(response.content_type.clone())?;
+                return QueryStream::open_body(response.into_stream(), framing).await;
+            }
+            (response.status, response.error_body().await.into())
+        } else {
+            let response =
+                self.send(|client| client.post(url.clone()).header(ACCEPT, accept).json(&body), &url).await?;
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                let framing = query_stream_framing(content_type(&response))?;
+                return QueryStream::open(response, framing).await;
+            }
+            (status, response.bytes().await.map_err(|error| ClientError::transport(url.as_str(), error))?)
+        };
         let error = ClientError::from_status(status, &error_body);
         if status != 400 || error.error_code() != Some(ERROR_CODE_HTTP2_ONLY) {
             return Err(error);
+        }
+        if self.raw_queries && self.fallback.is_some() && !self.raw_refused.swap(true, Ordering::Relaxed) {
+            // `Auto`: this server takes `/query-stream` over HTTP/2 only.
+            tracing::debug!(url = %url, "ksqlDB wants HTTP/2 on /query-stream; asking again over h2c");
+            return Box::pin(self.stream_query(request)).await;
         }
         tracing::debug!(url = %url, "ksqlDB wants HTTP/2 on /query-stream; using /query");
         self.legacy_query(request).await
@@ -364,8 +401,8 @@ fn content_type(response: &reqwest::Response) -> Option<String> {
 
 /// The framing of a `/query-stream` answer; a missing Content-Type means the default
 /// (delimited), which is also what we asked for.
-fn query_stream_framing(response: &reqwest::Response) -> Result<Framing, ClientError> {
-    match content_type(response) {
+fn query_stream_framing(content_type: Option<String>) -> Result<Framing, ClientError> {
+    match content_type {
         None => Ok(Framing::Delimited),
         Some(value) => Framing::from_content_type(&value).ok_or(ClientError::ContentType(value)),
     }

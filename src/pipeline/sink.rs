@@ -16,6 +16,8 @@
 //! re-reads them from ksqlDB.
 
 use std::sync::Arc;
+
+use futures::StreamExt;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -28,8 +30,8 @@ use super::events::{
 use super::source::SourceMessage;
 use crate::backoff::Backoff;
 use crate::lake::{
-    DeadLetterJob, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, PartitionError, Position,
-    Rejected, RowRouter, WriteError,
+    DeadLetterJob, EncodedFile, FlushJob, FlushReason, LakeWriter, MemoryBudget, PartitionBuffers, PartitionError,
+    Position, Rejected, RowRouter, WriteError,
 };
 use crate::metrics::{FeedState, Health};
 
@@ -153,6 +155,17 @@ fn slow_after(bytes: usize) -> Duration {
 /// How many prepared files may wait for the commit stage: one queued while one is written, so
 /// encoding (on the blocking pool) overlaps routing and buffering, and memory stays bounded.
 const COMMIT_QUEUE: usize = 1;
+/// Files of one feed encoded at the same time while the commit stage writes them in order.
+const ENCODE_AHEAD: usize = 2;
+
+/// A file with its encoding done (data files) and how long that took.
+struct Encoded {
+    prepared: Prepared,
+    /// `None` for a dead-letter file.
+    file: Option<Result<EncodedFile, WriteError>>,
+    started: Instant,
+    seconds: Duration,
+}
 
 impl FeedSink {
     /// Runs until the source stage closes the channel, then flushes everything (reason
@@ -373,9 +386,14 @@ struct Committer {
 impl Committer {
     async fn run(self, mut queue: mpsc::Receiver<Prepared>) -> Result<SinkSummary, SinkFailed> {
         let mut summary = SinkSummary::default();
-        while let Some(prepared) = queue.recv().await {
-            let reserved_bytes = prepared.job.reserved_bytes();
-            let result = self.commit(prepared, &mut summary).await;
+        // Files are encoded on the blocking pool up to ENCODE_AHEAD at a time (the shutdown
+        // flush of several partitions uses every core) and committed one by one, in order.
+        let mut encoded = futures::stream::poll_fn(|cx| queue.poll_recv(cx))
+            .map(|prepared| self.encode(prepared))
+            .buffered(ENCODE_AHEAD);
+        while let Some(ready) = encoded.next().await {
+            let reserved_bytes = ready.prepared.job.reserved_bytes();
+            let result = self.commit(ready, &mut summary).await;
             // The job, and with it its reservation, is gone by now.
             let sizes = result.as_ref().ok().copied().flatten();
             let _ = self.acks.send(Ack { reserved_bytes, sizes });
@@ -384,13 +402,45 @@ impl Committer {
         Ok(summary)
     }
 
+    /// Encodes a data file (a dead-letter file is encoded when it is committed).
+    async fn encode(&self, prepared: Prepared) -> Encoded {
+        let started = Instant::now();
+        let file = match &prepared.job {
+            Job::Data(job) => Some(self.writer.encode(job).await),
+            Job::DeadLetter(_) => None,
+        };
+        Encoded { prepared, file, started, seconds: started.elapsed() }
+    }
+
     /// Commits one file, retrying retryable failures until it succeeds. Returns a data file's
     /// in-memory and encoded sizes.
-    async fn commit(&self, prepared: Prepared, summary: &mut SinkSummary) -> Result<Option<(u64, u64)>, SinkFailed> {
-        let Prepared { job, queued } = prepared;
-        match job {
-            Job::Data(job) => self.commit_data(job, queued, summary).await.map(Some),
-            Job::DeadLetter(job) => {
+    async fn commit(&self, ready: Encoded, summary: &mut SinkSummary) -> Result<Option<(u64, u64)>, SinkFailed> {
+        let Encoded { prepared: Prepared { job, queued }, file, started, seconds } = ready;
+        match (job, file) {
+            (Job::Data(job), Some(file)) => {
+                let encoded = file.map_err(|error| {
+                    CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }
+                        .emit(&self.metrics, &self.health);
+                    SinkFailed::Commit { feed: self.feed.clone(), rows: job.rows, source: error }
+                })?;
+                let put_started = Instant::now();
+                let slow = slow_after(encoded.bytes.len());
+                let committed = self.with_retries(job.rows, slow, || self.writer.commit(&job, &encoded)).await?;
+                FileCommitted {
+                    file: &committed,
+                    min_event_ms: job.min_event_ms,
+                    max_event_ms: job.max_event_ms,
+                    queue_wait: started.duration_since(queued),
+                    encode: seconds,
+                    put: put_started.elapsed(),
+                }
+                .emit(&self.metrics);
+                summary.rows_written += committed.rows as u64;
+                summary.files_written += 1;
+                Ok(Some((committed.in_memory_bytes, committed.bytes)))
+            }
+            (Job::Data(_), None) => unreachable!("data files are encoded before their commit"),
+            (Job::DeadLetter(job), _) => {
                 let contents = job.encode();
                 let rows = job.records.len();
                 self.with_retries(rows, slow_after(contents.len()), || self.writer.commit_dead_letter(&job, &contents))
@@ -399,37 +449,6 @@ impl Committer {
                 Ok(None)
             }
         }
-    }
-
-    async fn commit_data(
-        &self,
-        job: FlushJob,
-        queued: Instant,
-        summary: &mut SinkSummary,
-    ) -> Result<(u64, u64), SinkFailed> {
-        let encode_started = Instant::now();
-        let encoded = self.writer.encode(&job).await.map_err(|error| {
-            CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }
-                .emit(&self.metrics, &self.health);
-            SinkFailed::Commit { feed: self.feed.clone(), rows: job.rows, source: error }
-        })?;
-        let encode_seconds = encode_started.elapsed();
-        let put_started = Instant::now();
-        let slow = slow_after(encoded.bytes.len());
-        let committed = self.with_retries(job.rows, slow, || self.writer.commit(&job, &encoded)).await?;
-        let put_seconds = put_started.elapsed();
-        FileCommitted {
-            file: &committed,
-            min_event_ms: job.min_event_ms,
-            max_event_ms: job.max_event_ms,
-            queue_wait: encode_started.duration_since(queued),
-            encode: encode_seconds,
-            put: put_seconds,
-        }
-        .emit(&self.metrics);
-        summary.rows_written += committed.rows as u64;
-        summary.files_written += 1;
-        Ok((committed.in_memory_bytes, committed.bytes))
     }
 
     /// Runs `attempt` until it succeeds, waiting with backoff after each retryable failure;

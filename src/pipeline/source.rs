@@ -67,6 +67,10 @@ pub struct SourceSettings {
 /// token after this many batches the server is assumed not to send them.
 const HELD_BATCHES_WITHOUT_TOKEN: usize = 16;
 
+/// Rows that have arrived already are taken this many at a time before shutdown, the linger
+/// and the stall timers are looked at again.
+const READY_STREAK: u32 = 256;
+
 /// Why a push query ended or was reopened; the values of the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -318,28 +322,40 @@ impl FeedSource {
         tokio::pin!(idle);
         let mut idle_armed_at = Instant::now();
         let idle_slack = settings.idle_timeout / 8;
+        // Rows taken one after another without waiting since the timers and the shutdown
+        // were last looked at.
+        let mut ready_streak = 0;
         let ended = loop {
-            let now = Instant::now();
-            if now.duration_since(idle_armed_at) >= idle_slack {
-                idle.as_mut().reset(now + settings.idle_timeout);
-                idle_armed_at = now;
-            }
-            let event = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Ended::Shutdown,
-                // The buffer stage stopped (a permanent failure): so does this feed.
-                _ = sender.closed() => break Ended::Shutdown,
-                _ = &mut linger, if lingering => {
-                    if !self.send_batch(&mut decoder, &mut batch, sender).await {
-                        break Ended::Shutdown;
+            // A burst's rows are taken straight from what has arrived; every READY_STREAK rows
+            // (and whenever nothing has) the select below looks at shutdown and the timers.
+            let ready = if ready_streak < READY_STREAK { stream.next_ready() } else { None };
+            let event = if let Some(event) = ready {
+                ready_streak += 1;
+                event
+            } else {
+                ready_streak = 0;
+                let now = Instant::now();
+                if now.duration_since(idle_armed_at) >= idle_slack {
+                    idle.as_mut().reset(now + settings.idle_timeout);
+                    idle_armed_at = now;
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Ended::Shutdown,
+                    // The buffer stage stopped (a permanent failure): so does this feed.
+                    _ = sender.closed() => break Ended::Shutdown,
+                    _ = &mut linger, if lingering => {
+                        if !self.send_batch(&mut decoder, &mut batch, sender).await {
+                            break Ended::Shutdown;
+                        }
+                        lingering = false;
+                        continue;
                     }
-                    lingering = false;
-                    continue;
+                    _ = &mut idle => {
+                        break Ended::Reopen(EndReason::Stall, format!("no data for {:?}", settings.idle_timeout));
+                    }
+                    event = stream.next_event() => event,
                 }
-                _ = &mut idle => {
-                    break Ended::Reopen(EndReason::Stall, format!("no data for {:?}", settings.idle_timeout));
-                }
-                event = stream.next_event() => event,
             };
             match event {
                 Ok(Some(Event::Row { values, .. })) => {

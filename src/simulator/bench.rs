@@ -120,9 +120,10 @@ mod tests {
         assert_eq!(lines[7]["ID"], 1_000_000_007u64);
         let users: std::collections::HashSet<_> = lines.iter().map(|l| l["USER_ID"].as_str().unwrap()).collect();
         assert!(users.len() > 400, "user ids spread: {}", users.len());
-        // Event time: within the three days, and not in arrival order everywhere.
+        // Event time: within the three days, and (at a benchmark's size) not in arrival order.
         let times: Vec<i64> = lines.iter().map(|l| l["ROWTIME"].as_i64().unwrap()).collect();
         assert!(times.iter().all(|&t| (START_MS..START_MS + SPAN_MS + DISORDER_MS).contains(&t)));
+        let times: Vec<i64> = (0..500).map(|n| transaction(n, 2_000_000).0).collect();
         assert!(times.windows(2).any(|w| w[1] < w[0]), "some rows arrive late");
     }
 

@@ -7,6 +7,9 @@ use crate::ksqldb::frame::FrameError;
 /// HTTP error bodies that are not ksqlDB errors are cut to this many bytes.
 const BODY_SNIPPET_BYTES: usize = 4096;
 
+/// The transport-level cause of a failure: reqwest's, or an I/O error of a streaming read.
+pub type TransportError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A failure of a ksqlDB request or query stream.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -18,14 +21,14 @@ pub enum ClientError {
     Connect {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: TransportError,
     },
     /// The request failed at the transport level after connecting (reset, protocol error).
     #[error("request to {url} failed")]
     Request {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: TransportError,
     },
     /// ksqlDB answered with an error status and one of its error bodies, shown verbatim.
     #[error("ksqlDB answered HTTP {status}: {error}")]
@@ -40,7 +43,7 @@ pub enum ClientError {
     #[error("the query response stream was cut")]
     StreamCut {
         #[source]
-        source: reqwest::Error,
+        source: TransportError,
     },
     /// The body ended in the middle of a message: a cut that looked like a clean end.
     #[error("the query response ended inside a message")]
@@ -82,7 +85,11 @@ impl ClientError {
     pub fn reason(&self) -> &'static str {
         match self {
             ClientError::Config(_) => "config",
-            ClientError::Connect { .. } if self.with_causes().contains("dns error") => "dns",
+            ClientError::Connect { .. }
+                if ["dns error", "failed to lookup address"].iter().any(|sign| self.with_causes().contains(sign)) =>
+            {
+                "dns"
+            }
             ClientError::Connect { url, .. } if url.starts_with("https:") && is_tls_failure(&self.with_causes()) => {
                 "tls"
             }
@@ -143,9 +150,9 @@ impl ClientError {
     /// A transport error of a request to `url`, split into connect and later failures.
     pub(crate) fn transport(url: &str, source: reqwest::Error) -> ClientError {
         if source.is_connect() {
-            ClientError::Connect { url: url.to_string(), source }
+            ClientError::Connect { url: url.to_string(), source: source.into() }
         } else {
-            ClientError::Request { url: url.to_string(), source }
+            ClientError::Request { url: url.to_string(), source: source.into() }
         }
     }
 }

@@ -3,12 +3,12 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
-use super::error::ClientError;
+use super::error::{ClientError, TransportError};
 use crate::ksqldb::frame::{Event, FrameDecoder, Framing, Header};
 
-type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+pub(super) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send>>;
 
 /// An open push or pull query. Dropping it closes the connection (HTTP/1.1) or resets the
 /// stream (HTTP/2), which ends the query on the server.
@@ -30,10 +30,16 @@ pub struct QueryStream {
 impl QueryStream {
     /// Reads up to the header of `response`'s body.
     pub(super) async fn open(response: reqwest::Response, framing: Framing) -> Result<QueryStream, ClientError> {
+        let body = response.bytes_stream().map(|chunk| chunk.map_err(TransportError::from));
+        QueryStream::open_body(Box::pin(body), framing).await
+    }
+
+    /// Reads up to the header of `body`.
+    pub(super) async fn open_body(body: BodyStream, framing: Framing) -> Result<QueryStream, ClientError> {
         let mut stream = QueryStream {
             header: Header { query_id: None, columns: Vec::new() },
             framing,
-            body: Box::pin(response.bytes_stream()),
+            body,
             decoder: FrameDecoder::new(framing),
             body_done: false,
             ended: false,
@@ -74,40 +80,72 @@ impl QueryStream {
     /// one bad message: calling again continues with the next one.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
         loop {
-            if self.ended {
-                return Ok(None);
+            if let Some(outcome) = self.decoded() {
+                return outcome;
             }
-            let decoded = if self.body_done {
-                self.decoder.finish().map_err(|error| {
-                    // Whatever was wrong at the end of the body, nothing can follow it.
-                    self.ended = true;
-                    ClientError::Truncated(error)
-                })?
-            } else {
-                self.decoder.next_event()?
-            };
-            match decoded {
-                Some(Event::Error(error)) => {
-                    self.ended = true;
-                    return Err(ClientError::InBand(error));
-                }
-                Some(event) => return Ok(Some(event)),
-                None if self.body_done => {
-                    self.ended = true;
-                    return Ok(None);
-                }
-                None => {}
+            let chunk = self.body.next().await;
+            self.take(chunk)?;
+        }
+    }
+
+    /// The next event if it can be had without waiting: from what was read already, or from
+    /// body chunks that have arrived. `None` when the next event needs more of the body than
+    /// has arrived; then [`QueryStream::next_event`] waits for it. Lets a reader take the rows
+    /// of a burst one after another without a wake-up per row.
+    pub fn next_ready(&mut self) -> Option<Result<Option<Event>, ClientError>> {
+        loop {
+            if let Some(outcome) = self.decoded() {
+                return Some(outcome);
             }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.decoder.push(chunk),
-                Some(Err(source)) => {
-                    self.body_done = true;
-                    self.ended = true;
-                    return Err(ClientError::StreamCut { source });
-                }
-                None => self.body_done = true,
+            let chunk = self.body.next().now_or_never()?;
+            if let Err(error) = self.take(chunk) {
+                return Some(Err(error));
             }
         }
+    }
+
+    /// What the bytes read so far decide: an event, the end, an error; `None` when the next
+    /// event needs more of the body.
+    fn decoded(&mut self) -> Option<Result<Option<Event>, ClientError>> {
+        if self.ended {
+            return Some(Ok(None));
+        }
+        let decoded = if self.body_done {
+            self.decoder.finish().map_err(|error| {
+                // Whatever was wrong at the end of the body, nothing can follow it.
+                self.ended = true;
+                ClientError::Truncated(error)
+            })
+        } else {
+            self.decoder.next_event().map_err(ClientError::from)
+        };
+        match decoded {
+            Err(error) => Some(Err(error)),
+            Ok(Some(Event::Error(error))) => {
+                self.ended = true;
+                Some(Err(ClientError::InBand(error)))
+            }
+            Ok(Some(event)) => Some(Ok(Some(event))),
+            Ok(None) if self.body_done => {
+                self.ended = true;
+                Some(Ok(None))
+            }
+            Ok(None) => None,
+        }
+    }
+
+    /// Takes the next body chunk, or its end.
+    fn take(&mut self, chunk: Option<Result<Bytes, TransportError>>) -> Result<(), ClientError> {
+        match chunk {
+            Some(Ok(chunk)) => self.decoder.push(chunk),
+            Some(Err(source)) => {
+                self.body_done = true;
+                self.ended = true;
+                return Err(ClientError::StreamCut { source });
+            }
+            None => self.body_done = true,
+        }
+        Ok(())
     }
 }
 
