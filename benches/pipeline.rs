@@ -5,7 +5,7 @@
 //! and its commits are timed, and every row is checked in `_metadata.json` afterwards.
 //!
 //! ```text
-//! cargo bench --bench pipeline                      # 1 and 8 feeds, over HTTP/1.1 and HTTP/2
+//! cargo bench --bench pipeline                      # 1 and 8 feeds, over HTTP/1.1 (the default on http://) and HTTP/2
 //! cargo bench --bench pipeline -- --rows 500000 --feeds 1 --http 2
 //! cargo bench --bench pipeline -- --compare         # and the Python approach and DuckDB
 //! ```
