@@ -51,6 +51,15 @@ pub struct WriterOptions {
     pub part_size: usize,
 }
 
+/// Files encoded at the same time in the whole process, one per core: encoding is CPU-bound,
+/// so more at once (8 feeds flushing together) would only hold more files in memory.
+fn encode_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+    })
+}
+
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
@@ -209,6 +218,7 @@ impl LakeWriter {
             max_event_ms: job.max_event_ms,
         };
         let options = self.options.parquet.clone();
+        let _permit = encode_permits().acquire().await.expect("the encode semaphore is never closed");
         tokio::task::spawn_blocking(move || encode(&batches, &info, &options))
             .await
             .map_err(|error| WriteError::EncodeTask { path: path.clone(), reason: error.to_string() })?

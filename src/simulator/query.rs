@@ -16,7 +16,10 @@ use super::source::Row;
 use super::token;
 
 /// One body chunk, or the error that aborts the connection (a cut).
-pub type Chunk = Result<Bytes, io::Error>;
+/// Writes for the connection: each `Bytes` is one write (one HTTP/1.1 chunk, one HTTP/2 DATA
+/// frame). A read batch's per-row writes travel together, so the hand-over costs one channel
+/// message per batch rather than per row; on the wire each row is still its own write.
+pub type Chunk = Result<Vec<Bytes>, io::Error>;
 
 /// Rows read from the log per batch (and so at most per body chunk).
 const BATCH_ROWS: usize = 1024;
@@ -102,6 +105,8 @@ struct Out {
     rows_sent: u64,
     cut_bytes: Option<u64>,
     cut_rows: Option<u64>,
+    /// Writes queued and not yet handed to the connection.
+    pending: Vec<Bytes>,
 }
 
 /// Whether to go on after a send.
@@ -112,28 +117,50 @@ enum Flow {
 }
 
 impl Out {
-    async fn send(&mut self, buf: Vec<u8>) -> Flow {
+    /// Queues one write; false once the byte cut is reached (what fits before it is queued).
+    fn queue(&mut self, mut buf: Vec<u8>) -> bool {
         if buf.is_empty() {
-            return Flow::Go;
+            return true;
         }
         let len = buf.len() as u64;
         if let Some(limit) = self.cut_bytes {
             if self.bytes_sent + len >= limit {
                 let keep = (limit.saturating_sub(self.bytes_sent)) as usize;
-                let mut buf = buf;
                 buf.truncate(keep);
-                if !buf.is_empty() && self.tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                    return Flow::Stop;
+                if !buf.is_empty() {
+                    self.pending.push(Bytes::from(buf));
                 }
                 self.bytes_sent += keep as u64;
-                self.abort().await;
-                return Flow::Stop;
+                return false;
             }
         }
-        if self.tx.send(Ok(Bytes::from(buf))).await.is_err() {
+        self.pending.push(Bytes::from(buf));
+        self.bytes_sent += len;
+        true
+    }
+
+    /// Hands the queued writes to the connection.
+    async fn flush(&mut self) -> Flow {
+        if self.pending.is_empty() {
+            return Flow::Go;
+        }
+        let writes = std::mem::take(&mut self.pending);
+        if self.tx.send(Ok(writes)).await.is_err() {
             return Flow::Stop;
         }
-        self.bytes_sent += len;
+        Flow::Go
+    }
+
+    /// Queues one write and hands everything queued on; at the byte cut, cuts the connection.
+    async fn send(&mut self, buf: Vec<u8>) -> Flow {
+        let go = self.queue(buf);
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        if !go {
+            self.abort().await;
+            return Flow::Stop;
+        }
         Flow::Go
     }
 
@@ -154,7 +181,7 @@ impl RunningQuery {
     /// Runs until LIMIT, close, fault, stop point or client disconnect. `header` was already
     /// written into `first` so the client sees the metadata before any row.
     pub async fn run(mut self, tx: mpsc::Sender<Chunk>) {
-        let mut out = Out { tx, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None };
+        let mut out = Out { tx, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None, pending: Vec::new() };
         let mut head = Vec::new();
         self.writer.header(&mut head, &self.query_id, &self.plan);
         // faults armed before the start count from the first body byte
@@ -246,7 +273,10 @@ impl RunningQuery {
                 }
                 if self.per_row && !buf.is_empty() && out.cut_rows.is_none_or(|cut| out.rows_sent < cut) {
                     let row_bytes = std::mem::replace(&mut buf, Vec::with_capacity(row.text.len() + 48));
-                    if out.send(row_bytes).await == Flow::Stop {
+                    if !out.queue(row_bytes) {
+                        if out.flush().await == Flow::Go {
+                            out.abort().await;
+                        }
                         return;
                     }
                 }

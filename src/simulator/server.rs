@@ -129,6 +129,8 @@ async fn accept_loop(sim: Simulator, listener: TcpListener, stop: CancellationTo
 /// A body fed by the query task through a bounded channel.
 struct ChannelBody {
     rx: mpsc::Receiver<Chunk>,
+    /// Writes received and not yet given to hyper, one frame each.
+    writes: std::collections::VecDeque<Bytes>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -136,7 +138,16 @@ impl hyper::body::Body for ChannelBody {
     type Error = io::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(|result| result.map(Frame::data)))
+        loop {
+            if let Some(write) = self.writes.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(write))));
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(writes)) => self.writes.extend(writes),
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => return Poll::Ready(None),
+            }
+        }
     }
 }
 
@@ -496,7 +507,7 @@ fn start_query(
     }
     let mut writer = Writer::new(framing, plan.kind);
     let streaming = |rx: mpsc::Receiver<Chunk>| {
-        let mut response = Response::new(ChannelBody { rx }.boxed());
+        let mut response = Response::new(ChannelBody { rx, writes: Default::default() }.boxed());
         if let Ok(value) = framing.content_type().parse() {
             response.headers_mut().insert(CONTENT_TYPE, value);
         }
