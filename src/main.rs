@@ -246,7 +246,21 @@ enum ConfigCommand {
     Default,
 }
 
+/// glibc's malloc gives memory at the top of a heap back to the kernel once 128 KiB are free
+/// there, and serves allocations from 128 KiB up (growing to 32 MiB) with mmap: at full speed
+/// the same buffers went back and forth, and zeroing the fresh pages took 15% of the CPU.
+/// Freed memory is kept for reuse up to these sizes instead.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called first thing, before any thread.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Export { .. }) && !cli.verbose;
     cli::init_logging(&cli.log_format, if quiet { "warn" } else { "info" });

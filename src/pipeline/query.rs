@@ -158,8 +158,33 @@ pub fn leading_position(row: &[u8]) -> Option<(i64, i32, i64)> {
         let start = rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'[' | b','))?;
         let digits = &rest[start..];
         let end = digits.iter().position(|b| !(b.is_ascii_digit() || *b == b'-')).unwrap_or(digits.len());
-        let value = std::str::from_utf8(&digits[..end]).ok()?.parse().ok()?;
+        // `1.5` or `1e3` is not an integer: reading its `1` would place the row wrongly.
+        if !matches!(digits.get(end), None | Some(b',' | b']' | b' ' | b'\t' | b'\r' | b'\n')) {
+            return None;
+        }
+        let value = parse_integer(&digits[..end])?;
         *rest = &digits[end..];
+        Some(value)
+    }
+    /// `-?[0-9]+` as an i64, `None` for anything else or out of range (what `str::parse`
+    /// accepts here, without its UTF-8 check: this runs twice for every row).
+    fn parse_integer(text: &[u8]) -> Option<i64> {
+        let (negative, digits) = match text.split_first() {
+            Some((b'-', digits)) => (true, digits),
+            _ => (false, text),
+        };
+        if digits.is_empty() {
+            return None;
+        }
+        let mut value: i64 = 0;
+        for &digit in digits {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            let digit = i64::from(digit - b'0');
+            value = value.checked_mul(10)?;
+            value = if negative { value.checked_sub(digit)? } else { value.checked_add(digit)? };
+        }
         Some(value)
     }
     let mut rest = row;
@@ -229,5 +254,17 @@ mod tests {
         assert_eq!(leading_position(b"[\"x\",0,1]"), None);
         assert_eq!(leading_position(b"[1,2]"), None);
         assert_eq!(leading_position(b"{}"), None);
+        // Integers at the edges of their types, and text that is not one integer.
+        assert_eq!(leading_position(b"[-9223372036854775808,0,9223372036854775807]"), Some((i64::MIN, 0, i64::MAX)));
+        assert_eq!(leading_position(b"[9223372036854775808,0,1]"), None);
+        assert_eq!(leading_position(b"[1,2147483648,1]"), None);
+        assert_eq!(leading_position(b"[1,-1,-5]"), Some((1, -1, -5)));
+        assert_eq!(row_position(b"[1,-1,5]"), None);
+        assert_eq!(row_position(b"[1,0,-5]"), None);
+        for broken in
+            [&b"[12-3,0,1]"[..], b"[-,0,1]", b"[1,0,--1]", b"[1,0,null]", b"[1,0,1.5]", b"[1,0,1e3]", b"[1.0,0,1]"]
+        {
+            assert_eq!(row_position(broken), None, "{}", String::from_utf8_lossy(broken));
+        }
     }
 }

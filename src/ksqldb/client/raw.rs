@@ -207,6 +207,7 @@ impl Body {
     /// at the body's end.
     async fn next(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
+            self.out.reserve(self.buffer.len());
             self.decode()?;
             if !self.out.is_empty() {
                 return Ok(Some(self.out.split().freeze()));
