@@ -8,6 +8,7 @@
 //! cargo bench --bench pipeline                      # 1 and 8 feeds, over HTTP/1.1 (the default on http://) and HTTP/2
 //! cargo bench --bench pipeline -- --rows 500000 --feeds 1 --http 2
 //! cargo bench --bench pipeline -- --compare         # and the Python approach and DuckDB
+//! cargo bench --bench pipeline -- --age             # and age flushes (1 s) under full load
 //! ```
 //!
 //! Each configuration moves `--rows` rows in all (default 2,000,000), split evenly over its
@@ -42,12 +43,19 @@ struct Options {
     feeds: Vec<u32>,
     http: Vec<&'static str>,
     compare: bool,
+    age: bool,
     budget_mib: u64,
 }
 
 fn options() -> Options {
-    let mut options =
-        Options { rows: 2_000_000, feeds: vec![1, 8], http: vec!["1.1", "2"], compare: false, budget_mib: BUDGET_MIB };
+    let mut options = Options {
+        rows: 2_000_000,
+        feeds: vec![1, 8],
+        http: vec!["1.1", "2"],
+        compare: false,
+        age: false,
+        budget_mib: BUDGET_MIB,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -65,6 +73,7 @@ fn options() -> Options {
                     .collect()
             }
             "--compare" => options.compare = true,
+            "--age" => options.age = true,
             "--budget" => options.budget_mib = value().parse().expect("--budget: MiB"),
             "--bench" => {} // what `cargo bench` passes
             other => panic!("unknown argument {other}"),
@@ -80,7 +89,7 @@ fn main() {
     let mut one_feed = None;
     for &feeds in &options.feeds {
         for &http in &options.http {
-            let result = run_service(work.path(), options.rows, feeds, http, options.budget_mib);
+            let result = run_service(work.path(), options.rows, feeds, http, options.budget_mib, false);
             result.print(&format!("{feeds} feed{} HTTP/{http}", if feeds == 1 { "" } else { "s" }));
             let target = if feeds == 1 { TARGET_ONE_FEED } else { TARGET_EIGHT_FEEDS };
             println!(
@@ -96,10 +105,26 @@ fn main() {
             }
         }
     }
+    if options.age {
+        // Hourly partitions that never close (30 days of lateness), so flushes are for age as
+        // each hour's rows go by; the delay is read from the service's histogram before it
+        // stops.
+        let result = run_service(work.path(), options.rows, 1, "1.1", options.budget_mib, true);
+        result.print("1 feed, age flushes");
+        if let Some(age) = &result.age_flushes {
+            println!(
+                "  {} flushes for age (flush_max_age = 1s): {} committed within 1 s of due ({}), mean delay {:.2} s",
+                age.count,
+                age.within_a_second,
+                verdict(age.count > 0 && age.within_a_second == age.count),
+                age.sum_seconds / age.count.max(1) as f64
+            );
+        }
+    }
     if options.compare {
         let ours = match one_feed {
             Some(result) => result,
-            None => run_service(work.path(), options.rows, 1, "1.1", options.budget_mib),
+            None => run_service(work.path(), options.rows, 1, "1.1", options.budget_mib, false),
         };
         compare(work.path(), options.rows, &ours);
     }
@@ -123,6 +148,14 @@ struct Measured {
     peak_rss_mib: f64,
     /// The simulator's CPU time meanwhile, when it served the rows.
     stand_in_cpu_seconds: Option<f64>,
+    age_flushes: Option<AgeFlushes>,
+}
+
+/// `ksql_lake_age_flush_delay_seconds` at the end of a run.
+struct AgeFlushes {
+    count: u64,
+    within_a_second: u64,
+    sum_seconds: f64,
 }
 
 impl Measured {
@@ -202,19 +235,23 @@ impl Drop for Simulator {
 }
 
 /// `ksql-lake run` on `feeds` streams of `rows / feeds` rows each.
-fn run_service(work: &Path, rows: u64, feeds: u32, http: &str, budget_mib: u64) -> Measured {
+fn run_service(work: &Path, rows: u64, feeds: u32, http: &str, budget_mib: u64, age: bool) -> Measured {
     let per_feed = rows / u64::from(feeds);
     let simulator = Simulator::start(per_feed, feeds, None);
     let run = tempfile::tempdir_in(work).expect("a run directory");
     let lake = run.path().join("lake");
     let port = free_port();
+    let partitioning = if age { "hourly" } else { "daily" };
     let mut config = format!(
         "[ksqldb]\nurl = \"{}\"\nhttp2 = \"{}\"\n[lake]\nurl = \"file://{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-         [memory]\nbudget = \"{budget_mib}MiB\"\n[defaults]\npartitioning = \"daily\"\ncompression = \"zstd\"\n",
+         [memory]\nbudget = \"{budget_mib}MiB\"\n[defaults]\npartitioning = \"{partitioning}\"\ncompression = \"zstd\"\n",
         simulator.url,
         if http == "2" { "always" } else { "never" },
         lake.display()
     );
+    if age {
+        config.push_str("flush_max_age = \"1s\"\nallowed_lateness = \"30d\"\n");
+    }
     for feed in 1..=feeds {
         config.push_str(&format!(
             "[[feeds]]\nname = \"transactions_{feed}\"\nkind = \"stream\"\nsource = \"TRANSACTIONS_{feed}\"\n"
@@ -241,11 +278,12 @@ fn run_service(work: &Path, rows: u64, feeds: u32, http: &str, budget_mib: u64) 
             let log = std::fs::read_to_string(run.path().join("service.log")).unwrap_or_default();
             panic!("ksql-lake run exited early ({status}):\n{log}");
         }
-        if received_rows(port).is_some_and(|received| received >= expected) {
+        if scrape(port).is_some_and(|text| received_rows(&text) >= expected) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let age_flushes = age.then(|| age_flushes(&scrape(port).unwrap_or_default()));
     // SAFETY: kill(2) on the child's pid, which is not yet reaped.
     unsafe { libc::kill(service.id() as libc::pid_t, libc::SIGTERM) };
     let usage = wait(&mut service);
@@ -261,6 +299,7 @@ fn run_service(work: &Path, rows: u64, feeds: u32, http: &str, budget_mib: u64) 
         cpu_seconds: usage.cpu_seconds,
         peak_rss_mib: usage.peak_rss_mib,
         stand_in_cpu_seconds: Some(simulator_cpu),
+        age_flushes,
     }
 }
 
@@ -324,6 +363,7 @@ fn timed(command: &mut Command, rows: u64) -> Measured {
         cpu_seconds: usage.cpu_seconds,
         peak_rss_mib: usage.peak_rss_mib,
         stand_in_cpu_seconds: None,
+        age_flushes: None,
     }
 }
 
@@ -353,19 +393,40 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
-/// `ksql_lake_rows_received_total`, summed over feeds, from the service's /metrics.
-fn received_rows(port: u16) -> Option<u64> {
+/// The service's /metrics text.
+fn scrape(port: u16) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
-    Some(
-        text.lines()
-            .filter(|line| line.starts_with("ksql_lake_rows_received_total{"))
+    Some(text)
+}
+
+/// The sum over feeds of the metric lines starting with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `ksql_lake_rows_received_total`, summed over feeds.
+fn received_rows(metrics: &str) -> u64 {
+    metric_sum(metrics, "ksql_lake_rows_received_total{") as u64
+}
+
+fn age_flushes(metrics: &str) -> AgeFlushes {
+    let name = "ksql_lake_age_flush_delay_seconds";
+    AgeFlushes {
+        count: metric_sum(metrics, &format!("{name}_count{{")) as u64,
+        within_a_second: metrics
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}_bucket{{")) && line.contains("le=\"1\""))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64,
-    )
+        sum_seconds: metric_sum(metrics, &format!("{name}_sum{{")),
+    }
 }
 
 /// `total_records` of every feed's `_metadata.json`.

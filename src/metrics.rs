@@ -66,6 +66,8 @@ pub struct Metrics {
     pub last_row_timestamp: GaugeVec,
     /// Per committed file: commit time minus the oldest event time in it.
     pub commit_lag: HistogramVec,
+    /// Files flushed for age: commit time minus the time the flush was due.
+    pub age_flush_delay: HistogramVec,
     /// Age of the oldest row buffered and not yet committed (0 when none).
     pub oldest_buffered_seconds: GaugeVec,
     /// Table feeds: the latest complete version and how many are kept.
@@ -238,6 +240,11 @@ impl Metrics {
                 "Per committed file: commit time minus the oldest event time in it",
                 lag_buckets(),
             ),
+            age_flush_delay: histogram(
+                "ksql_lake_age_flush_delay_seconds",
+                "Files flushed for age: commit time minus the time the flush was due",
+                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
+            ),
             oldest_buffered_seconds: float_gauge_vec(
                 "ksql_lake_oldest_buffered_seconds",
                 "Age of the oldest buffered, uncommitted row (0 when none)",
@@ -279,9 +286,14 @@ impl Metrics {
         for (stage, error_type) in ERROR_KINDS {
             self.errors.with_label_values(&[feed, stage, error_type]);
         }
-        for histogram in
-            [&self.flush_duration, &self.encode_duration, &self.put_duration, &self.file_size, &self.commit_lag]
-        {
+        for histogram in [
+            &self.flush_duration,
+            &self.encode_duration,
+            &self.put_duration,
+            &self.file_size,
+            &self.commit_lag,
+            &self.age_flush_delay,
+        ] {
             histogram.with_label_values(&one);
         }
         for gauge in [&self.buffered_rows, &self.buffered_bytes, &self.open_partitions, &self.push_query_up] {

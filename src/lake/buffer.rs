@@ -127,6 +127,8 @@ pub struct FlushJob {
     pub null_event_time_rows: usize,
     /// Rows that arrived after their partition closed.
     pub late: bool,
+    /// A flush for age: when it became due (its oldest row's arrival plus `max_age`).
+    pub due: Option<Instant>,
     /// Exact runs of ksqlDB offsets in this file, from the feed's [`CommitLedger`].
     pub runs: Runs,
     /// The feed's commit state once this file is committed, from the ledger: the manifest
@@ -461,6 +463,7 @@ impl PartitionBuffers {
             first_position: buffer.first_position,
             null_event_time_rows: buffer.null_event_time_rows,
             late: buffer.late,
+            due: (reason == FlushReason::Age).then(|| buffer.oldest_arrival + self.policy.max_age),
             runs,
             commit,
             reservation: buffer.reservation,

@@ -28,6 +28,7 @@ pub(crate) struct FeedMetrics {
     encode_duration: Histogram,
     put_duration: Histogram,
     file_size: Histogram,
+    age_flush_delay: Histogram,
     last_commit_timestamp: Gauge,
     event_time_watermark: Gauge,
     pub(crate) backpressure_seconds: Counter,
@@ -56,6 +57,7 @@ impl FeedMetrics {
             encode_duration: metrics.encode_duration.with_label_values(&one),
             put_duration: metrics.put_duration.with_label_values(&one),
             file_size: metrics.file_size.with_label_values(&one),
+            age_flush_delay: metrics.age_flush_delay.with_label_values(&one),
             last_commit_timestamp: metrics.last_commit_timestamp.with_label_values(&one),
             event_time_watermark: metrics.event_time_watermark.with_label_values(&one),
             backpressure_seconds: metrics.backpressure_seconds.with_label_values(&one),
@@ -298,6 +300,8 @@ pub(crate) struct FileCommitted<'a> {
     pub(crate) encode: Duration,
     /// The successful put of the data file and the manifest.
     pub(crate) put: Duration,
+    /// A flush for age: when it was due.
+    pub(crate) due: Option<tokio::time::Instant>,
 }
 
 impl FileCommitted<'_> {
@@ -310,6 +314,9 @@ impl FileCommitted<'_> {
         metrics.put_duration.observe(self.put.as_secs_f64());
         metrics.flush_duration.observe((self.encode + self.put).as_secs_f64());
         metrics.file_size.observe(file.bytes as f64);
+        if let Some(due) = self.due {
+            metrics.age_flush_delay.observe(due.elapsed().as_secs_f64());
+        }
         let now_ms = chrono::Utc::now().timestamp_millis();
         metrics.last_commit_timestamp.set(now_ms as f64 / 1000.0);
         let lag = (now_ms - self.min_event_ms).max(0) as f64 / 1000.0;

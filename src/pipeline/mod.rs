@@ -73,7 +73,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            tick: Duration::from_secs(1),
+            tick: Duration::from_millis(250),
             linger: Duration::from_millis(200),
             reconnect_backoff: None,
             write_retry: Backoff {

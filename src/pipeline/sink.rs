@@ -433,6 +433,7 @@ impl Committer {
                     queue_wait: started.duration_since(queued),
                     encode: seconds,
                     put: put_started.elapsed(),
+                    due: job.due,
                 }
                 .emit(&self.metrics);
                 summary.rows_written += committed.rows as u64;

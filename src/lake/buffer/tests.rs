@@ -76,6 +76,7 @@ async fn bytes_trigger_uses_the_learned_compression_ratio() {
 #[tokio::test(start_paused = true)]
 async fn age_trigger_fires_exactly_at_max_age() {
     let mut f = fixture(FlushPolicy { max_age: Duration::from_secs(300), ..FlushPolicy::default() });
+    let first_arrival = tokio::time::Instant::now();
     push_all(&mut f, rows(&[ms(10, 1, 0)], 0));
     tokio::time::advance(Duration::from_secs(299)).await;
     // A row arriving later does not reset the age of the oldest one.
@@ -86,6 +87,8 @@ async fn age_trigger_fires_exactly_at_max_age() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].reason, FlushReason::Age);
     assert_eq!(jobs[0].rows, 2);
+    // Due when the oldest row turned max_age old: the delay metric counts from there.
+    assert_eq!(jobs[0].due, Some(first_arrival + Duration::from_secs(300)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -99,6 +102,7 @@ async fn partition_closes_once_the_watermark_passes_its_end_plus_allowed_latenes
     let jobs = f.feed.drain_ready();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].reason, FlushReason::PartitionClose);
+    assert_eq!(jobs[0].due, None);
     assert_eq!(jobs[0].key.hour, Some(10));
     assert_eq!(f.feed.buffers.open_partitions(), 1);
 }
