@@ -252,15 +252,23 @@ enum ConfigCommand {
 /// Freed memory is kept for reuse up to these sizes instead. The service also keeps to two
 /// arenas (glibc makes up to eight per core, each holding freed memory of its own): its
 /// threads hand buffers to each other, and more arenas held 100 MiB more at the same budget.
-/// The simulator keeps glibc's arenas: it allocates per row on every thread.
+/// The simulator keeps glibc's arenas: it allocates per row on every thread. An operator's
+/// own settings (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, ...) win over these.
 fn tune_allocator(service: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
-        if service {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        let unset = |name: &str| std::env::var_os(name).is_none() && std::env::var_os("GLIBC_TUNABLES").is_none();
+        // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+        unsafe {
+            if unset("MALLOC_TRIM_THRESHOLD_") {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+            }
+            if unset("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+            }
+            if service && unset("MALLOC_ARENA_MAX") {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

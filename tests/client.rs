@@ -251,6 +251,14 @@ async fn pre_024_server_over_http1_falls_back_to_query() {
     let client = new_client(&handle.url(), Http2Mode::Always);
     let stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
     assert_eq!(stream.framing(), Framing::Delimited);
+    // `auto` asks over HTTP/1.1 first (read straight from the socket), is refused with 40004,
+    // and asks again over h2c, then and for every later query.
+    let client = new_client(&handle.url(), Http2Mode::Auto);
+    for _ in 0..2 {
+        let mut stream = open(&client, earliest("SELECT * FROM PAGEVIEWS EMIT CHANGES;")).await.unwrap();
+        assert_eq!(stream.framing(), Framing::Delimited);
+        assert_eq!(&next_row(&mut stream).await[..], br#"["USER_1","PAGE",1]"#);
+    }
 }
 
 #[tokio::test]

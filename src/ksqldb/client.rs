@@ -198,7 +198,7 @@ impl KsqlClient {
             primary,
             fallback,
             protocol: AtomicU8::new(PROTOCOL_UNKNOWN),
-            raw_queries: cleartext && matches!(config.http2, Http2Mode::Never | Http2Mode::Auto),
+            raw_queries: cleartext && matches!(config.http2, Http2Mode::Never | Http2Mode::Auto) && !proxy_configured(),
             raw_refused: AtomicBool::new(false),
             connect_timeout: config.connect_timeout,
         })
@@ -249,7 +249,8 @@ impl KsqlClient {
             "requestProperties": request.request_properties,
         });
         let accept = if request.tombstones { STREAMED_ROW } else { DELIMITED };
-        let (status, error_body) = if self.raw_queries && !self.raw_refused.load(Ordering::Relaxed) {
+        let raw = self.raw_queries && !self.raw_refused.load(Ordering::Relaxed);
+        let (status, error_body) = if raw {
             let body = serde_json::to_vec(&body).map_err(|error| ClientError::Config(error.to_string()))?;
             let response = raw::send(raw::RawRequest {
                 url: &url,
@@ -264,7 +265,10 @@ impl KsqlClient {
                 let framing = query_stream_framing(response.content_type.clone())?;
                 return QueryStream::open_body(response.into_stream(), framing).await;
             }
-            (response.status, response.error_body().await.into())
+            let status = response.status;
+            let body =
+                response.error_body().await.map_err(|source| ClientError::Request { url: url.to_string(), source })?;
+            (status, body.into())
         } else {
             let response =
                 self.send(|client| client.post(url.clone()).header(ACCEPT, accept).json(&body), &url).await?;
@@ -279,7 +283,8 @@ impl KsqlClient {
         if status != 400 || error.error_code() != Some(ERROR_CODE_HTTP2_ONLY) {
             return Err(error);
         }
-        if self.raw_queries && self.fallback.is_some() && !self.raw_refused.swap(true, Ordering::Relaxed) {
+        if raw && self.fallback.is_some() {
+            self.raw_refused.store(true, Ordering::Relaxed);
             // `Auto`: this server takes `/query-stream` over HTTP/2 only.
             tracing::debug!(url = %url, "ksqlDB wants HTTP/2 on /query-stream; asking again over h2c");
             return Box::pin(self.stream_query(request)).await;
@@ -392,6 +397,14 @@ impl std::fmt::Debug for KsqlClient {
             .field("fallback", &self.fallback.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether the environment names an HTTP proxy, which reqwest honours and the socket reader
+/// does not: queries then go through reqwest too.
+fn proxy_configured() -> bool {
+    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
 }
 
 fn content_type(response: &reqwest::Response) -> Option<String> {

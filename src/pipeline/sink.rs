@@ -340,6 +340,17 @@ impl FeedSink {
 /// A task handle that aborts the task when dropped.
 pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
+impl<T> AbortOnDrop<T> {
+    /// The task's result; a panic in it goes on here.
+    async fn join(mut self) -> T {
+        match (&mut self.0).await {
+            Ok(value) => value,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => panic!("a task was cancelled while awaited: {error}"),
+        }
+    }
+}
+
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
@@ -383,13 +394,25 @@ struct Committer {
     acks: mpsc::UnboundedSender<Ack>,
 }
 
+/// Encodes a data file (a dead-letter file is encoded when it is committed).
+async fn encode(writer: Arc<LakeWriter>, prepared: Prepared) -> Encoded {
+    let started = Instant::now();
+    let file = match &prepared.job {
+        Job::Data(job) => Some(writer.encode(job).await),
+        Job::DeadLetter(_) => None,
+    };
+    Encoded { prepared, file, started, seconds: started.elapsed() }
+}
+
 impl Committer {
     async fn run(self, mut queue: mpsc::Receiver<Prepared>) -> Result<SinkSummary, SinkFailed> {
         let mut summary = SinkSummary::default();
-        // Files are encoded on the blocking pool up to ENCODE_AHEAD at a time (the shutdown
-        // flush of several partitions uses every core) and committed one by one, in order.
+        // Files are encoded up to ENCODE_AHEAD at a time (the shutdown flush of several
+        // partitions uses every core) and committed one by one, in order. Each encode is a
+        // task of its own: it runs, and gives its encode permit back, while this loop waits
+        // on a commit, however long the lake takes.
         let mut encoded = futures::stream::poll_fn(|cx| queue.poll_recv(cx))
-            .map(|prepared| self.encode(prepared))
+            .map(|prepared| AbortOnDrop(tokio::spawn(encode(Arc::clone(&self.writer), prepared))).join())
             .buffered(ENCODE_AHEAD);
         while let Some(ready) = encoded.next().await {
             let reserved_bytes = ready.prepared.job.reserved_bytes();
@@ -400,16 +423,6 @@ impl Committer {
             result?;
         }
         Ok(summary)
-    }
-
-    /// Encodes a data file (a dead-letter file is encoded when it is committed).
-    async fn encode(&self, prepared: Prepared) -> Encoded {
-        let started = Instant::now();
-        let file = match &prepared.job {
-            Job::Data(job) => Some(self.writer.encode(job).await),
-            Job::DeadLetter(_) => None,
-        };
-        Encoded { prepared, file, started, seconds: started.elapsed() }
     }
 
     /// Commits one file, retrying retryable failures until it succeeds. Returns a data file's

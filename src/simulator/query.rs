@@ -3,6 +3,7 @@
 //! chunks only, so a slow client stalls this task rather than growing a buffer.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,25 @@ const BATCH_ROWS: usize = 1024;
 
 /// Chunks buffered between the query task and the connection.
 pub const BODY_CHANNEL_CHUNKS: usize = 4;
+
+/// The query task's end of a response body.
+pub struct BodySender {
+    tx: mpsc::Sender<Chunk>,
+    /// Writes sent and not yet given to hyper.
+    unsent: Arc<AtomicUsize>,
+}
+
+/// The connection's end: writes arrive in batches, and each is counted off as hyper takes it.
+pub struct BodyReceiver {
+    pub rx: mpsc::Receiver<Chunk>,
+    pub unsent: Arc<AtomicUsize>,
+}
+
+pub fn body_channel() -> (BodySender, BodyReceiver) {
+    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+    let unsent = Arc::new(AtomicUsize::new(0));
+    (BodySender { tx, unsent: Arc::clone(&unsent) }, BodyReceiver { rx, unsent })
+}
 
 /// A query ready to run.
 pub struct RunningQuery {
@@ -101,6 +121,7 @@ impl Tokens {
 
 struct Out {
     tx: mpsc::Sender<Chunk>,
+    unsent: Arc<AtomicUsize>,
     bytes_sent: u64,
     rows_sent: u64,
     cut_bytes: Option<u64>,
@@ -145,6 +166,7 @@ impl Out {
             return Flow::Go;
         }
         let writes = std::mem::take(&mut self.pending);
+        self.unsent.fetch_add(writes.len(), Ordering::AcqRel);
         if self.tx.send(Ok(writes)).await.is_err() {
             return Flow::Stop;
         }
@@ -167,7 +189,7 @@ impl Out {
     /// Drops the connection abruptly, after letting the connection write what was sent.
     async fn abort(&self) {
         let drained = async {
-            while self.tx.capacity() < self.tx.max_capacity() && !self.tx.is_closed() {
+            while self.unsent.load(Ordering::Acquire) > 0 && !self.tx.is_closed() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         };
@@ -180,8 +202,10 @@ impl Out {
 impl RunningQuery {
     /// Runs until LIMIT, close, fault, stop point or client disconnect. `header` was already
     /// written into `first` so the client sees the metadata before any row.
-    pub async fn run(mut self, tx: mpsc::Sender<Chunk>) {
-        let mut out = Out { tx, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None, pending: Vec::new() };
+    pub async fn run(mut self, body: BodySender) {
+        let BodySender { tx, unsent } = body;
+        let mut out =
+            Out { tx, unsent, bytes_sent: 0, rows_sent: 0, cut_bytes: None, cut_rows: None, pending: Vec::new() };
         let mut head = Vec::new();
         self.writer.header(&mut head, &self.query_id, &self.plan);
         // faults armed before the start count from the first body byte

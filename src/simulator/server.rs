@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::fault::QueryControl;
 use super::format::{generic_error, statement_error, End, Framing, Writer};
 use super::plan::{Plan, QueryKind};
-use super::query::{Chunk, RunningQuery, Tokens, BODY_CHANNEL_CHUNKS};
+use super::query::{body_channel, BodyReceiver, Chunk, RunningQuery, Tokens};
 use super::source::{Source, SourceKind};
 use super::sql::{self, SqlError};
 use super::token::{self, TokenError};
@@ -129,6 +130,8 @@ async fn accept_loop(sim: Simulator, listener: TcpListener, stop: CancellationTo
 /// A body fed by the query task through a bounded channel.
 struct ChannelBody {
     rx: mpsc::Receiver<Chunk>,
+    /// Counted down as hyper takes each write (the query task's cut waits for zero).
+    unsent: Arc<AtomicUsize>,
     /// Writes received and not yet given to hyper, one frame each.
     writes: std::collections::VecDeque<Bytes>,
 }
@@ -140,6 +143,7 @@ impl hyper::body::Body for ChannelBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         loop {
             if let Some(write) = self.writes.pop_front() {
+                self.unsent.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 return Poll::Ready(Some(Ok(Frame::data(write))));
             }
             match std::task::ready!(self.rx.poll_recv(cx)) {
@@ -506,8 +510,9 @@ fn start_query(
         return statement_failure("WHERE clause on ROWPARTITION or ROWOFFSET is not supported.");
     }
     let mut writer = Writer::new(framing, plan.kind);
-    let streaming = |rx: mpsc::Receiver<Chunk>| {
-        let mut response = Response::new(ChannelBody { rx, writes: Default::default() }.boxed());
+    let streaming = |body: BodyReceiver| {
+        let BodyReceiver { rx, unsent } = body;
+        let mut response = Response::new(ChannelBody { rx, unsent, writes: Default::default() }.boxed());
         if let Ok(value) = framing.content_type().parse() {
             response.headers_mut().insert(CONTENT_TYPE, value);
         }
@@ -536,7 +541,7 @@ fn start_query(
         QueryKind::PullStream => {
             let query_id = transient_id();
             let control = Arc::new(QueryControl::new(query_id.clone(), Vec::new()));
-            let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+            let (tx, rx) = body_channel();
             let stop_at = Some(source.end());
             let query = RunningQuery {
                 plan,
@@ -612,7 +617,7 @@ fn start_query(
                 ?framing,
                 "push query started"
             );
-            let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+            let (tx, rx) = body_channel();
             let query = RunningQuery {
                 plan,
                 writer,

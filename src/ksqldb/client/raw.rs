@@ -24,6 +24,15 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// An error body is read up to this size.
 const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 64;
+/// ksqlDB answers a query's request once the query runs; a server that accepts the request and
+/// says nothing for this long is taken as gone.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// An error answer's body is read within this time.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive probes of an idle push query after `keepalive`: a peer that answers none of
+/// them is gone (about 30 s later, instead of Linux's 11 minutes).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// What to send.
 pub(super) struct RawRequest<'a> {
@@ -57,17 +66,24 @@ impl RawResponse {
         }))
     }
 
-    /// The whole body, for an error answer (cut at a bound).
-    pub async fn error_body(self) -> Vec<u8> {
+    /// The whole body of an error answer (cut at a bound); an error when the connection breaks
+    /// or the body does not end in time, so a cut answer is not taken for the server's word.
+    pub async fn error_body(self) -> Result<Vec<u8>, TransportError> {
         let mut body = self.body;
-        let mut all = Vec::new();
-        while all.len() < MAX_ERROR_BODY_BYTES {
-            match body.next().await {
-                Ok(Some(bytes)) => all.extend_from_slice(&bytes),
-                _ => break,
+        let read = async {
+            let mut all = Vec::new();
+            while all.len() < MAX_ERROR_BODY_BYTES {
+                match body.next().await? {
+                    Some(bytes) => all.extend_from_slice(&bytes),
+                    None => break,
+                }
             }
+            Ok::<_, TransportError>(all)
+        };
+        match tokio::time::timeout(ERROR_BODY_TIMEOUT, read).await {
+            Ok(read) => read,
+            Err(_) => Err(format!("the error answer's body did not end within {ERROR_BODY_TIMEOUT:?}").into()),
         }
-        all
     }
 }
 
@@ -84,7 +100,10 @@ pub(super) async fn send(request: RawRequest<'_>) -> Result<RawResponse, ClientE
         Err(_) => return Err(connect_error(format!("connect timed out after {:?}", request.connect_timeout).into())),
     };
     let _ = socket.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new().with_time(request.keepalive);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(request.keepalive)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
     let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive);
 
     let request_error = |source: TransportError| ClientError::Request { url: url.to_string(), source };
@@ -108,7 +127,14 @@ pub(super) async fn send(request: RawRequest<'_>) -> Result<RawResponse, ClientE
     let mut message = head.into_bytes();
     message.extend_from_slice(request.body);
     socket.write_all(&message).await.map_err(|error| request_error(error.into()))?;
+    match tokio::time::timeout(HEAD_TIMEOUT, read_head(socket)).await {
+        Ok(head) => head.map_err(request_error),
+        Err(_) => Err(request_error(format!("no answer within {HEAD_TIMEOUT:?}").into())),
+    }
+}
 
+/// Reads the answer's status line and headers, past any interim (1xx) answers.
+async fn read_head(mut socket: TcpStream) -> Result<RawResponse, TransportError> {
     let mut buffer = BytesMut::with_capacity(READ_SIZE);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -116,6 +142,11 @@ pub(super) async fn send(request: RawRequest<'_>) -> Result<RawResponse, ClientE
         match response.parse(&buffer) {
             Ok(httparse::Status::Complete(length)) => {
                 let status = response.code.unwrap_or(0);
+                if (100..200).contains(&status) && status != 101 {
+                    // `100 Continue` and the like: the answer follows.
+                    buffer.advance(length);
+                    continue;
+                }
                 let header = |name: &str| {
                     response
                         .headers
@@ -130,9 +161,9 @@ pub(super) async fn send(request: RawRequest<'_>) -> Result<RawResponse, ClientE
                 let framing = if chunked {
                     Framing::Chunked(Chunk::Size)
                 } else if let Some(length) = length_header {
-                    let length = length.parse::<u64>().map_err(|_| {
-                        request_error(format!("invalid Content-Length `{length}` in the answer").into())
-                    })?;
+                    let length = length
+                        .parse::<u64>()
+                        .map_err(|_| format!("invalid Content-Length `{length}` in the answer"))?;
                     Framing::Length(length)
                 } else {
                     Framing::UntilClose
@@ -143,14 +174,13 @@ pub(super) async fn send(request: RawRequest<'_>) -> Result<RawResponse, ClientE
             }
             Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD_BYTES => {}
             Ok(httparse::Status::Partial) => {
-                return Err(request_error(format!("answer head longer than {MAX_HEAD_BYTES} bytes").into()))
+                return Err(format!("answer head longer than {MAX_HEAD_BYTES} bytes").into())
             }
-            Err(error) => return Err(request_error(format!("not an HTTP/1.1 answer: {error}").into())),
+            Err(error) => return Err(format!("not an HTTP/1.1 answer: {error}").into()),
         }
         buffer.reserve(READ_SIZE);
-        let read = socket.read_buf(&mut buffer).await.map_err(|error| request_error(error.into()))?;
-        if read == 0 {
-            return Err(request_error("the connection closed before an answer".into()));
+        if socket.read_buf(&mut buffer).await? == 0 {
+            return Err("the connection closed before an answer".into());
         }
     }
 }
@@ -243,7 +273,7 @@ impl Body {
                     return Ok(());
                 }
                 Framing::Length(left) => {
-                    let take = (left as usize).min(self.buffer.len());
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.buffer.len());
                     if take == 0 {
                         return Ok(());
                     }
@@ -251,7 +281,7 @@ impl Body {
                     self.framing = Framing::Length(left - take as u64);
                 }
                 Framing::Chunked(Chunk::Data(left)) => {
-                    let take = (left as usize).min(self.buffer.len());
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.buffer.len());
                     if take == 0 {
                         return Ok(());
                     }
@@ -322,7 +352,7 @@ mod tests {
         url
     }
 
-    async fn body_of(answer: &[u8], piece: usize) -> (u16, Result<Vec<u8>, String>) {
+    async fn answer(answer: &[u8], piece: usize) -> RawResponse {
         let url = serve(answer.to_vec(), piece).await;
         let request = RawRequest {
             url: &url,
@@ -332,7 +362,11 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(30),
         };
-        let response = send(request).await.unwrap();
+        send(request).await.unwrap()
+    }
+
+    async fn body_of(answer_bytes: &[u8], piece: usize) -> (u16, Result<Vec<u8>, String>) {
+        let response = answer(answer_bytes, piece).await;
         let status = response.status;
         let mut stream = response.into_stream();
         let mut body = Vec::new();
@@ -376,5 +410,22 @@ mod tests {
         assert!(body_of(answer, 5).await.1.unwrap_err().contains("invalid chunk size"));
         let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n";
         assert!(body_of(answer, 50).await.1.unwrap_err().contains("longer than its size"));
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_cut_error_bodies_are_errors() {
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(body_of(answer, 7).await, (200, Ok(b"ok".to_vec())));
+        // A 400 whose body breaks off is not the server's whole word: no error code to act on.
+        let cut = answer_with(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 90\r\n\r\n{\"error_code\":40003");
+        let response = cut.await;
+        assert_eq!(response.status, 400);
+        assert!(response.error_body().await.is_err());
+        let whole = answer_with(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\nhello");
+        assert_eq!(whole.await.error_body().await.unwrap(), b"hello");
+    }
+
+    async fn answer_with(bytes: &[u8]) -> RawResponse {
+        answer(bytes, 1000).await
     }
 }
