@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ksql_lake::backoff::Backoff;
+use ksql_lake::ksqldb::Http2Mode;
 use ksql_lake::lake::{open_lake, FeedKind};
 use ksql_lake::metrics::FeedState;
 use ksql_lake::schema::parse_schema;
@@ -95,8 +96,13 @@ const LATE_DAILY: Timing =
 const LATE_WITH_BAD_ROWS: Timing = Timing { bad_every: 97, ..LATE_HOURLY };
 
 /// 100,000 rows produced in 50 rounds; before each round the simulator is told to cut the
-/// connection a random number of rows into it.
+/// connection a random number of rows into it. Over cleartext HTTP/1.1 (the default on
+/// `http://`, read straight from the socket) unless `http2` says `Always`.
 async fn cut_connections_50_times(delivery: &str, timing: Timing) -> u64 {
+    cut_connections_50_times_over(delivery, timing, Http2Mode::Auto).await
+}
+
+async fn cut_connections_50_times_over(delivery: &str, timing: Timing, http2: Http2Mode) -> u64 {
     let rows: i64 = 100_000;
     let rounds: i64 = 50;
     let dir = tempfile::tempdir().unwrap();
@@ -108,6 +114,8 @@ async fn cut_connections_50_times(delivery: &str, timing: Timing) -> u64 {
         "",
         &format!("flush_max_age = \"300ms\"\ndelivery = \"{delivery}\"\nbatch_rows = 1000"),
     );
+    let mut config = config;
+    config.ksqldb.client.http2 = http2;
     let running = start(config, fast_reconnects());
     let mut rng = StdRng::seed_from_u64(50);
     let per_round = rows / rounds;
@@ -148,6 +156,11 @@ async fn at_least_once_loses_nothing_across_50_cut_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_50_cut_connections_with_late_and_early_rows() {
     assert_eq!(cut_connections_50_times("exactly-once", LATE_HOURLY).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_50_cut_http2_streams_with_late_and_early_rows() {
+    assert_eq!(cut_connections_50_times_over("exactly-once", LATE_HOURLY, Http2Mode::Always).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
