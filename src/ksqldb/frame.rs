@@ -350,7 +350,12 @@ impl FrameDecoder {
             return Ok(None);
         }
         let message_offset = offset + range.start as u64;
-        let text = line.slice(range);
+        // The line itself when nothing was trimmed: one reference count less per row.
+        let text = if range.start == 0 && range.end == line.len() { line } else { line.slice(range) };
+        if self.framing != Framing::StreamedRow && text.first() == Some(&b'[') && text.last() == Some(&b']') {
+            // A row, as `query_stream_message` would say, without another reference to it.
+            return Ok(Some(Event::Row { values: text, tombstone: false }));
+        }
         let decoded = match self.framing {
             Framing::StreamedRow => message::streamed_row_message(&text),
             _ => message::query_stream_message(&text),
