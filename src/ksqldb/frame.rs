@@ -352,15 +352,12 @@ impl FrameDecoder {
         let message_offset = offset + range.start as u64;
         // The line itself when nothing was trimmed: one reference count less per row.
         let text = if range.start == 0 && range.end == line.len() { line } else { line.slice(range) };
-        if self.framing != Framing::StreamedRow && text.first() == Some(&b'[') && text.last() == Some(&b']') {
-            // A row, as `query_stream_message` would say, without another reference to it.
-            return Ok(Some(Event::Row { values: text, tombstone: false }));
+        match self.framing {
+            Framing::StreamedRow => message::streamed_row_message(&text)
+                .map(Some)
+                .map_err(|error: MessageError| error.into_frame_error(message_offset, &text)),
+            _ => message::query_stream_message(text, message_offset).map(Some),
         }
-        let decoded = match self.framing {
-            Framing::StreamedRow => message::streamed_row_message(&text),
-            _ => message::query_stream_message(&text),
-        };
-        decoded.map(Some).map_err(|error: MessageError| error.into_frame_error(message_offset, &text))
     }
 
     fn next_array_event(&mut self) -> Result<Option<Event>, FrameError> {
@@ -381,9 +378,7 @@ impl FrameDecoder {
                     Ok(Some(end)) => {
                         self.array = ArrayState::AfterElement;
                         let (text, offset) = self.take_message(end);
-                        return message::query_stream_message(&text)
-                            .map(Some)
-                            .map_err(|error| error.into_frame_error(offset, &text));
+                        return message::query_stream_message(text, offset).map(Some);
                     }
                     Ok(None) => {
                         if let Err(error) = self.carry_rest() {

@@ -85,18 +85,19 @@ impl TokenValue {
     }
 }
 
-/// A delimited line or JSON array element (no surrounding whitespace): a row array or an object.
-pub(super) fn query_stream_message(text: &Bytes) -> Result<Event, MessageError> {
-    match text.first() {
-        Some(b'[') => {
-            if text.last() != Some(&b']') {
-                return Err(MessageError::new("row does not end with `]`"));
-            }
-            Ok(Event::Row { values: text.clone(), tombstone: false })
-        }
-        Some(b'{') => query_stream_object(text),
-        _ => Err(MessageError::new("expected a JSON object or array")),
+/// A delimited line or JSON array element (no surrounding whitespace) at `offset`: a row
+/// array, which becomes the event's values as it is (no copy, no further reference to the
+/// response buffer), or an object.
+pub(super) fn query_stream_message(text: Bytes, offset: u64) -> Result<Event, FrameError> {
+    if text.first() == Some(&b'[') && text.last() == Some(&b']') {
+        return Ok(Event::Row { values: text, tombstone: false });
     }
+    let decoded = match text.first() {
+        Some(b'[') => Err(MessageError::new("row does not end with `]`")),
+        Some(b'{') => query_stream_object(&text),
+        _ => Err(MessageError::new("expected a JSON object or array")),
+    };
+    decoded.map_err(|error| error.into_frame_error(offset, &text))
 }
 
 fn query_stream_object(text: &[u8]) -> Result<Event, MessageError> {
