@@ -162,29 +162,10 @@ pub fn leading_position(row: &[u8]) -> Option<(i64, i32, i64)> {
         if !matches!(digits.get(end), None | Some(b',' | b']' | b' ' | b'\t' | b'\r' | b'\n')) {
             return None;
         }
-        let value = parse_integer(&digits[..end])?;
+        // The row decoder's BIGINT parser: `-?[0-9]+` over the full range, without the UTF-8
+        // check and `str::parse` (this runs twice for every row).
+        let value = crate::schema::rows::parse_i64(&digits[..end]).ok()?;
         *rest = &digits[end..];
-        Some(value)
-    }
-    /// `-?[0-9]+` as an i64, `None` for anything else or out of range (what `str::parse`
-    /// accepts here, without its UTF-8 check: this runs twice for every row).
-    fn parse_integer(text: &[u8]) -> Option<i64> {
-        let (negative, digits) = match text.split_first() {
-            Some((b'-', digits)) => (true, digits),
-            _ => (false, text),
-        };
-        if digits.is_empty() {
-            return None;
-        }
-        let mut value: i64 = 0;
-        for &digit in digits {
-            if !digit.is_ascii_digit() {
-                return None;
-            }
-            let digit = i64::from(digit - b'0');
-            value = value.checked_mul(10)?;
-            value = if negative { value.checked_sub(digit)? } else { value.checked_add(digit)? };
-        }
         Some(value)
     }
     let mut rest = row;

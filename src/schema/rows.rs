@@ -34,6 +34,7 @@ mod scalars;
 
 use builders::Builder;
 use json::Cursor;
+pub(crate) use scalars::parse_i64;
 
 /// Longest raw row text kept in a [`RowError`].
 const MAX_RAW_BYTES: usize = 4096;

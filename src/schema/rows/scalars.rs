@@ -12,7 +12,7 @@ use super::Fail;
 pub(super) const MS_PER_DAY: i64 = 86_400_000;
 
 /// Parses a JSON integer token's text as an i64 over the full range, `i64::MIN` included.
-pub(super) fn parse_i64(text: &[u8]) -> Result<i64, Fail> {
+pub(crate) fn parse_i64(text: &[u8]) -> Result<i64, Fail> {
     let (negative, digits) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
