@@ -16,10 +16,9 @@
 //! re-reads them from ksqlDB.
 
 use std::sync::Arc;
-
-use futures::StreamExt;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -158,13 +157,28 @@ const COMMIT_QUEUE: usize = 1;
 /// Files of one feed encoded at the same time while the commit stage writes them in order.
 const ENCODE_AHEAD: usize = 2;
 
-/// A file with its encoding done (data files) and how long that took.
+/// A file ready for its commit: a data file with its encoding done (and how long that took),
+/// or the dead letter, which is encoded when it is committed.
 struct Encoded {
-    prepared: Prepared,
-    /// `None` for a dead-letter file.
-    file: Option<Result<EncodedFile, WriteError>>,
+    job: EncodedJob,
+    queued: Instant,
     started: Instant,
     seconds: Duration,
+}
+
+enum EncodedJob {
+    /// Boxed: a flush job and its encoded file beside the dead letter's much smaller job.
+    Data(Box<FlushJob>, Result<EncodedFile, WriteError>),
+    DeadLetter(DeadLetterJob),
+}
+
+impl EncodedJob {
+    fn reserved_bytes(&self) -> u64 {
+        match self {
+            EncodedJob::Data(job, _) => job.reserved_bytes(),
+            EncodedJob::DeadLetter(job) => job.reserved_bytes(),
+        }
+    }
 }
 
 impl FeedSink {
@@ -396,12 +410,16 @@ struct Committer {
 
 /// Encodes a data file (a dead-letter file is encoded when it is committed).
 async fn encode(writer: Arc<LakeWriter>, prepared: Prepared) -> Encoded {
+    let Prepared { job, queued } = prepared;
     let started = Instant::now();
-    let file = match &prepared.job {
-        Job::Data(job) => Some(writer.encode(job).await),
-        Job::DeadLetter(_) => None,
+    let job = match job {
+        Job::Data(job) => {
+            let file = writer.encode(&job).await;
+            EncodedJob::Data(Box::new(job), file)
+        }
+        Job::DeadLetter(job) => EncodedJob::DeadLetter(job),
     };
-    Encoded { prepared, file, started, seconds: started.elapsed() }
+    Encoded { job, queued, started, seconds: started.elapsed() }
 }
 
 impl Committer {
@@ -415,7 +433,7 @@ impl Committer {
             .map(|prepared| AbortOnDrop(tokio::spawn(encode(Arc::clone(&self.writer), prepared))).join())
             .buffered(ENCODE_AHEAD);
         while let Some(ready) = encoded.next().await {
-            let reserved_bytes = ready.prepared.job.reserved_bytes();
+            let reserved_bytes = ready.job.reserved_bytes();
             let result = self.commit(ready, &mut summary).await;
             // The job, and with it its reservation, is gone by now.
             let sizes = result.as_ref().ok().copied().flatten();
@@ -428,9 +446,9 @@ impl Committer {
     /// Commits one file, retrying retryable failures until it succeeds. Returns a data file's
     /// in-memory and encoded sizes.
     async fn commit(&self, ready: Encoded, summary: &mut SinkSummary) -> Result<Option<(u64, u64)>, SinkFailed> {
-        let Encoded { prepared: Prepared { job, queued }, file, started, seconds } = ready;
-        match (job, file) {
-            (Job::Data(job), Some(file)) => {
+        let Encoded { job, queued, started, seconds } = ready;
+        match job {
+            EncodedJob::Data(job, file) => {
                 let encoded = file.map_err(|error| {
                     CommitAttemptFailed { error: &error, attempt: 1, retry_in: None, rows: job.rows }
                         .emit(&self.metrics, &self.health);
@@ -453,8 +471,7 @@ impl Committer {
                 summary.files_written += 1;
                 Ok(Some((committed.in_memory_bytes, committed.bytes)))
             }
-            (Job::Data(_), None) => unreachable!("data files are encoded before their commit"),
-            (Job::DeadLetter(job), _) => {
+            EncodedJob::DeadLetter(job) => {
                 let contents = job.encode();
                 let rows = job.records.len();
                 self.with_retries(rows, slow_after(contents.len()), || self.writer.commit_dead_letter(&job, &contents))

@@ -16,17 +16,17 @@ use super::plan::Plan;
 use super::source::Row;
 use super::token;
 
-/// One body chunk, or the error that aborts the connection (a cut).
-/// Writes for the connection: each `Bytes` is one write (one HTTP/1.1 chunk, one HTTP/2 DATA
-/// frame). A read batch's per-row writes travel together, so the hand-over costs one channel
-/// message per batch rather than per row; on the wire each row is still its own write.
+/// Writes for the connection, or the error that aborts it (a cut). Each `Bytes` is one write
+/// (one HTTP/1.1 chunk, one HTTP/2 DATA frame). A read batch's per-row writes travel together,
+/// so the hand-over costs one channel message per batch rather than per row; on the wire each
+/// row is still its own write.
 pub type Chunk = Result<Vec<Bytes>, io::Error>;
 
 /// Rows read from the log per batch (and so at most per body chunk).
 const BATCH_ROWS: usize = 1024;
 
 /// Chunks buffered between the query task and the connection.
-pub const BODY_CHANNEL_CHUNKS: usize = 4;
+const BODY_CHANNEL_CHUNKS: usize = 4;
 
 /// The query task's end of a response body.
 pub struct BodySender {
@@ -175,15 +175,18 @@ impl Out {
 
     /// Queues one write and hands everything queued on; at the byte cut, cuts the connection.
     async fn send(&mut self, buf: Vec<u8>) -> Flow {
-        let go = self.queue(buf);
-        if self.flush().await == Flow::Stop {
+        if !self.queue(buf) {
+            self.cut().await;
             return Flow::Stop;
         }
-        if !go {
+        self.flush().await
+    }
+
+    /// At the byte cut: hands on what was queued before it, then drops the connection.
+    async fn cut(&mut self) {
+        if self.flush().await == Flow::Go {
             self.abort().await;
-            return Flow::Stop;
         }
-        Flow::Go
     }
 
     /// Drops the connection abruptly, after letting the connection write what was sent.
@@ -298,9 +301,7 @@ impl RunningQuery {
                 if self.per_row && !buf.is_empty() && out.cut_rows.is_none_or(|cut| out.rows_sent < cut) {
                     let row_bytes = std::mem::replace(&mut buf, Vec::with_capacity(row.text.len() + 48));
                     if !out.queue(row_bytes) {
-                        if out.flush().await == Flow::Go {
-                            out.abort().await;
-                        }
+                        out.cut().await;
                         return;
                     }
                 }

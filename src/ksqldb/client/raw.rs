@@ -414,18 +414,13 @@ mod tests {
 
     #[tokio::test]
     async fn interim_answers_are_skipped_and_cut_error_bodies_are_errors() {
-        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        assert_eq!(body_of(answer, 7).await, (200, Ok(b"ok".to_vec())));
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(body_of(interim, 7).await, (200, Ok(b"ok".to_vec())));
         // A 400 whose body breaks off is not the server's whole word: no error code to act on.
-        let cut = answer_with(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 90\r\n\r\n{\"error_code\":40003");
-        let response = cut.await;
-        assert_eq!(response.status, 400);
-        assert!(response.error_body().await.is_err());
-        let whole = answer_with(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\nhello");
-        assert_eq!(whole.await.error_body().await.unwrap(), b"hello");
-    }
-
-    async fn answer_with(bytes: &[u8]) -> RawResponse {
-        answer(bytes, 1000).await
+        let cut = answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 90\r\n\r\n{\"error_code\":40003", 1000).await;
+        assert_eq!(cut.status, 400);
+        assert!(cut.error_body().await.is_err());
+        let whole = answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\nhello", 1000).await;
+        assert_eq!(whole.error_body().await.unwrap(), b"hello");
     }
 }
