@@ -267,3 +267,21 @@ async fn a_dead_letter_file_a_crash_left_unlisted_is_adopted_with_its_rows() {
     // Reconciling again changes nothing.
     assert!(!reconcile(&lake, FeedKind::Stream, FEED).await.unwrap().changed());
 }
+
+#[tokio::test]
+async fn a_file_repeating_committed_rows_is_adopted_only_where_duplicates_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = open_lake(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    commit(&writer, 0, 0, 10, Some(9)).await;
+    // Offsets 5..=14: an at-least-once replay cut off before its commit repeats 5..=9.
+    let orphan = put_orphan(&lake, FEED, 1, 5, 10, true).await;
+    let report = ksql_lake::lake::reconcile(&lake, FeedKind::Stream, FEED).await.unwrap();
+    assert!(report.adopted.is_empty(), "exactly-once never lists a row twice");
+    assert_eq!(manifest(&lake).await.1.total_records, 10);
+    let report = ksql_lake::lake::reconcile_with(&lake, FeedKind::Stream, FEED, true).await.unwrap();
+    assert_eq!(report.adopted, vec![orphan.to_string()]);
+    let (_, after) = manifest(&lake).await;
+    assert_eq!(after.total_records, 20, "its rows count, the repeated ones twice");
+    assert_eq!(after.committed_positions, Positions::from([(0, 14)]));
+}

@@ -51,7 +51,9 @@ pub use partition::{
     EventTime, InvalidEventTime, PartitionError, PartitionKey, PartitionSpec, Partitioning, RoutedBatch, RowRouter,
     RowStats,
 };
-pub use reconcile::{rebuild, reconcile, ReconcileError, ReconcileReport, ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON};
+pub use reconcile::{
+    rebuild, reconcile, reconcile_with, ReconcileError, ReconcileReport, ADOPTED_REASON, BACKUP_FILE, REBUILT_REASON,
+};
 pub use snapshot::{CommittedVersion, PendingVersion, SnapshotError, SnapshotWriter};
 pub use store::{open_lake, Lake, S3Options, StoreError};
 pub use writer::{CommitOutcome, CommittedFile, LakeWriter, WriteError, WriterOptions};

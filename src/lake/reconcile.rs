@@ -113,8 +113,22 @@ struct DataObject {
 
 /// Removes staged temp files under the feed and lists every data file the manifest does not,
 /// adopting those whose footer is readable. Writes the manifest only when something was adopted.
-#[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
+/// A file holding rows the manifest already has is left alone (exactly-once).
 pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<ReconcileReport, ReconcileError> {
+    reconcile_with(lake, kind, feed, false).await
+}
+
+/// [`reconcile`], for an at-least-once feed when `duplicates_allowed`: a file holding rows the
+/// manifest already has is adopted too. Such a feed replays committed rows after a crash, so
+/// a file cut off before its commit often repeats some; left unlisted it would stay in the
+/// lake for good, visible to readers that list files, with rows the manifest does not count.
+#[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
+pub async fn reconcile_with(
+    lake: &Lake,
+    kind: FeedKind,
+    feed: &str,
+    duplicates_allowed: bool,
+) -> Result<ReconcileReport, ReconcileError> {
     let dir = lake.feed_dir(kind, feed)?;
     let metadata_path = lake.metadata_path(kind, feed)?;
     let dead_letter_dir = lake.dead_letter_dir(feed)?;
@@ -157,7 +171,7 @@ pub async fn reconcile(lake: &Lake, kind: FeedKind, feed: &str) -> Result<Reconc
             match &footers[&object.meta.location] {
                 // rows the manifest already has from another file: written by a process that
                 // no longer held the feed's lease. Adopting it would list them twice.
-                Ok(footer) if overlaps_committed(&metadata.commit_state(), &footer.runs) => {
+                Ok(footer) if !duplicates_allowed && overlaps_committed(&metadata.commit_state(), &footer.runs) => {
                     warn!(path = %object.meta.location, "file holds rows already committed in other files; not adopted");
                 }
                 Ok(footer) => {

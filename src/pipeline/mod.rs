@@ -534,7 +534,8 @@ impl Drop for Renewal {
 /// Reconciles a stream feed with its files and reads where it resumes.
 async fn read_commit_state(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Result<(Arc<LakeWriter>, CommitState)> {
     let kind = feed.kind;
-    let report = lake::reconcile(&ctx.lake, kind, &feed.name)
+    let duplicates_allowed = feed.settings.delivery == crate::config::Delivery::AtLeastOnce;
+    let report = lake::reconcile_with(&ctx.lake, kind, &feed.name, duplicates_allowed)
         .await
         .with_context(|| format!("reconciling feed {} with its files", feed.name))?;
     if report.changed() {
