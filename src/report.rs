@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::feeds::FeedRegistry;
-use crate::lake::metadata::{load_manifest, FeedMetadata};
+use crate::lake::manifests::load_full;
+use crate::lake::metadata::FeedMetadata;
 use crate::lake::{FeedKind, Lake};
 
 /// A file below this size counts as small (a lake reader pays per file; the default flush
@@ -123,7 +124,7 @@ pub async fn build(lake: &Lake, only: Option<&str>) -> Result<Report, ReportErro
                 continue;
             }
             let path = lake.metadata_path(kind, &name)?;
-            let Some((metadata, _)) = load_manifest(lake.store().as_ref(), &path).await? else { continue };
+            let Some((metadata, _)) = load_full(lake.store().as_ref(), &path).await? else { continue };
             let state = if archived.contains(&name) { "archived" } else { "active" };
             feeds.push(feed_report(&metadata, state, now));
         }

@@ -43,11 +43,20 @@ async fn rows_spanning_three_hours_land_in_three_local_hour_folders() {
     assert!(feed.join("year=2024/month=05/day=01/hour=00").is_dir());
     assert!(feed.join("year=2024/month=05/day=01/hour=02").is_dir());
 
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(feed.join("_metadata.json")).unwrap()).unwrap();
+    let root: serde_json::Value = serde_json::from_slice(&std::fs::read(feed.join("_metadata.json")).unwrap()).unwrap();
+    assert_eq!(root["format_version"], 2);
+    assert_eq!(root["total_files"], 3);
+    assert!(root.get("partitions").is_none(), "the files are listed in the segments");
+    let mut objects = Vec::new();
+    for relative in ["_metadata.json".to_string()]
+        .into_iter()
+        .chain(root["manifests"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap().to_string()))
+    {
+        objects.push((relative.clone(), bytes::Bytes::from(std::fs::read(feed.join(&relative)).unwrap())));
+    }
+    let metadata = ksql_lake::lake::testing::expanded_manifest(&objects);
     assert_eq!(metadata["source"], "orders");
     assert_eq!(metadata["kind"], "stream");
-    assert_eq!(metadata["format_version"], 1);
     assert_eq!(metadata["total_records"], 4);
     assert_eq!(metadata["committed_positions"]["0"], 103);
     assert_eq!(metadata["partitions"].as_array().unwrap().len(), 3);
@@ -78,7 +87,7 @@ async fn an_idle_partition_flushes_by_age_and_the_budget_is_released_after_commi
     drop(jobs);
     assert_eq!(budget.used(), 0);
     let listed: Vec<_> = store.list(None).try_collect().await.unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3, "data file, manifest segment, root: {listed:?}");
 }
 
 #[tokio::test]
@@ -104,7 +113,7 @@ async fn memory_pressure_drains_the_largest_partition_and_wakes_the_reader() {
     }
     assert_eq!(feed.buffers.open_partitions(), 0);
     tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
-    let metadata = writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
+    let metadata = writer.read_full_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
     // The 30-row hour went first.
     assert_eq!(metadata.partitions[0].records, 30);
     assert_eq!(metadata.committed_positions, Positions::from([(0, 39)]));
@@ -128,7 +137,7 @@ async fn replaying_after_restart_resumes_from_the_manifest_and_counts_once() {
         assert_eq!(restarted.write(&job).await.unwrap().outcome, CommitOutcome::AlreadyCommitted);
     }
     let files: Vec<_> = store.list(Some(&Path::from("lake/streams/orders"))).try_collect().await.unwrap();
-    assert_eq!(files.len(), 2);
+    assert_eq!(files.len(), 3, "data file, manifest segment, root: {files:?}");
     let metadata = restarted.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
     assert_eq!(metadata.total_records, 3);
     let raw = store.get(&Path::from("lake/streams/orders/_metadata.json")).await.unwrap().bytes().await.unwrap();

@@ -68,11 +68,20 @@ async fn put_orphan(lake: &Lake, feed: &str, hour: i64, first_offset: u64, rows:
     path
 }
 
+/// The root's bytes, and the manifest with its whole file list.
 async fn manifest(lake: &Lake) -> (Bytes, FeedMetadata) {
     let path = lake.metadata_path(FeedKind::Stream, FEED).unwrap();
     let bytes = lake.store().get(&path).await.unwrap().bytes().await.unwrap();
-    let metadata = FeedMetadata::from_json(&bytes).unwrap();
+    let (metadata, _) = ksql_lake::lake::manifests::load_full(lake.store().as_ref(), &path).await.unwrap().unwrap();
     (bytes, metadata)
+}
+
+/// A writer that runs the feed, as the pipeline's: it marks the manifest, so a start-up after
+/// it (it "crashed": it is never closed) looks for what it left.
+async fn running_writer(lake: &Lake) -> LakeWriter {
+    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    writer.open(FeedKind::Stream, FEED).await.unwrap();
+    writer
 }
 
 fn file_names(metadata: &FeedMetadata) -> Vec<String> {
@@ -89,7 +98,7 @@ fn file_names(metadata: &FeedMetadata) -> Vec<String> {
 async fn reconcile_adopts_orphans_removes_staged_files_and_leaves_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
     let lake = open_lake(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    let writer = running_writer(&lake).await;
     commit(&writer, 0, 0, 5, Some(4)).await;
     commit(&writer, 1, 5, 5, Some(9)).await;
     let (_, before) = manifest(&lake).await;
@@ -151,7 +160,7 @@ async fn reconcile_adopts_orphans_removes_staged_files_and_leaves_unreadable_fil
 async fn rebuild_from_the_files_matches_the_manifest_and_keeps_a_backup() {
     let dir = tempfile::tempdir().unwrap();
     let lake = open_lake(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    let writer = running_writer(&lake).await;
     commit(&writer, 0, 0, 5, Some(4)).await;
     commit(&writer, 1, 5, 5, Some(9)).await;
     put_orphan(&lake, FEED, 2, 20, 5, true).await;
@@ -228,7 +237,9 @@ async fn in_memory_lakes_reconcile_with_conditional_updates_and_rebuild_without_
     assert!(metadata.committed_positions.is_empty(), "offsets 0..=99 may be missing: no watermark");
     assert_eq!(metadata.committed_ranges, Runs::from([(0, vec![(100, 109)])]));
 
-    // Adoption on top of an existing manifest goes through a conditional update.
+    // Adoption on top of an existing manifest goes through a conditional update. (A writer ran
+    // and crashed again: it marked the manifest first.)
+    running_writer(&lake).await;
     let legacy = put_orphan(&lake, FEED, 3, 110, 2, false).await;
     let report = reconcile(&lake, FeedKind::Stream, FEED).await.unwrap();
     assert_eq!(report.adopted, vec![legacy.to_string()]);
@@ -248,7 +259,7 @@ async fn in_memory_lakes_reconcile_with_conditional_updates_and_rebuild_without_
 async fn a_dead_letter_file_a_crash_left_unlisted_is_adopted_with_its_rows() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let lake = Lake::new(store, Path::from("lake"), "memory");
-    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    let writer = running_writer(&lake).await;
     commit(&writer, 10, 0, 10, Some(9)).await;
     // Rows 10 and 11 could not be decoded; their dead-letter file was put, the manifest not.
     let lines = "{\"feed\":\"orders\",\"error_type\":\"frame\",\"partition\":0,\"offset\":10,\"raw\":\"[1,\"}\n\
@@ -272,7 +283,7 @@ async fn a_dead_letter_file_a_crash_left_unlisted_is_adopted_with_its_rows() {
 async fn a_file_repeating_committed_rows_is_adopted_only_where_duplicates_are_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let lake = open_lake(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
+    let writer = running_writer(&lake).await;
     commit(&writer, 0, 0, 10, Some(9)).await;
     // Offsets 5..=14: an at-least-once replay cut off before its commit repeats 5..=9.
     let orphan = put_orphan(&lake, FEED, 1, 5, 10, true).await;

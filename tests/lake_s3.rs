@@ -38,6 +38,9 @@ async fn files_and_manifest_round_trip_through_s3() {
         .await
         .unwrap();
     listed.sort();
+    let segments = listed.iter().filter(|name| name.contains("/_manifests/m_")).count();
+    assert_eq!(segments, 2, "one manifest segment per commit while they are few: {listed:?}");
+    listed.retain(|name| !name.contains("/_manifests/"));
     let listed: Vec<String> = listed.iter().map(|name| ksql_lake::lake::testing::without_digest(name)).collect();
     assert_eq!(
         listed,
@@ -85,5 +88,28 @@ async fn create_only_puts_are_enforced_by_s3() {
         .await;
     assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
     assert_eq!(store.head(&committed.path).await.unwrap().size, before.size);
+    moto.stop().await;
+}
+
+/// The manifest model on S3: 90 commits (two tiers of segment merges) with a failed root put,
+/// a lost response, a lost race and crashes at each put of a commit, the root's conditional
+/// puts checked by the server's ETags.
+#[tokio::test]
+async fn the_manifest_model_holds_on_s3() {
+    let mut moto = Moto::start(BUCKET).await;
+    let lake = open_lake(&format!("s3://{BUCKET}"), &options(&moto.endpoint)).unwrap();
+    let faults = [
+        Fault::RootFails,
+        Fault::RootLandsThenFails,
+        Fault::LostRace,
+        Fault::CrashAfter(0),
+        Fault::CrashAfter(1),
+        Fault::CrashAfter(2),
+        Fault::CrashAfter(3),
+    ];
+    let steps: Vec<(u8, Fault)> = (0..90)
+        .map(|n: usize| ((n * 7 % 30) as u8, if n % 11 == 5 { faults[n / 11 % faults.len()] } else { Fault::None }))
+        .collect();
+    manifest_model(lake.store().clone(), "model", &steps).await;
     moto.stop().await;
 }

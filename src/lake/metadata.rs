@@ -2,6 +2,12 @@
 //! positions. It is rewritten after every data file (read-modify-write, atomically replaced),
 //! which makes it the commit point. Every field is documented in `docs/METADATA.md`.
 //!
+//! Since format 2 it is a small root: totals, schema, commit state and the list of the
+//! manifest segments (`_manifests/*.json`, see [`super::manifests`]) that hold the file list,
+//! so what a commit rewrites does not grow with the feed's history. In memory, `partitions`
+//! holds only what is not in a segment yet: files recorded since the root was read, or the
+//! inline list of a format-1 manifest, which the next write moves into a segment.
+//!
 //! The original fields (`source`, `last_export`, `total_records`, `total_size_mb`,
 //! `partitions[].{path, records, size_mb}`) keep their names and meaning so existing readers
 //! continue to work. Fields this version does not know are kept on rewrite (`extra`).
@@ -16,11 +22,16 @@ use serde_json::{Map, Value};
 use super::commit::CommitState;
 use super::commit::Runs;
 use super::layout::FeedKind;
+pub use super::manifests::{ManifestRef, RetiredManifest};
 use super::Positions;
 use crate::schema::types::KSQL_TYPE_METADATA_KEY;
 
-/// Version of this manifest format.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this manifest format: 2 keeps the file list in manifest segments.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// How many of the most recently committed files the root names (`recent_files`), so a retry
+/// whose response was lost finds its file without reading the segments.
+const RECENT_FILES: usize = 8;
 
 const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
 
@@ -40,8 +51,27 @@ pub struct FeedMetadata {
     pub total_size_mb: f64,
     #[serde(default)]
     pub total_bytes: u64,
+    /// Data files committed.
     #[serde(default)]
+    pub total_files: u64,
+    /// Files not in a segment: a format-1 manifest's whole list, or files recorded since the
+    /// root was read (the next write moves them into a segment). A format-2 root on storage
+    /// has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionEntry>,
+    /// The manifest segments holding the committed file list, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifests: Vec<ManifestRef>,
+    /// Segments a compaction replaced, kept a while for readers of an older root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_manifests: Vec<RetiredManifest>,
+    /// `<partition>/<name>` of the most recently committed files, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_files: Vec<String>,
+    /// Set while a writer runs the feed, cleared when it stops cleanly: a start-up that finds
+    /// it looks for what a crash may have left (files the manifest does not list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_writer: Option<String>,
     /// The schema of the most recent file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<SchemaInfo>,
@@ -68,6 +98,10 @@ pub struct FeedMetadata {
     /// Fields written by other tools or newer versions, preserved on rewrite.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// `partitions` holds the whole file list read from the segments (see
+    /// [`super::manifests::load_full`]): such a value is for reading and is never written back.
+    #[serde(skip)]
+    pub expanded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +120,31 @@ pub struct PartitionEntry {
     pub files: Vec<FileEntry>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl PartitionEntry {
+    /// Adds the files and figures of `other`, an entry of the same partition from a newer
+    /// segment.
+    pub fn absorb(&mut self, other: PartitionEntry) {
+        if self.bytes == 0 && self.size_mb > 0.0 {
+            self.bytes = (self.size_mb * BYTES_PER_MB) as u64;
+        }
+        self.records += other.records;
+        self.bytes += other.bytes.max((other.size_mb * BYTES_PER_MB) as u64);
+        self.size_mb = size_mb(self.bytes);
+        self.min_event_time = match (self.min_event_time.take(), other.min_event_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max_event_time = match (self.max_event_time.take(), other.max_event_time) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.files.extend(other.files);
+        for (key, value) in other.extra {
+            self.extra.entry(key).or_insert(value);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,8 +216,9 @@ pub struct SchemaVersion {
     pub first_seen: String,
 }
 
+/// Manifests without `format_version` are format 1.
 fn default_format_version() -> u32 {
-    FORMAT_VERSION
+    1
 }
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds (`2024-01-02T03:04:05.678Z`), which
@@ -196,7 +256,12 @@ impl FeedMetadata {
             total_records: 0,
             total_size_mb: 0.0,
             total_bytes: 0,
+            total_files: 0,
             partitions: Vec::new(),
+            manifests: Vec::new(),
+            retired_manifests: Vec::new(),
+            recent_files: Vec::new(),
+            open_writer: None,
             schema: None,
             schema_history: Vec::new(),
             committed_positions: Positions::new(),
@@ -206,6 +271,7 @@ impl FeedMetadata {
             latest_version: None,
             versions: Vec::new(),
             extra: Map::new(),
+            expanded: false,
         }
     }
 
@@ -241,7 +307,14 @@ impl FeedMetadata {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let mut metadata: FeedMetadata = serde_json::from_slice(bytes)?;
+        if metadata.manifests.is_empty() && metadata.total_files == 0 {
+            // format 1 had no file count: its inline list is the whole history
+            metadata.total_files = metadata.partitions.iter().map(|partition| partition.files.len() as u64).sum();
+        }
+        // sorted by path, as written; a hand-edited list may not be
+        metadata.partitions.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(metadata)
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
@@ -251,7 +324,8 @@ impl FeedMetadata {
     }
 
     pub fn partition(&self, path: &str) -> Option<&PartitionEntry> {
-        self.partitions.iter().find(|partition| partition.path == path)
+        let at = self.partitions.partition_point(|partition| partition.path.as_str() < path);
+        self.partitions.get(at).filter(|partition| partition.path == path)
     }
 
     /// The commit state this manifest records.
@@ -273,9 +347,26 @@ impl FeedMetadata {
         }
     }
 
-    /// Whether `name` is already committed in partition `path`.
+    /// Whether this root lists or keeps the segment at `segment` (the root being at `path`).
+    pub fn names_segment(&self, path: &ObjectPath, segment: &ObjectPath) -> bool {
+        self.manifests
+            .iter()
+            .map(|entry| entry.path.as_str())
+            .chain(self.retired_manifests.iter().map(|old| old.path.as_str()))
+            .any(|relative| super::manifests::segment_path(path, relative) == *segment)
+    }
+
+    /// Whether the root alone shows `name` in partition `path` as committed: among the files
+    /// not yet in a segment or the most recent ones. Files further back are only in the
+    /// segments ([`super::manifests::lists_file`]).
     pub fn contains_file(&self, path: &str, name: &str) -> bool {
         self.partition(path).is_some_and(|partition| partition.files.iter().any(|file| file.name == name))
+            || self.recent_files.iter().any(|recent| {
+                recent.len() == path.len() + 1 + name.len()
+                    && recent.starts_with(path)
+                    && recent.as_bytes()[path.len()] == b'/'
+                    && recent.ends_with(name)
+            })
     }
 
     /// Records a committed file: totals, partition entry and schema version. The commit state
@@ -318,12 +409,16 @@ impl FeedMetadata {
         self.total_records += file.records;
         self.total_bytes += file.bytes;
         self.total_size_mb = size_mb(self.total_bytes);
+        self.total_files += 1;
         self.last_export = Some(now_text);
+        self.recent_files.push(format!("{partition_path}/{}", file.name));
+        let excess = self.recent_files.len().saturating_sub(RECENT_FILES);
+        self.recent_files.drain(..excess);
 
-        let index = match self.partitions.iter().position(|partition| partition.path == partition_path) {
-            Some(index) => index,
+        let at = self.partitions.partition_point(|partition| partition.path.as_str() < partition_path);
+        let index = match self.partitions.get(at).filter(|partition| partition.path == partition_path) {
+            Some(_) => at,
             None => {
-                let at = self.partitions.partition_point(|partition| partition.path.as_str() < partition_path);
                 self.partitions.insert(
                     at,
                     PartitionEntry {
@@ -422,6 +517,10 @@ pub enum ManifestError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{root} lists the manifest segment {segment}, which is missing")]
+    MissingSegment { root: String, segment: String },
+    #[error("{path}: a manifest read with its whole file list cannot be written back")]
+    Expanded { path: String },
 }
 
 /// The manifest at `path` and the version it was read at, `None` when there is none.
@@ -446,13 +545,35 @@ pub async fn load_manifest(
 /// atomically: a conditional put where the store has one (S3, GCS, Azure, in-memory), else an
 /// atomic overwrite (LocalFileSystem stages the file and renames it). `Ok(false)` when someone
 /// else changed it meanwhile: read it again and retry.
+///
+/// Files in `metadata.partitions` (recorded since it was read) go into a new manifest segment,
+/// written before the root (see [`super::manifests`]).
 pub async fn replace_manifest(
     store: &dyn ObjectStore,
     path: &ObjectPath,
     metadata: &FeedMetadata,
     version: Option<UpdateVersion>,
 ) -> Result<bool, ManifestError> {
-    let body = metadata.to_json().map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
+    replace_manifest_settling(store, path, metadata, version, &mut Vec::new()).await
+}
+
+/// [`replace_manifest`] for a writer that keeps `unsettled`: the segments of its earlier root
+/// puts that failed without telling whether they landed. A failed put adds its segments; a
+/// successful one deletes those its root does not name.
+pub async fn replace_manifest_settling(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    metadata: &FeedMetadata,
+    version: Option<UpdateVersion>,
+    unsettled: &mut Vec<ObjectPath>,
+) -> Result<bool, ManifestError> {
+    if metadata.expanded {
+        return Err(ManifestError::Expanded { path: path.to_string() });
+    }
+    let mut root = metadata.clone();
+    root.format_version = FORMAT_VERSION;
+    let writes = super::manifests::write_segments(store, path, &mut root, Utc::now()).await?;
+    let body = root.to_json().map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
     let put = |mode| store.put_opts(path, PutPayload::from(body.clone()), PutOptions { mode, ..PutOptions::default() });
     let mode = match version {
         None => PutMode::Create,
@@ -463,9 +584,23 @@ pub async fn replace_manifest(
         other => other,
     };
     match result {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => Ok(false),
-        Err(source) => Err(ManifestError::Store { path: path.to_string(), source }),
+        Ok(_) => {
+            let mut unused = std::mem::take(unsettled);
+            unused.retain(|segment| !root.names_segment(path, segment));
+            unused.extend(writes.expired);
+            super::manifests::delete_quietly(store, &unused).await;
+            Ok(true)
+        }
+        Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+            super::manifests::delete_quietly(store, &writes.written).await;
+            Ok(false)
+        }
+        // The root may or may not have been written, so its segments stay until a later root
+        // is written that does not name them.
+        Err(source) => {
+            unsettled.extend(writes.written);
+            Err(ManifestError::Store { path: path.to_string(), source })
+        }
     }
 }
 
@@ -553,7 +688,7 @@ mod tests {
             "partitions": [{"path": "year=2023/month=01/day=01", "records": 3, "size_mb": 0.1, "note": "x"}]
         }"#;
         let mut meta = FeedMetadata::from_json(original.as_bytes()).unwrap();
-        assert_eq!(meta.format_version, FORMAT_VERSION);
+        assert_eq!(meta.format_version, 1);
         assert_eq!(meta.kind, FeedKind::Stream);
         meta.record_file(
             "year=2023/month=01/day=01",

@@ -28,6 +28,7 @@ pub(crate) mod commit;
 pub(crate) mod dead_letter;
 pub(crate) mod layout;
 pub mod lease;
+pub mod manifests;
 pub mod metadata;
 pub(crate) mod parquet;
 pub(crate) mod partition;

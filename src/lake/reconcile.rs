@@ -20,12 +20,13 @@ use std::collections::{HashMap, HashSet};
 use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStoreExt, PutPayload, UpdateVersion};
 use tracing::{error, info, warn};
 
 use super::commit::{merge_runs, CommitState, Runs};
 use super::dead_letter;
 use super::layout::{FeedKind, LayoutError};
+use super::manifests;
 use super::metadata::{
     columns_of, format_ms, load_manifest, replace_manifest, DeadLetterFile, FeedMetadata, FileEntry, ManifestError,
     SchemaInfo, SchemaVersion,
@@ -132,6 +133,15 @@ pub async fn reconcile_with(
     let dir = lake.feed_dir(kind, feed)?;
     let metadata_path = lake.metadata_path(kind, feed)?;
     let dead_letter_dir = lake.dead_letter_dir(feed)?;
+    // A writer marks the manifest while it runs and clears the mark once everything it put is
+    // committed: without the mark there is nothing to look for, and start-up does not list the
+    // feed's history. A format-1 manifest had no mark.
+    match load_manifest(lake.store().as_ref(), &metadata_path).await? {
+        Some((metadata, _)) if metadata.format_version >= 2 && metadata.open_writer.is_none() => {
+            return Ok(ReconcileReport::default())
+        }
+        _ => {}
+    }
     let mut removed_temp = remove_staged(lake, &dir).await?;
     removed_temp.extend(remove_staged(lake, &dead_letter_dir).await?);
     let mut report = ReconcileReport { removed_temp, ..Default::default() };
@@ -149,7 +159,7 @@ pub async fn reconcile_with(
         // Looked up once per data file: a scan of the manifest for each made start-up
         // quadratic in the feed's history (44 s at 100,000 files).
         let mut listed: HashMap<String, HashSet<String>> = HashMap::new();
-        for partition in &metadata.partitions {
+        for partition in &manifests::load_partitions(lake.store().as_ref(), &metadata_path, &metadata).await? {
             listed.entry(partition.path.clone()).or_default().extend(partition.files.iter().map(|f| f.name.clone()));
         }
         for object in &objects {
@@ -217,6 +227,7 @@ pub async fn reconcile_with(
         }
         report.unreadable = unreadable.into_iter().map(|(path, _)| path).collect();
         if adopted.is_empty() {
+            report.removed_temp.extend(remove_unreferenced_segments(lake, &metadata_path, &metadata, version).await?);
             return Ok(report);
         }
         if replace_manifest(lake.store().as_ref(), &metadata_path, &metadata, version).await? {
@@ -224,11 +235,38 @@ pub async fn reconcile_with(
                 info!(path = %path, "adopted a data file the manifest did not list");
             }
             report.adopted = adopted;
+            if let Some((written, _)) = load_manifest(lake.store().as_ref(), &metadata_path).await? {
+                let segments = manifests::remove_unreferenced(lake.store().as_ref(), &metadata_path, &written).await?;
+                report.removed_temp.extend(segments);
+            }
             return Ok(report);
         }
         warn!(path = %metadata_path, attempt, "manifest changed while reconciling; retrying");
     }
     Err(ReconcileError::Contended { path: metadata_path.to_string(), attempts: MAX_ATTEMPTS })
+}
+
+/// After a crash: removes the manifest segments that neither `root` (when it was found,
+/// `version` is `Some`) nor the rebuilt manifest's backup names.
+async fn remove_unreferenced_segments(
+    lake: &Lake,
+    metadata_path: &Path,
+    root: &FeedMetadata,
+    version: Option<UpdateVersion>,
+) -> Result<Vec<String>, ReconcileError> {
+    if version.is_none() {
+        return Ok(Vec::new()); // no root: nothing tells which segments are garbage
+    }
+    let mut keep = root.clone();
+    let backup_path = manifests::sibling(metadata_path, BACKUP_FILE);
+    if let Ok(Some((backup, _))) = load_manifest(lake.store().as_ref(), &backup_path).await {
+        keep.manifests.extend(backup.manifests);
+    }
+    let removed = manifests::remove_unreferenced(lake.store().as_ref(), metadata_path, &keep).await?;
+    for path in &removed {
+        info!(path = %path, "removed a manifest segment no manifest names");
+    }
+    Ok(removed)
 }
 
 /// Writes a new manifest built from the data files' footers alone, keeping the previous one
@@ -303,19 +341,20 @@ pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMeta
         Err(object_store::Error::NotFound { .. }) => {}
         Err(source) => return Err(ReconcileError::Read { path: metadata_path.to_string(), source }),
     }
+    let partitions = metadata.partitions.clone();
+    let mut root = metadata;
+    manifests::write_segments(lake.store().as_ref(), &metadata_path, &mut root, Utc::now()).await?;
     let body =
-        metadata.to_json().map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
+        root.to_json().map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
     lake.store()
         .put(&metadata_path, PutPayload::from(body))
         .await
         .map_err(|source| ReconcileError::Write { path: metadata_path.to_string(), source })?;
-    info!(
-        path = %metadata_path,
-        files = metadata.partitions.iter().map(|partition| partition.files.len()).sum::<usize>(),
-        records = metadata.total_records,
-        "rebuilt the manifest from the data files"
-    );
-    Ok(metadata)
+    info!(path = %metadata_path, files = root.total_files, records = root.total_records, "rebuilt the manifest from the data files");
+    // what was written, with its whole file list (all in the one new segment)
+    root.partitions = partitions;
+    root.expanded = true;
+    Ok(root)
 }
 
 /// The manifest entry of a data file, from its footer and object metadata.

@@ -33,6 +33,13 @@ pub struct FaultyStore {
     puts: AtomicUsize,
     /// Puts left before a simulated crash; `usize::MAX`: no crash planned.
     crash_in: AtomicUsize,
+    /// The next matching puts that reach the store and still answer with an error, as when
+    /// the response is lost.
+    landed_failures: AtomicUsize,
+    /// Listings asked for.
+    lists: AtomicUsize,
+    /// The next matching conditional puts that fail as if another writer had won the race.
+    lost_races: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -43,6 +50,9 @@ impl FaultyStore {
             remaining_failures: AtomicUsize::new(0),
             puts: AtomicUsize::new(0),
             crash_in: AtomicUsize::new(usize::MAX),
+            landed_failures: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+            lost_races: AtomicUsize::new(0),
         })
     }
 
@@ -54,6 +64,9 @@ impl FaultyStore {
             remaining_failures: AtomicUsize::new(0),
             puts: AtomicUsize::new(0),
             crash_in: AtomicUsize::new(usize::MAX),
+            landed_failures: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+            lost_races: AtomicUsize::new(0),
         })
     }
 
@@ -74,6 +87,35 @@ impl FaultyStore {
 
     pub fn puts(&self) -> usize {
         self.puts.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next `count` matching puts reach the store and then fail, as a put whose
+    /// response was lost.
+    pub fn land_then_fail_next_puts(&self, count: usize) {
+        self.landed_failures.store(count, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` matching conditional puts (update or create-only) fail with a
+    /// precondition error without reaching the store, as when another writer got there first.
+    pub fn lose_next_races(&self, count: usize) {
+        self.lost_races.store(count, Ordering::SeqCst);
+    }
+
+    /// Listings asked for so far (`list`, `list_with_delimiter`).
+    pub fn lists(&self) -> usize {
+        self.lists.load(Ordering::SeqCst)
+    }
+
+    /// Whether a put that reached the store should still answer with an error.
+    fn lose_response(&self, location: &Path) -> Result<()> {
+        if !location.as_ref().contains(&self.path_filter) {
+            return Ok(());
+        }
+        let lost = self.landed_failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1));
+        match lost {
+            Ok(_) => Err(object_store::Error::Generic { store: "faulty", source: "the response was lost".into() }),
+            Err(_) => Ok(()),
+        }
     }
 
     fn inject(&self, location: &Path) -> Result<()> {
@@ -109,7 +151,18 @@ impl fmt::Display for FaultyStore {
 impl ObjectStore for FaultyStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         self.inject(location)?;
-        self.inner.put_opts(location, payload, opts).await
+        if location.as_ref().contains(&self.path_filter)
+            && matches!(opts.mode, object_store::PutMode::Update(_))
+            && self.lost_races.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok()
+        {
+            return Err(object_store::Error::Precondition {
+                path: location.to_string(),
+                source: "another writer won the race".into(),
+            });
+        }
+        let result = self.inner.put_opts(location, payload, opts).await?;
+        self.lose_response(location)?;
+        Ok(result)
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
@@ -130,10 +183,12 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(prefix)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -239,4 +294,49 @@ pub fn without_digest(name: &str) -> String {
         }
         _ => name.to_string(),
     }
+}
+
+/// The feed's manifest as a reader following `docs/METADATA.md` sees it: the root at
+/// `_metadata.json` in `objects` (paths relative to the feed directory), with `partitions`
+/// the merged lists of every segment the root names (plus any inline ones), sorted by path.
+/// Written against the JSON alone, apart from the writer's code, so tests check the format.
+/// Panics when the root names a segment that is not there.
+pub fn expanded_manifest(objects: &[(String, bytes::Bytes)]) -> serde_json::Value {
+    use serde_json::Value;
+    let find = |name: &str| {
+        let (_, bytes) = objects.iter().find(|(relative, _)| relative == name).unwrap_or_else(|| {
+            panic!("{name} is missing; the feed holds {:?}", objects.iter().map(|o| &o.0).collect::<Vec<_>>())
+        });
+        serde_json::from_slice::<Value>(bytes).unwrap_or_else(|error| panic!("{name}: {error}"))
+    };
+    let mut root = find("_metadata.json");
+    let mut lists: Vec<Value> = Vec::new();
+    for segment in root["manifests"].as_array().cloned().unwrap_or_default() {
+        let segment = find(segment["path"].as_str().expect("a segment has a path"));
+        lists.extend(segment["partitions"].as_array().cloned().unwrap_or_default());
+    }
+    lists.extend(root["partitions"].as_array().cloned().unwrap_or_default());
+    let mut merged: std::collections::BTreeMap<String, Value> = Default::default();
+    for partition in lists {
+        let path = partition["path"].as_str().unwrap().to_string();
+        match merged.get_mut(&path) {
+            None => {
+                merged.insert(path, partition);
+            }
+            Some(entry) => {
+                for field in ["records", "bytes"] {
+                    entry[field] = (entry[field].as_u64().unwrap_or(0) + partition[field].as_u64().unwrap_or(0)).into();
+                }
+                let files = entry["files"].as_array_mut().unwrap();
+                files.extend(partition["files"].as_array().cloned().unwrap_or_default());
+            }
+        }
+    }
+    root["partitions"] = Value::Array(merged.into_values().collect());
+    root
+}
+
+/// Whether `relative` (below a feed directory) is a manifest segment.
+pub fn is_segment(relative: &str) -> bool {
+    relative.starts_with("_manifests/") && relative.ends_with(".json")
 }

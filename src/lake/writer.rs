@@ -33,8 +33,10 @@ use super::buffer::{FlushJob, FlushReason};
 use super::commit::highest_offsets;
 use super::dead_letter::DeadLetterJob;
 use super::layout::{FeedKind, LayoutError};
+use super::manifests::lists_file;
 use super::metadata::{
-    columns_of, format_ms, load_manifest, replace_manifest, DeadLetterFile, FeedMetadata, FileEntry, ManifestError,
+    columns_of, format_ms, load_manifest, replace_manifest_settling, DeadLetterFile, FeedMetadata, FileEntry,
+    ManifestError,
 };
 use super::parquet::{encode, read_footer_of, EncodeError, EncodedFile, FileInfo, FooterError, ParquetOptions};
 use super::partition::PartitionKey;
@@ -146,6 +148,8 @@ pub enum WriteError {
     },
     #[error("{path} conflicts with a committed file: {reason}")]
     Conflict { path: String, reason: String },
+    #[error(transparent)]
+    Manifest(ManifestError),
 }
 
 impl WriteError {
@@ -181,11 +185,65 @@ const MANIFEST_RACES: u32 = 5;
 pub struct LakeWriter {
     lake: Lake,
     options: WriterOptions,
+    /// This writer's `open_writer` mark while it runs a feed ([`LakeWriter::open`]): every
+    /// manifest it writes carries it.
+    mark: std::sync::Mutex<Option<String>>,
+    /// Per manifest: segments of root puts that failed without telling whether they landed.
+    unsettled: tokio::sync::Mutex<std::collections::HashMap<Path, Vec<Path>>>,
 }
 
 impl LakeWriter {
     pub fn new(lake: Lake, options: WriterOptions) -> Self {
-        LakeWriter { lake, options }
+        LakeWriter { lake, options, mark: std::sync::Mutex::new(None), unsettled: Default::default() }
+    }
+
+    /// Replaces the manifest at `path`, settling this writer's earlier uncertain puts there.
+    async fn replace(
+        &self,
+        path: &Path,
+        metadata: &FeedMetadata,
+        version: Option<UpdateVersion>,
+    ) -> Result<bool, ManifestError> {
+        let mut unsettled = self.unsettled.lock().await;
+        let list = unsettled.entry(path.clone()).or_default();
+        replace_manifest_settling(self.lake.store().as_ref(), path, metadata, version, list).await
+    }
+
+    fn mark(&self) -> Option<String> {
+        self.mark.lock().expect("the mark is never poisoned").clone()
+    }
+
+    /// Marks the feed's manifest as written by a running writer, before this writer puts any
+    /// file: a start-up that finds the mark (this writer crashed) looks for the files it may
+    /// have left unlisted. Without a manifest yet, the first commit carries the mark.
+    pub async fn open(&self, kind: FeedKind, feed: &str) -> Result<(), WriteError> {
+        let mark = format!("{:016x}", rand::random::<u64>());
+        *self.mark.lock().expect("the mark is never poisoned") = Some(mark.clone());
+        self.set_open_writer(kind, feed, Some(mark)).await
+    }
+
+    /// Clears the mark: call it only once everything this writer put is committed, so that the
+    /// next start-up has nothing to look for.
+    pub async fn close(&self, kind: FeedKind, feed: &str) -> Result<(), WriteError> {
+        if self.mark.lock().expect("the mark is never poisoned").take().is_none() {
+            return Ok(());
+        }
+        self.set_open_writer(kind, feed, None).await
+    }
+
+    async fn set_open_writer(&self, kind: FeedKind, feed: &str, mark: Option<String>) -> Result<(), WriteError> {
+        let path = self.lake.metadata_path(kind, feed)?;
+        for _ in 0..MANIFEST_RACES {
+            let Some((mut metadata, version)) = self.load_metadata(&path).await? else { return Ok(()) };
+            if metadata.open_writer == mark {
+                return Ok(());
+            }
+            metadata.open_writer = mark.clone();
+            if self.replace(&path, &metadata, Some(version)).await? {
+                return Ok(());
+            }
+        }
+        Err(WriteError::Contended { path: path.to_string(), attempts: MANIFEST_RACES })
     }
 
     pub fn lake(&self) -> &Lake {
@@ -197,6 +255,13 @@ impl LakeWriter {
     pub async fn read_metadata(&self, kind: FeedKind, feed: &str) -> Result<Option<FeedMetadata>, WriteError> {
         let path = self.lake.metadata_path(kind, feed)?;
         Ok(self.load_metadata(&path).await?.map(|(metadata, _)| metadata))
+    }
+
+    /// The feed's manifest with its whole file list in `partitions` (read from its segments),
+    /// for reading only.
+    pub async fn read_full_metadata(&self, kind: FeedKind, feed: &str) -> Result<Option<FeedMetadata>, WriteError> {
+        let path = self.lake.metadata_path(kind, feed)?;
+        Ok(super::manifests::load_full(self.lake.store().as_ref(), &path).await?.map(|(metadata, _)| metadata))
     }
 
     /// Encodes and commits `job` once. On error the job is untouched and can be written again.
@@ -232,7 +297,8 @@ impl LakeWriter {
         let data_path = self.lake.feed_path(job.kind, &job.feed, &job.relative_path())?;
         let metadata_path = self.lake.metadata_path(job.kind, &job.feed)?;
         let data_outcome = self.put_data(job, &data_path, &metadata_path, encoded).await?;
-        let (committed_positions, listed_before) = self.commit_metadata(job, &metadata_path, encoded).await?;
+        let (committed_positions, listed_before) =
+            self.commit_metadata(job, &metadata_path, encoded, data_outcome).await?;
         let outcome = if listed_before { CommitOutcome::AlreadyCommitted } else { data_outcome };
         info!(
             rows = job.rows,
@@ -295,7 +361,10 @@ impl LakeWriter {
                 written_at: format_ms(Utc::now().timestamp_millis()),
             });
             metadata.set_commit_state(job.commit.clone());
-            if replace_manifest(self.lake.store().as_ref(), &metadata_path, &metadata, version).await? {
+            if let Some(mark) = self.mark() {
+                metadata.open_writer = Some(mark);
+            }
+            if self.replace(&metadata_path, &metadata, version).await? {
                 info!(rows = job.records.len(), bytes = contents.len(), "committed dead-letter file");
                 return Ok(false);
             }
@@ -372,11 +441,18 @@ impl LakeWriter {
             debug!(path = %path, "identical file already present; reusing it");
             return Ok(CommitOutcome::ReusedExisting);
         }
-        let listed = match self.load_metadata(metadata_path).await {
-            Ok(Some((metadata, _))) => metadata.contains_file(&job.key.relative_path(), &job.file_name),
-            Ok(None) => false,
-            Err(WriteError::Metadata { source, .. }) => return Err(Resolve::Store(source)),
-            Err(error) => return Err(Resolve::Fatal(error)),
+        let store = self.lake.store().as_ref();
+        let listed = match load_manifest(store, metadata_path).await {
+            Ok(Some((metadata, _))) => {
+                lists_file(store, metadata_path, &metadata, &job.key.relative_path(), &job.file_name).await
+            }
+            Ok(None) => Ok(false),
+            Err(error) => Err(error),
+        };
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(ManifestError::Store { source, .. }) => return Err(Resolve::Store(source)),
+            Err(error) => return Err(Resolve::Fatal(error.into())),
         };
         if listed {
             return Err(Resolve::Fatal(WriteError::Conflict {
@@ -396,6 +472,7 @@ impl LakeWriter {
         job: &FlushJob,
         path: &Path,
         encoded: &EncodedFile,
+        data_outcome: CommitOutcome,
     ) -> Result<(Positions, bool), WriteError> {
         let partition_path = job.key.relative_path();
         let columns = columns_of(&job.schema);
@@ -406,7 +483,13 @@ impl LakeWriter {
                 Some((metadata, version)) => (metadata, Some(version)),
                 None => (FeedMetadata::new(job.feed.clone(), job.kind), None),
             };
-            if metadata.contains_file(&partition_path, &job.file_name) {
+            // A file that was there before this attempt may be listed further back than the
+            // root tells (a replay): only then are the segments read.
+            let listed = match data_outcome {
+                CommitOutcome::Written => metadata.contains_file(&partition_path, &job.file_name),
+                _ => lists_file(self.lake.store().as_ref(), path, &metadata, &partition_path, &job.file_name).await?,
+            };
+            if listed {
                 return Ok((metadata.committed_positions, true));
             }
             let now = Utc::now();
@@ -425,7 +508,10 @@ impl LakeWriter {
             metadata.record_file(&partition_path, entry, columns.clone(), now);
             // The ledger's state for this file: the exact committed set, recorded as it is.
             metadata.set_commit_state(job.commit.clone());
-            if replace_manifest(self.lake.store().as_ref(), path, &metadata, version).await.map_err(WriteError::from)? {
+            if let Some(mark) = self.mark() {
+                metadata.open_writer = Some(mark);
+            }
+            if self.replace(path, &metadata, version).await? {
                 return Ok((metadata.committed_positions, false));
             }
             races += 1;
@@ -447,6 +533,7 @@ impl From<ManifestError> for WriteError {
         match error {
             ManifestError::Store { path, source } => WriteError::Metadata { path, source },
             ManifestError::Corrupt { path, source } => WriteError::MetadataCorrupt { path, source },
+            other => WriteError::Manifest(other),
         }
     }
 }

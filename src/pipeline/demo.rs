@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{run_with, RunOptions};
 use crate::config::Config;
 use crate::demo::{self, Generator};
-use crate::lake::{self, FeedKind, LakeWriter, WriterOptions};
+use crate::lake::{self, FeedKind};
 use crate::metrics::{Health, Metrics};
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -94,11 +94,11 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
     let summary = summary?;
 
     let lake = lake::open_lake(&lake_config.url, &lake_config.store)?;
-    let writer = LakeWriter::new(lake, WriterOptions::default());
     println!("\nwrote {} rows in {} files:", summary.rows_written, summary.files_written);
     for feed in &feeds {
         let kind = feed.kind;
-        let Some(metadata) = writer.read_metadata(kind, &feed.name).await? else {
+        let path = lake.metadata_path(kind, &feed.name)?;
+        let Some((metadata, _)) = lake::manifests::load_full(lake.store().as_ref(), &path).await? else {
             println!("  {}: nothing committed", feed.name);
             continue;
         };
@@ -133,7 +133,7 @@ pub async fn run_demo(lake_url: &str, duration: Duration, rate: u32, stop: Cance
          read_parquet('{stream_dir}/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\"\n\
          or pandas:\n  python3 -c \"import pandas as pd; df = pd.read_parquet('{stream_dir}'); \
          print(df.groupby('day').size())\"\n\
-         each feed's _metadata.json lists its partitions, files, schema and committed positions."
+         each feed's _metadata.json (with the segments in _manifests/ it names) lists its partitions, files, schema and committed positions."
     );
     Ok(())
 }

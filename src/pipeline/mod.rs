@@ -457,6 +457,14 @@ async fn run_stream_feed(
         Ok(result) => result.err().map(anyhow::Error::from),
         Err(error) => Some(anyhow::anyhow!("the source task of feed {} panicked: {error}", feed.name)),
     };
+    // everything put is committed: the next start-up has nothing to look for
+    let closed = match &sink {
+        Ok(_) => writer.close(feed.kind, &feed.name).await.err(),
+        Err(_) => None,
+    };
+    if let Some(error) = &closed {
+        tracing::warn!(feed = %feed.name, %error, "could not clear the writer's mark; the next start-up looks for leftovers");
+    }
     renewal.finish().await;
     lease.release().await;
     let (summary, failure) = match sink {
@@ -543,6 +551,7 @@ async fn read_commit_state(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Resu
             unreadable = ?report.unreadable, "recovered from an interrupted run");
     }
     let writer = Arc::new(LakeWriter::new(ctx.lake.clone(), writer_options(&feed.settings)));
+    writer.open(kind, &feed.name).await.with_context(|| format!("marking feed {} as being written", feed.name))?;
     let committed = writer
         .read_metadata(kind, &feed.name)
         .await

@@ -34,10 +34,23 @@ async fn footer(store: &Arc<dyn ObjectStore>, path: &Path) -> Footer {
     read_footer_of(store.as_ref(), &meta).await.unwrap()
 }
 
+/// The objects in the store, manifest segments aside (`segments` counts those).
 async fn objects(store: &Arc<dyn ObjectStore>) -> Vec<String> {
     let mut paths: Vec<String> = store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
+    paths.retain(|path| !path.contains("/_manifests/"));
     paths.sort();
     paths
+}
+
+async fn segments(store: &Arc<dyn ObjectStore>) -> usize {
+    let paths: Vec<String> = store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
+    paths.iter().filter(|path| path.contains("/_manifests/")).count()
+}
+
+/// The manifest with its whole file list.
+async fn full(writer: &LakeWriter) -> FeedMetadata {
+    let path = writer.lake().metadata_path(FeedKind::Stream, "orders").unwrap();
+    crate::lake::manifests::load_full(writer.lake().store().as_ref(), &path).await.unwrap().unwrap().0
 }
 
 async fn metadata_bytes(store: &Arc<dyn ObjectStore>) -> Option<Bytes> {
@@ -65,7 +78,8 @@ async fn in_memory_commit_writes_the_data_file_then_the_manifest() {
             "lake/streams/orders/year=2024/month=05/day=01/hour=11/data_20240501_110000_p0000000000o0000000000000000005.parquet",
         ]
     );
-    let metadata = writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
+    assert_eq!(segments(&store).await, 2, "one segment per commit while they are few");
+    let metadata = full(&writer).await;
     assert_eq!(metadata.total_records, 8);
     assert_eq!(metadata.total_bytes, first.bytes + second.bytes);
     assert_eq!(metadata.partitions.len(), 2);
@@ -91,8 +105,10 @@ async fn local_filesystem_commit_falls_back_to_atomic_overwrite_for_the_manifest
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     let text = std::fs::read_to_string(dir.path().join("streams/orders/_metadata.json")).unwrap();
-    let metadata = FeedMetadata::from_json(text.as_bytes()).unwrap();
-    assert_eq!(metadata.total_records, 10);
+    let root = FeedMetadata::from_json(text.as_bytes()).unwrap();
+    assert_eq!((root.total_records, root.total_files, root.manifests.len()), (10, 2, 2));
+    assert!(root.partitions.is_empty(), "the root lists segments, not files");
+    let metadata = full(&writer).await;
     assert_eq!(metadata.partitions[0].files.len(), 2);
 }
 
@@ -123,7 +139,7 @@ async fn commit_through_failures(
 async fn a_failed_put_is_retryable_and_the_same_encoded_file_is_written_once() {
     let (committed, faulty, inner) = commit_through_failures(".parquet", 2).await;
     assert_eq!(committed.outcome, CommitOutcome::Written);
-    assert_eq!(faulty.puts(), 4, "3 data attempts + 1 manifest");
+    assert_eq!(faulty.puts(), 5, "3 data attempts + 1 manifest segment + 1 root");
     assert_eq!(objects(&inner).await.len(), 2);
 }
 
@@ -166,7 +182,7 @@ async fn replaying_a_committed_job_is_idempotent() {
     let replay = writer.write(&job(10, 0, 5)).await.unwrap();
     assert_eq!(replay.outcome, CommitOutcome::AlreadyCommitted);
     assert_eq!(objects(&store).await.len(), 2);
-    let metadata = writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
+    let metadata = full(&writer).await;
     assert_eq!(metadata.total_records, 5);
     assert_eq!(metadata.partitions[0].files.len(), 1);
 }
@@ -242,4 +258,34 @@ async fn large_files_use_a_multipart_upload_and_replays_still_detect_them() {
     assert_eq!(footer(&store, &committed.path).await.records, 50);
     let replay = writer.write(&job(10, 0, 50)).await.unwrap();
     assert_eq!(replay.outcome, CommitOutcome::AlreadyCommitted);
+}
+
+#[tokio::test]
+async fn a_format_1_manifest_moves_its_files_into_a_segment_at_the_first_commit() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let writer = writer_over(Arc::clone(&store));
+    let v1 = r#"{"source": "orders", "kind": "stream", "total_records": 4, "total_size_mb": 0.0, "total_bytes": 40,
+        "owner": "team-a",
+        "partitions": [{"path": "year=2024/month=04/day=30/hour=23", "records": 4, "size_mb": 0.0, "bytes": 40,
+            "files": [{"name": "data_old.parquet", "records": 4, "bytes": 40, "min_event_time": "2024-04-30T23:00:00.000Z",
+                "max_event_time": "2024-04-30T23:01:00.000Z", "written_at": "2024-04-30T23:05:00.000Z", "reason": "rows"}]}],
+        "committed_positions": {"0": 9}}"#;
+    store
+        .put(&Path::from("lake/streams/orders/_metadata.json"), PutPayload::from(v1.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    let old = writer.read_metadata(FeedKind::Stream, "orders").await.unwrap().unwrap();
+    assert_eq!((old.format_version, old.total_files), (1, 1), "format 1 counts its inline files");
+
+    writer.write(&job(10, 10, 2)).await.unwrap();
+    let root: serde_json::Value = serde_json::from_slice(&metadata_bytes(&store).await.unwrap()).unwrap();
+    assert_eq!(root["format_version"], 2);
+    assert!(root.get("partitions").is_none(), "{root}");
+    assert_eq!((root["total_files"].as_u64(), root["total_records"].as_u64()), (Some(2), Some(6)));
+    assert_eq!(root["owner"], "team-a", "unknown fields stay");
+    assert_eq!(root["manifests"].as_array().unwrap().len(), 1, "old and new files in one segment");
+    let metadata = full(&writer).await;
+    let names: Vec<String> =
+        metadata.partitions.iter().flat_map(|p| p.files.iter().map(|f| without_digest(&f.name))).collect();
+    assert_eq!(names, ["data_old.parquet", "data_20240501_100000_p0000000000o0000000000000000010.parquet"]);
 }
