@@ -1,6 +1,7 @@
 //! What a feed's history costs: with 100, 10,000 and 100,000 committed files in a local lake,
-//! the time of one more commit (data file, then `_metadata.json`), of start-up (`reconcile`), of
-//! the operator report, and the bytes each commit rewrites.
+//! the time of one more commit (data file, manifest segment, root `_metadata.json`), of start-up
+//! (`reconcile`) after a clean stop and after a crash, of the operator report, and the bytes each
+//! commit rewrites (the root and the segment it writes, merges included, averaged).
 //!
 //! `cargo bench --bench commit [-- FILES,FILES,...]`
 //!
@@ -10,20 +11,23 @@
 
 use std::time::{Duration, Instant};
 
-use ksql_lake::lake::metadata::{replace_manifest, FeedMetadata};
+use ksql_lake::lake::manifests::load_full;
+use ksql_lake::lake::metadata::{load_manifest, replace_manifest};
 use ksql_lake::lake::testing::{orders, TestFeed};
 use ksql_lake::lake::{
     open_lake, reconcile, CommitState, FeedKind, LakeWriter, PartitionSpec, Partitioning, Runs, S3Options,
     WriterOptions,
 };
-use object_store::ObjectStoreExt;
 
 const FEED: &str = "orders";
 /// 2024-05-01T00:00:00Z
 const START_MS: i64 = 1_714_521_600_000;
 const HOUR_MS: i64 = 3_600_000;
-/// Timed commits per history size (the median is printed).
-const COMMITS: usize = 5;
+/// Files per segment of the made-up history: full segments, as the tiers leave them.
+const HISTORY_SEGMENT: usize = 4096;
+/// Timed commits per history size: the median is printed, and the mean of what they rewrite
+/// (enough commits for segment merges of the first two tiers).
+const COMMITS: usize = 72;
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -32,22 +36,28 @@ fn main() {
         .map(|arg| arg.split(',').map(|n| n.parse().expect("file counts: 100,10000")).collect())
         .unwrap_or_else(|| vec![100, 10_000, 100_000]);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    println!("{:>8} files {:>10} {:>10} {:>10} {:>14}", "", "commit", "start-up", "report", "rewritten");
-    let mut first: Option<[Duration; 3]> = None;
+    println!(
+        "{:>8} files {:>10} {:>10} {:>12} {:>10} {:>14}",
+        "", "commit", "start-up", "after crash", "report", "rewritten"
+    );
+    let mut first: Option<[Duration; 4]> = None;
     for files in sizes {
-        let Measured { timings, manifest_bytes } = runtime.block_on(measure(files));
-        let [commit, startup, report] = timings;
+        let Measured { timings, rewritten } = runtime.block_on(measure(files));
+        let [commit, startup, recovery, report] = timings;
         let base = *first.get_or_insert(timings);
         let ratio = |n: usize| timings[n].as_secs_f64() / base[n].as_secs_f64();
         println!(
-            "{files:>8} files {:>8.1?} {:>10.1?} {:>10.1?} {:>11.1} MB   ({:.1}x, {:.1}x, {:.1}x the first size; target at most 2x)",
+            "{files:>8} files {:>8.1?} {:>10.1?} {:>12.1?} {:>10.1?} {:>11.1} KB   (commit {:.1}x, start-up {:.1}x the first size, \
+             target at most 2x; after a crash {:.0}x, report {:.0}x)",
             commit,
             startup,
+            recovery,
             report,
-            manifest_bytes as f64 / 1e6,
+            rewritten as f64 / 1e3,
             ratio(0),
             ratio(1),
-            ratio(2)
+            ratio(2),
+            ratio(3)
         );
     }
 }
@@ -73,10 +83,10 @@ async fn commit(writer: &LakeWriter, hour: i64, offset: u64) -> Duration {
 
 /// One history size's figures.
 struct Measured {
-    /// The median of one more commit, start-up, the report.
-    timings: [Duration; 3],
-    /// What a commit rewrites: the whole manifest.
-    manifest_bytes: u64,
+    /// The median of one more commit; start-up after a clean stop, after a crash; the report.
+    timings: [Duration; 4],
+    /// What a commit rewrites on average: the root and the segment it writes.
+    rewritten: u64,
 }
 
 async fn measure(files: usize) -> Measured {
@@ -85,17 +95,25 @@ async fn measure(files: usize) -> Measured {
     let writer = LakeWriter::new(lake.clone(), WriterOptions::default());
     commit(&writer, 0, 0).await;
 
-    // The history: the first file's entry once per hour, each a hard link of the real file.
+    // The history: the first file's entry once per hour, each a hard link of the real file,
+    // listed in full segments as a long-running feed's commits would leave them.
     let path = lake.metadata_path(FeedKind::Stream, FEED).unwrap();
     let store = lake.store();
-    let result = store.get(&path).await.unwrap();
-    let version =
-        object_store::UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
-    let mut metadata = FeedMetadata::from_json(&result.bytes().await.unwrap()).unwrap();
-    let template = metadata.partitions[0].clone();
+    let (full, _) = load_full(store.as_ref(), &path).await.unwrap().unwrap();
+    let template = full.partitions[0].clone();
     let feed_dir = dir.path().join("streams").join(FEED);
     let real_file = feed_dir.join(&template.path).join(&template.files[0].name);
-    metadata.partitions.clear();
+    let (mut root, mut version) = load_manifest(store.as_ref(), &path).await.unwrap().unwrap();
+    for segment in root.manifests.drain(..) {
+        std::fs::remove_file(feed_dir.join(&segment.path)).unwrap();
+    }
+    root.total_records = files as u64;
+    root.total_files = files as u64;
+    root.recent_files.clear();
+    let mut state = CommitState::default();
+    state.raise_low(0, files as u64 - 1);
+    root.set_commit_state(state);
+    let mut partitions = Vec::new();
     for n in 0..files as u64 {
         let at = chrono::DateTime::from_timestamp_millis(START_MS + n as i64 * HOUR_MS).unwrap();
         let mut partition = template.clone();
@@ -109,27 +127,43 @@ async fn measure(files: usize) -> Measured {
         if std::fs::hard_link(&real_file, &copy).is_err() {
             std::fs::copy(&real_file, &copy).unwrap(); // past the file system's link limit
         }
-        metadata.partitions.push(partition);
+        partitions.push(partition);
+        if partitions.len() == HISTORY_SEGMENT || n + 1 == files as u64 {
+            // the files of one partition stay within one segment here: they sort by path
+            root.partitions = std::mem::take(&mut partitions);
+            assert!(replace_manifest(store.as_ref(), &path, &root, Some(version)).await.unwrap());
+            (root, version) = load_manifest(store.as_ref(), &path).await.unwrap().unwrap();
+        }
     }
-    metadata.total_records = files as u64;
-    let mut state = CommitState::default();
-    state.raise_low(0, files as u64 - 1);
-    metadata.set_commit_state(state);
     std::fs::remove_file(&real_file).unwrap();
-    assert!(replace_manifest(store.as_ref(), &path, &metadata, Some(version)).await.unwrap());
 
     let mut commits = Vec::new();
+    let mut rewritten = 0;
     for k in 0..COMMITS as u64 {
         commits.push(commit(&writer, files as i64 + k as i64, files as u64 + k).await);
+        let root = std::fs::metadata(feed_dir.join("_metadata.json")).unwrap().len();
+        let (metadata, _) = load_manifest(store.as_ref(), &path).await.unwrap().unwrap();
+        let newest = metadata.manifests.last().expect("a commit writes a segment");
+        rewritten += root + std::fs::metadata(feed_dir.join(&newest.path)).unwrap().len();
     }
     commits.sort();
     let started = Instant::now();
-    reconcile(&lake, FeedKind::Stream, FEED).await.unwrap();
+    let clean = reconcile(&lake, FeedKind::Stream, FEED).await.unwrap();
     let startup = started.elapsed();
+    assert!(!clean.changed());
+
+    // The same start-up after a crash: the writer's mark is left, so the feed's files are listed.
+    let crashed = LakeWriter::new(lake.clone(), WriterOptions::default());
+    crashed.open(FeedKind::Stream, FEED).await.unwrap();
+    let started = Instant::now();
+    let recovered = reconcile(&lake, FeedKind::Stream, FEED).await.unwrap();
+    let recovery = started.elapsed();
+    assert!(!recovered.changed(), "nothing was left behind");
+
     let started = Instant::now();
     let report = ksql_lake::report::build(&lake, None).await.unwrap();
     let report_time = started.elapsed();
     assert!(!report.feeds.is_empty());
-    let manifest = std::fs::metadata(feed_dir.join("_metadata.json")).unwrap().len();
-    Measured { timings: [commits[COMMITS / 2], startup, report_time], manifest_bytes: manifest }
+    assert_eq!(report.feeds[0].files, (files + COMMITS) as u64);
+    Measured { timings: [commits[COMMITS / 2], startup, recovery, report_time], rewritten: rewritten / COMMITS as u64 }
 }
