@@ -43,6 +43,54 @@ def read_with_duckdb(path, sums, s3):
     return result
 
 
+def manifest_files_python(feed):
+    """The committed files of a feed, listed as docs/METADATA.md shows in Python."""
+    import pathlib
+
+    feed = pathlib.Path(feed)
+    root = json.loads((feed / "_metadata.json").read_text())
+    return [
+        str(feed / partition["path"] / f["name"])
+        for segment in root.get("manifests", [])
+        for partition in json.loads((feed / segment["path"]).read_text())["partitions"]
+        for f in partition["files"]
+    ] + [str(feed / p["path"] / f["name"]) for p in root.get("partitions", []) for f in p["files"]]
+
+
+def manifest_files_duckdb(feed):
+    """The committed files of a feed, listed with the DuckDB query docs/METADATA.md shows."""
+    import duckdb
+
+    query = f"""
+WITH named AS (
+    SELECT '{feed}/' || m.path AS segment
+    FROM (SELECT unnest(manifests) AS m FROM read_json_auto('{feed}/_metadata.json'))
+), segments AS (
+    SELECT filename AS segment, unnest(partitions) AS p
+    FROM read_json('{feed}/_manifests/*.json', filename = true, union_by_name = true)
+)
+SELECT '{feed}/' || p.path || '/' || f.name AS file
+FROM (SELECT p, unnest(p.files) AS f FROM segments JOIN named USING (segment));
+"""
+    con = duckdb.connect()
+    return [row[0] for row in con.sql(query).fetchall()]
+
+
+def read_manifest(feed):
+    """What the documented ways of listing a feed's files find, and the rows those files hold."""
+    import duckdb
+
+    result = {}
+    for reader, files in (("python", manifest_files_python(feed)), ("duckdb", manifest_files_duckdb(feed))):
+        rows = 0
+        if files:
+            listing = ", ".join(f"'{name}'" for name in files)
+            con = duckdb.connect()
+            rows = con.sql(f"select count(*) from read_parquet([{listing}], union_by_name = true)").fetchone()[0]
+        result[reader] = {"files": len(files), "rows": rows}
+    return result
+
+
 def read_with_pyarrow(path, sums):
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
@@ -66,6 +114,8 @@ def main():
     out = {"duckdb": read_with_duckdb(args.path if not args.s3 else f"s3://{args.s3[1]}", args.sum, args.s3)}
     if not args.s3:
         out["pyarrow"] = read_with_pyarrow(args.path, args.sum)
+        if os.path.exists(os.path.join(args.path, "_metadata.json")) and "/version=v" not in args.path:
+            out["manifest"] = read_manifest(args.path)
     json.dump(out, sys.stdout)
     print()
 

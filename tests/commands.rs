@@ -58,6 +58,11 @@ async fn demo_shows_progress_and_a_summary_and_writes_a_readable_lake() {
         serde_json::from_slice(&std::fs::read(stream.join("_metadata.json")).unwrap()).unwrap();
     assert_eq!(read["duckdb"]["count"], metadata["total_records"], "{read}");
     assert_eq!(read["pyarrow"]["count"], metadata["total_records"], "{read}");
+    // the file list as docs/METADATA.md tells readers to follow it, in Python and in DuckDB SQL
+    for reader in ["python", "duckdb"] {
+        assert_eq!(read["manifest"][reader]["files"], metadata["total_files"], "{reader}: {read}");
+        assert_eq!(read["manifest"][reader]["rows"], metadata["total_records"], "{reader}: {read}");
+    }
     let table: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lake.join("tables/user_transaction_summary/_metadata.json")).unwrap())
             .unwrap();
