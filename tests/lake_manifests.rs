@@ -16,6 +16,8 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => Just(Fault::RootFails),
         1 => Just(Fault::RootLandsThenFails),
         1 => Just(Fault::LostRace),
+        1 => Just(Fault::RootLandsThenRaceLost),
+        1 => Just(Fault::SegmentLandsThenFails),
         1 => (0usize..4).prop_map(Fault::CrashAfter),
     ]
 }

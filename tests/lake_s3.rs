@@ -102,6 +102,8 @@ async fn the_manifest_model_holds_on_s3() {
         Fault::RootFails,
         Fault::RootLandsThenFails,
         Fault::LostRace,
+        Fault::RootLandsThenRaceLost,
+        Fault::SegmentLandsThenFails,
         Fault::CrashAfter(0),
         Fault::CrashAfter(1),
         Fault::CrashAfter(2),

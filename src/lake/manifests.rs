@@ -14,12 +14,16 @@
 //! Segments are kept in size tiers, like a binary counter in base [`FANOUT`]: a commit's new
 //! files form a segment, and whenever the newest [`FANOUT`] segments are of the same tier they
 //! are merged into one of the next tier. Each file is so rewritten about log₈(files) times in
-//! all, and a segment stops growing at [`SEGMENT_CAP`] files, which bounds the largest rewrite.
-//! A root lists at most `7 × 4` tiered segments plus one per [`SEGMENT_CAP`] files.
+//! all. A segment of [`SEGMENT_CAP`] files or more is never merged again, which bounds the largest
+//! rewrite (one merge of the last tier: [`SEGMENT_CAP`] files with one file per commit, fewer
+//! than 8 × [`SEGMENT_CAP`] in any case), and many files at once are cut into segments of
+//! [`SEGMENT_CAP`]. A root lists at most `7 × 4` tiered segments plus the full ones.
 //!
 //! Segments a merge replaced stay listed under `retired_manifests` for [`RETIRED_GRACE`], so a
 //! reader holding an older root can still read them, and are deleted by the first commit after
-//! that. A crash can leave a segment no root names; the start-up after a crash removes it.
+//! that. A segment whose root was not written is deleted by its writer once that is certain
+//! (see [`super::metadata::replace_manifest_settling`]); one a crash leaves, by the start-up
+//! after the crash.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -204,16 +208,17 @@ pub async fn lists_file(
     Ok(partitions.get(at).is_some_and(|entry| entry.path == partition && entry.files.iter().any(|f| f.name == name)))
 }
 
-/// Prepares `root` for writing: moves its own `partitions` into a new segment, merged with the
-/// newest segments when their tier is full, and drops the retired segments past their grace.
-/// The segments are written here, create-only; the caller writes the root.
+/// Prepares `root` for writing: moves its own `partitions` into new segments (merged with the
+/// newest segments when their tier is full), and drops the retired segments past their grace.
+/// The segments are written here, create-only, and named in `writes` before each put, so one
+/// whose put failed is known too; the caller writes the root.
 pub(crate) async fn write_segments(
     store: &dyn ObjectStore,
     metadata_path: &Path,
     root: &mut FeedMetadata,
     now: DateTime<Utc>,
-) -> Result<SegmentWrites, ManifestError> {
-    let mut writes = SegmentWrites::default();
+    writes: &mut SegmentWrites,
+) -> Result<(), ManifestError> {
     let now_ms = now.timestamp_millis();
     let grace_ms = RETIRED_GRACE.as_millis() as i64;
     let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut root.retired_manifests).into_iter().partition(|old| {
@@ -225,51 +230,108 @@ pub(crate) async fn write_segments(
 
     let pending = std::mem::take(&mut root.partitions);
     if pending.is_empty() {
-        return Ok(writes);
+        return Ok(());
     }
-    let new_files: u64 = pending.iter().map(|partition| partition.files.len() as u64).sum();
+    // Many files at once (a format-1 list, a rebuild, an adoption): full segments first, so no
+    // segment grows past the cap; the rest goes through the tiers like any commit.
+    let mut chunks = split_at_cap(pending);
+    let rest = chunks.pop().expect("pending files make at least one chunk");
+    for chunk in chunks {
+        let entry = write_segment(store, metadata_path, &root.source, chunk, now_ms, writes).await?;
+        root.manifests.push(entry);
+    }
+    let new_files: u64 = rest.iter().map(|partition| partition.files.len() as u64).sum();
     let merged = merge_count(&root.manifests, new_files);
     let replaced: Vec<ManifestRef> = root.manifests.split_off(root.manifests.len() - merged);
     let older = read_segments(store, metadata_path, &replaced).await?;
-    let partitions = join_partitions(older.into_iter().map(|segment| segment.partitions).chain([pending]));
+    let partitions = join_partitions(older.into_iter().map(|segment| segment.partitions).chain([rest]));
+    let entry = write_segment(store, metadata_path, &root.source, partitions, now_ms, writes).await?;
+    root.manifests.push(entry);
+    let retired_at = format_ms(now_ms);
+    root.retired_manifests
+        .extend(replaced.into_iter().map(|old| RetiredManifest { path: old.path, retired_at: retired_at.clone() }));
+    Ok(())
+}
 
+/// Splits partition entries (sorted by path) into lists of [`SEGMENT_CAP`] files, the last one
+/// holding what is left (never empty); a partition's files may be split between two lists.
+fn split_at_cap(partitions: Vec<PartitionEntry>) -> Vec<Vec<PartitionEntry>> {
+    let total: u64 = partitions.iter().map(|partition| partition.files.len() as u64).sum();
+    if total <= SEGMENT_CAP {
+        return vec![partitions];
+    }
+    let mut chunks: Vec<Vec<PartitionEntry>> = vec![Vec::new()];
+    let mut room = SEGMENT_CAP as usize;
+    for mut partition in partitions {
+        while partition.files.len() > room {
+            let tail = partition.files.split_off(room);
+            let head = std::mem::replace(&mut partition.files, tail);
+            chunks.last_mut().expect("never empty").push(PartitionEntry::of_files(&partition, head));
+            chunks.push(Vec::new());
+            room = SEGMENT_CAP as usize;
+        }
+        room -= partition.files.len();
+        let files = std::mem::take(&mut partition.files);
+        if !files.is_empty() {
+            chunks.last_mut().expect("never empty").push(PartitionEntry::of_files(&partition, files));
+        }
+        if room == 0 {
+            chunks.push(Vec::new());
+            room = SEGMENT_CAP as usize;
+        }
+    }
+    if chunks.last().is_some_and(|chunk| chunk.is_empty()) {
+        chunks.pop();
+    }
+    chunks
+}
+
+/// Writes one segment of `partitions`, create-only under a new name, and returns its entry.
+async fn write_segment(
+    store: &dyn ObjectStore,
+    metadata_path: &Path,
+    source: &str,
+    partitions: Vec<PartitionEntry>,
+    now_ms: i64,
+    writes: &mut SegmentWrites,
+) -> Result<ManifestRef, ManifestError> {
     let relative = format!("{SEGMENT_DIR}/m_{now_ms:013}_{:016x}.json", rand::random::<u64>());
-    let files = partitions.iter().map(|partition| partition.files.len() as u64).sum();
     let entry = ManifestRef {
         path: relative.clone(),
-        files,
+        files: partitions.iter().map(|partition| partition.files.len() as u64).sum(),
         records: partitions.iter().map(|partition| partition.records).sum(),
         bytes: partitions.iter().map(|partition| partition.bytes).sum(),
         min_event_time: partitions.iter().filter_map(|partition| partition.min_event_time.clone()).min(),
         max_event_time: partitions.iter().filter_map(|partition| partition.max_event_time.clone()).max(),
     };
-    let segment = Segment { format_version: FORMAT_VERSION, source: root.source.clone(), partitions };
+    let segment = Segment { format_version: FORMAT_VERSION, source: source.to_string(), partitions };
     let path = segment_path(metadata_path, &relative);
     let mut body =
         serde_json::to_vec(&segment).map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
     body.push(b'\n');
+    // named before the put: a put that fails may still have landed
+    writes.written.push(path.clone());
     let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
     store
         .put_opts(&path, PutPayload::from(body), options)
         .await
         .map_err(|source| ManifestError::Store { path: path.to_string(), source })?;
-    writes.written.push(path);
-    root.manifests.push(entry);
-    let retired_at = format_ms(now_ms);
-    root.retired_manifests
-        .extend(replaced.into_iter().map(|old| RetiredManifest { path: old.path, retired_at: retired_at.clone() }));
-    Ok(writes)
+    Ok(entry)
 }
 
-/// Deletes `paths`, logging what cannot be deleted (it stays as garbage the next start-up after
-/// a crash removes).
-pub(crate) async fn delete_quietly(store: &dyn ObjectStore, paths: &[Path]) {
+/// Deletes `paths`; returns those that could not be deleted, for a later try.
+pub(crate) async fn delete_quietly(store: &dyn ObjectStore, paths: &[Path]) -> Vec<Path> {
+    let mut failed = Vec::new();
     for path in paths {
         match store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => warn!(path = %path, %error, "could not delete a manifest segment no root needs"),
+            Err(error) => {
+                warn!(path = %path, %error, "could not delete a manifest segment no root needs; trying again later");
+                failed.push(path.clone());
+            }
         }
     }
+    failed
 }
 
 /// Removes the segments under the feed that `root` neither lists nor keeps as retired: left by
@@ -295,8 +357,8 @@ pub async fn remove_unreferenced(
         .map_err(|source| ManifestError::Store { path: dir.to_string(), source })?;
     let unreferenced: Vec<Path> =
         listed.into_iter().map(|meta| meta.location).filter(|path| !referenced.contains(path)).collect();
-    delete_quietly(store, &unreferenced).await;
-    Ok(unreferenced.iter().map(|path| path.to_string()).collect())
+    let failed = delete_quietly(store, &unreferenced).await;
+    Ok(unreferenced.iter().filter(|path| !failed.contains(path)).map(|path| path.to_string()).collect())
 }
 
 #[cfg(test)]
@@ -346,18 +408,60 @@ mod tests {
         };
         for n in 0..8 {
             root.record_file("p", file(n), Vec::new(), start);
-            let writes = write_segments(&store, &root_path, &mut root, start).await.unwrap();
+            let mut writes = SegmentWrites::default();
+            write_segments(&store, &root_path, &mut root, start, &mut writes).await.unwrap();
             assert!(writes.expired.is_empty());
         }
         assert_eq!(root.manifests.len(), 1, "the eighth commit merged the tier");
         assert_eq!(root.retired_manifests.len(), 7, "the seven it replaced are kept for readers");
         let later = start + chrono::Duration::from_std(RETIRED_GRACE).unwrap() - chrono::Duration::seconds(1);
-        assert!(write_segments(&store, &root_path, &mut root, later).await.unwrap().expired.is_empty());
+        let mut writes = SegmentWrites::default();
+        write_segments(&store, &root_path, &mut root, later, &mut writes).await.unwrap();
+        assert!(writes.expired.is_empty());
         let after = start + chrono::Duration::from_std(RETIRED_GRACE).unwrap();
-        let writes = write_segments(&store, &root_path, &mut root, after).await.unwrap();
+        let mut writes = SegmentWrites::default();
+        write_segments(&store, &root_path, &mut root, after, &mut writes).await.unwrap();
         assert_eq!(writes.expired.len(), 7, "past the grace period they go");
         assert!(root.retired_manifests.is_empty());
         assert_eq!(load_partitions(&store, &root_path, &root).await.unwrap()[0].files.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn many_files_at_once_are_cut_into_segments_no_larger_than_the_cap() {
+        use super::super::metadata::{FeedMetadata, FileEntry};
+        let store = object_store::memory::InMemory::new();
+        let root_path = Path::from("streams/orders/_metadata.json");
+        let mut root = FeedMetadata::new("orders", super::super::layout::FeedKind::Stream);
+        let now = Utc::now();
+        // 10,000 files: one partition of 5,000, then 5,000 partitions of one
+        for n in 0..10_000usize {
+            let partition = if n < 5_000 { "a".to_string() } else { format!("b{n:05}") };
+            let file = FileEntry {
+                name: format!("f{n}"),
+                records: 2,
+                bytes: 3,
+                min_event_time: format!("t{n:05}"),
+                max_event_time: format!("t{n:05}"),
+                positions: Default::default(),
+                runs: Default::default(),
+                written_at: String::new(),
+                reason: "rows".into(),
+                late: false,
+            };
+            root.record_file(&partition, file, Vec::new(), now);
+        }
+        let mut writes = SegmentWrites::default();
+        write_segments(&store, &root_path, &mut root, now, &mut writes).await.unwrap();
+        let sizes: Vec<u64> = root.manifests.iter().map(|segment| segment.files).collect();
+        assert_eq!(sizes, [SEGMENT_CAP, SEGMENT_CAP, 10_000 - 2 * SEGMENT_CAP]);
+        assert_eq!(root.manifests.iter().map(|segment| segment.records).sum::<u64>(), 20_000);
+        let partitions = load_partitions(&store, &root_path, &root).await.unwrap();
+        assert_eq!(partitions.len(), 5_001);
+        let a = &partitions[0];
+        assert_eq!((a.files.len(), a.records, a.bytes), (5_000, 10_000, 15_000), "split, then joined again");
+        assert!(a.files.windows(2).all(|w| w[0].name < w[1].name || w[0].name.len() < w[1].name.len()));
+        assert_eq!(a.min_event_time.as_deref(), Some("t00000"));
+        assert_eq!(a.max_event_time.as_deref(), Some("t04999"));
     }
 
     #[test]

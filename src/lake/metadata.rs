@@ -123,6 +123,21 @@ pub struct PartitionEntry {
 }
 
 impl PartitionEntry {
+    /// An entry of the same partition holding only `files`, its figures summed from them.
+    pub fn of_files(like: &PartitionEntry, files: Vec<FileEntry>) -> PartitionEntry {
+        let bytes = files.iter().map(|file| file.bytes).sum();
+        PartitionEntry {
+            path: like.path.clone(),
+            records: files.iter().map(|file| file.records).sum(),
+            size_mb: size_mb(bytes),
+            bytes,
+            min_event_time: files.iter().map(|file| file.min_event_time.clone()).min(),
+            max_event_time: files.iter().map(|file| file.max_event_time.clone()).max(),
+            files,
+            extra: like.extra.clone(),
+        }
+    }
+
     /// Adds the files and figures of `other`, an entry of the same partition from a newer
     /// segment.
     pub fn absorb(&mut self, other: PartitionEntry) {
@@ -130,7 +145,8 @@ impl PartitionEntry {
             self.bytes = (self.size_mb * BYTES_PER_MB) as u64;
         }
         self.records += other.records;
-        self.bytes += other.bytes.max((other.size_mb * BYTES_PER_MB) as u64);
+        // a format-1 entry may only have MiB
+        self.bytes += if other.bytes == 0 { (other.size_mb * BYTES_PER_MB) as u64 } else { other.bytes };
         self.size_mb = size_mb(self.bytes);
         self.min_event_time = match (self.min_event_time.take(), other.min_event_time) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -521,6 +537,10 @@ pub enum ManifestError {
     MissingSegment { root: String, segment: String },
     #[error("{path}: a manifest read with its whole file list cannot be written back")]
     Expanded { path: String },
+    #[error(
+        "{path} has format {found}, written by a newer ksql-lake; this version reads up to format {FORMAT_VERSION}"
+    )]
+    NewerFormat { path: String, found: u32 },
 }
 
 /// The manifest at `path` and the version it was read at, `None` when there is none.
@@ -538,6 +558,9 @@ pub async fn load_manifest(
     let bytes = result.bytes().await.map_err(failed)?;
     let metadata =
         FeedMetadata::from_json(&bytes).map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
+    if metadata.format_version > FORMAT_VERSION {
+        return Err(ManifestError::NewerFormat { path: path.to_string(), found: metadata.format_version });
+    }
     Ok(Some((metadata, version)))
 }
 
@@ -572,7 +595,11 @@ pub async fn replace_manifest_settling(
     }
     let mut root = metadata.clone();
     root.format_version = FORMAT_VERSION;
-    let writes = super::manifests::write_segments(store, path, &mut root, Utc::now()).await?;
+    let mut writes = super::manifests::SegmentWrites::default();
+    if let Err(error) = super::manifests::write_segments(store, path, &mut root, Utc::now(), &mut writes).await {
+        unsettled.extend(writes.written); // a failed segment put may have landed
+        return Err(error);
+    }
     let body = root.to_json().map_err(|source| ManifestError::Corrupt { path: path.to_string(), source })?;
     let put = |mode| store.put_opts(path, PutPayload::from(body.clone()), PutOptions { mode, ..PutOptions::default() });
     let mode = match version {
@@ -583,25 +610,40 @@ pub async fn replace_manifest_settling(
         Err(object_store::Error::NotImplemented { .. }) => put(PutMode::Overwrite).await,
         other => other,
     };
-    match result {
-        Ok(_) => {
-            let mut unused = std::mem::take(unsettled);
-            unused.retain(|segment| !root.names_segment(path, segment));
-            unused.extend(writes.expired);
-            super::manifests::delete_quietly(store, &unused).await;
-            Ok(true)
-        }
+    let landed = match result {
+        Ok(_) => true,
+        // Another writer got there first, or the store retried a put of ours that had landed
+        // (S3 may answer 500 to a write it applied): the root tells which, since only ours
+        // names these new segments.
         Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-            super::manifests::delete_quietly(store, &writes.written).await;
-            Ok(false)
+            match load_manifest(store, path).await {
+                Ok(Some((current, _))) if writes.written.iter().any(|segment| current.names_segment(path, segment)) => {
+                    true
+                }
+                Ok(_) => {
+                    unsettled.extend(super::manifests::delete_quietly(store, &writes.written).await);
+                    return Ok(false);
+                }
+                Err(_) => {
+                    unsettled.extend(writes.written);
+                    return Ok(false);
+                }
+            }
         }
-        // The root may or may not have been written, so its segments stay until a later root
-        // is written that does not name them.
+        // The root may or may not have been written, so its segments (and those it would have
+        // let go) wait until a later root is written that does not name them.
         Err(source) => {
             unsettled.extend(writes.written);
-            Err(ManifestError::Store { path: path.to_string(), source })
+            unsettled.extend(writes.expired);
+            return Err(ManifestError::Store { path: path.to_string(), source });
         }
-    }
+    };
+    debug_assert!(landed);
+    let mut unused = std::mem::take(unsettled);
+    unused.retain(|segment| !root.names_segment(path, segment));
+    unused.extend(writes.expired);
+    *unsettled = super::manifests::delete_quietly(store, &unused).await;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -235,8 +235,8 @@ pub async fn reconcile_with(
                 info!(path = %path, "adopted a data file the manifest did not list");
             }
             report.adopted = adopted;
-            if let Some((written, _)) = load_manifest(lake.store().as_ref(), &metadata_path).await? {
-                let segments = manifests::remove_unreferenced(lake.store().as_ref(), &metadata_path, &written).await?;
+            if let Some((written, version)) = load_manifest(lake.store().as_ref(), &metadata_path).await? {
+                let segments = remove_unreferenced_segments(lake, &metadata_path, &written, Some(version)).await?;
                 report.removed_temp.extend(segments);
             }
             return Ok(report);
@@ -259,8 +259,17 @@ async fn remove_unreferenced_segments(
     }
     let mut keep = root.clone();
     let backup_path = manifests::sibling(metadata_path, BACKUP_FILE);
-    if let Ok(Some((backup, _))) = load_manifest(lake.store().as_ref(), &backup_path).await {
-        keep.manifests.extend(backup.manifests);
+    match load_manifest(lake.store().as_ref(), &backup_path).await {
+        Ok(Some((backup, _))) => {
+            keep.manifests.extend(backup.manifests);
+            keep.retired_manifests.extend(backup.retired_manifests);
+        }
+        Ok(None) => {}
+        Err(error) => {
+            // which segments the backup needs is unknown: keep them all
+            warn!(path = %backup_path, %error, "the manifest backup cannot be read; keeping every manifest segment");
+            return Ok(Vec::new());
+        }
     }
     let removed = manifests::remove_unreferenced(lake.store().as_ref(), metadata_path, &keep).await?;
     for path in &removed {
@@ -343,7 +352,8 @@ pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMeta
     }
     let partitions = metadata.partitions.clone();
     let mut root = metadata;
-    manifests::write_segments(lake.store().as_ref(), &metadata_path, &mut root, Utc::now()).await?;
+    manifests::write_segments(lake.store().as_ref(), &metadata_path, &mut root, Utc::now(), &mut Default::default())
+        .await?;
     let body =
         root.to_json().map_err(|source| ReconcileError::Serialize { path: metadata_path.to_string(), source })?;
     lake.store()

@@ -40,6 +40,9 @@ pub struct FaultyStore {
     lists: AtomicUsize,
     /// The next matching conditional puts that fail as if another writer had won the race.
     lost_races: AtomicUsize,
+    /// The next matching conditional puts that land, then answer as if another writer had won
+    /// the race (a retried put that had landed).
+    landed_races: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -53,6 +56,7 @@ impl FaultyStore {
             landed_failures: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
             lost_races: AtomicUsize::new(0),
+            landed_races: AtomicUsize::new(0),
         })
     }
 
@@ -67,6 +71,7 @@ impl FaultyStore {
             landed_failures: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
             lost_races: AtomicUsize::new(0),
+            landed_races: AtomicUsize::new(0),
         })
     }
 
@@ -99,6 +104,12 @@ impl FaultyStore {
     /// precondition error without reaching the store, as when another writer got there first.
     pub fn lose_next_races(&self, count: usize) {
         self.lost_races.store(count, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` matching conditional puts land and then fail with a precondition
+    /// error, as when the client retried a put whose first attempt had landed.
+    pub fn land_then_lose_next_races(&self, count: usize) {
+        self.landed_races.store(count, Ordering::SeqCst);
     }
 
     /// Listings asked for so far (`list`, `list_with_delimiter`).
@@ -160,7 +171,17 @@ impl ObjectStore for FaultyStore {
                 source: "another writer won the race".into(),
             });
         }
+        let conditional = matches!(opts.mode, object_store::PutMode::Update(_) | object_store::PutMode::Create);
         let result = self.inner.put_opts(location, payload, opts).await?;
+        if conditional
+            && location.as_ref().contains(&self.path_filter)
+            && self.landed_races.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok()
+        {
+            return Err(object_store::Error::Precondition {
+                path: location.to_string(),
+                source: "a retry of a put that had landed".into(),
+            });
+        }
         self.lose_response(location)?;
         Ok(result)
     }

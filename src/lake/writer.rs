@@ -219,23 +219,33 @@ impl LakeWriter {
     pub async fn open(&self, kind: FeedKind, feed: &str) -> Result<(), WriteError> {
         let mark = format!("{:016x}", rand::random::<u64>());
         *self.mark.lock().expect("the mark is never poisoned") = Some(mark.clone());
-        self.set_open_writer(kind, feed, Some(mark)).await
+        self.set_open_writer(kind, feed, Some(mark), None).await
     }
 
     /// Clears the mark: call it only once everything this writer put is committed, so that the
     /// next start-up has nothing to look for.
     pub async fn close(&self, kind: FeedKind, feed: &str) -> Result<(), WriteError> {
-        if self.mark.lock().expect("the mark is never poisoned").take().is_none() {
-            return Ok(());
-        }
-        self.set_open_writer(kind, feed, None).await
+        let Some(mark) = self.mark.lock().expect("the mark is never poisoned").take() else { return Ok(()) };
+        self.set_open_writer(kind, feed, None, Some(mark)).await
     }
 
-    async fn set_open_writer(&self, kind: FeedKind, feed: &str, mark: Option<String>) -> Result<(), WriteError> {
+    /// Sets the mark to `mark`; when clearing, only this writer's own (`own`): another mark
+    /// belongs to a writer that took the feed over, and must stay.
+    async fn set_open_writer(
+        &self,
+        kind: FeedKind,
+        feed: &str,
+        mark: Option<String>,
+        own: Option<String>,
+    ) -> Result<(), WriteError> {
         let path = self.lake.metadata_path(kind, feed)?;
         for _ in 0..MANIFEST_RACES {
             let Some((mut metadata, version)) = self.load_metadata(&path).await? else { return Ok(()) };
             if metadata.open_writer == mark {
+                return Ok(());
+            }
+            if mark.is_none() && metadata.open_writer != own {
+                warn!(feed, "another writer's mark is on the manifest; leaving it");
                 return Ok(());
             }
             metadata.open_writer = mark.clone();
@@ -361,8 +371,10 @@ impl LakeWriter {
                 written_at: format_ms(Utc::now().timestamp_millis()),
             });
             metadata.set_commit_state(job.commit.clone());
-            if let Some(mark) = self.mark() {
-                metadata.open_writer = Some(mark);
+            // a writer that took the feed over has its own mark there: either makes the next
+            // start-up look for leftovers
+            if metadata.open_writer.is_none() {
+                metadata.open_writer = self.mark();
             }
             if self.replace(&metadata_path, &metadata, version).await? {
                 info!(rows = job.records.len(), bytes = contents.len(), "committed dead-letter file");
@@ -508,8 +520,10 @@ impl LakeWriter {
             metadata.record_file(&partition_path, entry, columns.clone(), now);
             // The ledger's state for this file: the exact committed set, recorded as it is.
             metadata.set_commit_state(job.commit.clone());
-            if let Some(mark) = self.mark() {
-                metadata.open_writer = Some(mark);
+            // a writer that took the feed over has its own mark there: either makes the next
+            // start-up look for leftovers
+            if metadata.open_writer.is_none() {
+                metadata.open_writer = self.mark();
             }
             if self.replace(path, &metadata, version).await? {
                 return Ok((metadata.committed_positions, false));

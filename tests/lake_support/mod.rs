@@ -45,6 +45,10 @@ pub enum Fault {
     RootLandsThenFails,
     /// Another writer seems to win the race for the root once.
     LostRace,
+    /// The root's put lands, and the store's retry of it answers that the root changed.
+    RootLandsThenRaceLost,
+    /// A manifest segment's put lands but its response is lost; the commit is retried.
+    SegmentLandsThenFails,
     /// The process dies after this many more puts (data file, segment, root, …); a new one
     /// starts over the same lake and reconciles.
     CrashAfter(usize),
@@ -67,11 +71,12 @@ pub async fn manifest_model(inner: std::sync::Arc<dyn object_store::ObjectStore>
     use std::collections::BTreeMap;
 
     let start = |inner: &std::sync::Arc<dyn object_store::ObjectStore>| {
-        let faulty = FaultyStore::with_filter(inner.clone(), "_metadata.json");
+        let segments = FaultyStore::with_filter(inner.clone(), "/_manifests/");
+        let faulty = FaultyStore::with_filter(segments.clone(), "_metadata.json");
         let lake = Lake::new(faulty.clone(), Path::from(prefix), "model");
-        (faulty, lake.clone(), LakeWriter::new(lake, WriterOptions::default()))
+        (faulty, segments, lake.clone(), LakeWriter::new(lake, WriterOptions::default()))
     };
-    let (mut faulty, mut lake, mut writer) = start(&inner);
+    let (mut faulty, mut segments, mut lake, mut writer) = start(&inner);
     writer.open(FeedKind::Stream, "orders").await.unwrap();
     let mut committed: BTreeMap<String, u64> = BTreeMap::new();
     let spec = PartitionSpec::new(ksql_lake::lake::Partitioning::Hourly, chrono_tz::UTC);
@@ -88,20 +93,22 @@ pub async fn manifest_model(inner: std::sync::Arc<dyn object_store::ObjectStore>
             Fault::RootFails => faulty.fail_next_puts(1),
             Fault::RootLandsThenFails => faulty.land_then_fail_next_puts(1),
             Fault::LostRace => faulty.lose_next_races(1),
+            Fault::RootLandsThenRaceLost => faulty.land_then_lose_next_races(1),
+            Fault::SegmentLandsThenFails => segments.land_then_fail_next_puts(1),
             Fault::CrashAfter(puts) => faulty.crash_after_puts(puts),
         }
         let first = writer.commit(&job, &encoded).await;
         match fault {
-            Fault::None | Fault::LostRace => {
+            Fault::None | Fault::LostRace | Fault::RootLandsThenRaceLost => {
                 first.unwrap();
             }
-            Fault::RootFails | Fault::RootLandsThenFails => {
+            Fault::RootFails | Fault::RootLandsThenFails | Fault::SegmentLandsThenFails => {
                 assert!(first.unwrap_err().is_retryable());
                 writer.commit(&job, &encoded).await.unwrap();
             }
             Fault::CrashAfter(_) => {
                 // the process dies there, whether or not the commit got through
-                (faulty, lake, writer) = start(&inner);
+                (faulty, segments, lake, writer) = start(&inner);
                 reconcile(&lake, FeedKind::Stream, "orders").await.unwrap();
                 writer.open(FeedKind::Stream, "orders").await.unwrap();
                 if first.is_err() && inner.head(&data_path).await.is_err() {
@@ -134,6 +141,17 @@ pub async fn manifest_model(inner: std::sync::Arc<dyn object_store::ObjectStore>
     assert_eq!(full.total_records, committed.len() as u64);
     assert_eq!(full.total_files, committed.len() as u64);
     assert!(full.open_writer.is_none(), "the clean stop cleared the mark");
+    for partition in &full.partitions {
+        let (records, bytes) = partition.files.iter().fold((0, 0), |(r, b), f| (r + f.records, b + f.bytes));
+        assert_eq!(
+            (partition.records, partition.bytes),
+            (records, bytes),
+            "{}: its sums are its files'",
+            partition.path
+        );
+    }
+    let bytes: u64 = full.partitions.iter().flat_map(|p| &p.files).map(|f| f.bytes).sum();
+    assert_eq!(full.total_bytes, bytes, "the root's total is the files' bytes");
 
     let feed_dir = Path::from(format!("{prefix}/streams/orders"));
     let metas: Vec<_> = inner.list(Some(&feed_dir)).try_collect().await.unwrap();
@@ -178,7 +196,7 @@ pub async fn manifest_model(inner: std::sync::Arc<dyn object_store::ObjectStore>
     assert!(full.manifests.len() <= committed.len() / 4096 + 28, "{} segments listed", full.manifests.len());
 
     // A start-up after the clean stop has nothing to look for: it lists nothing.
-    let (faulty, lake, _) = start(&inner);
+    let (faulty, _, lake, _) = start(&inner);
     let report = reconcile(&lake, FeedKind::Stream, "orders").await.unwrap();
     assert!(!report.changed());
     assert_eq!(faulty.lists(), 0, "a clean start-up does not list the feed's history");

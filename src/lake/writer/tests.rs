@@ -289,3 +289,33 @@ async fn a_format_1_manifest_moves_its_files_into_a_segment_at_the_first_commit(
         metadata.partitions.iter().flat_map(|p| p.files.iter().map(|f| without_digest(&f.name))).collect();
     assert_eq!(names, ["data_old.parquet", "data_20240501_100000_p0000000000o0000000000000000010.parquet"]);
 }
+
+#[tokio::test]
+async fn a_writer_clears_only_its_own_mark_and_a_newer_format_is_refused() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let first = writer_over(Arc::clone(&store));
+    first.open(FeedKind::Stream, "orders").await.unwrap();
+    first.write(&job(10, 0, 2)).await.unwrap();
+    let mark = |metadata: Option<FeedMetadata>| metadata.unwrap().open_writer;
+    let own =
+        mark(first.read_metadata(FeedKind::Stream, "orders").await.unwrap()).expect("the first commit carries it");
+    // a second writer takes the feed over (the first one's lease lapsed) and marks it
+    let second = writer_over(Arc::clone(&store));
+    second.open(FeedKind::Stream, "orders").await.unwrap();
+    let theirs = mark(second.read_metadata(FeedKind::Stream, "orders").await.unwrap()).unwrap();
+    assert_ne!(own, theirs);
+    // the first one's late commit and clean stop leave the second one's mark
+    first.write(&job(11, 2, 2)).await.unwrap();
+    first.close(FeedKind::Stream, "orders").await.unwrap();
+    assert_eq!(mark(first.read_metadata(FeedKind::Stream, "orders").await.unwrap()), Some(theirs));
+    second.close(FeedKind::Stream, "orders").await.unwrap();
+    assert_eq!(mark(first.read_metadata(FeedKind::Stream, "orders").await.unwrap()), None);
+
+    let path = Path::from("lake/streams/orders/_metadata.json");
+    let mut root: serde_json::Value = serde_json::from_slice(&metadata_bytes(&store).await.unwrap()).unwrap();
+    root["format_version"] = 3.into();
+    store.put(&path, PutPayload::from(serde_json::to_vec(&root).unwrap())).await.unwrap();
+    let error = second.write(&job(12, 4, 2)).await.unwrap_err();
+    assert!(error.to_string().contains("format 3, written by a newer ksql-lake"), "{error}");
+    assert!(!error.is_retryable());
+}
