@@ -87,6 +87,12 @@ pub async fn export(
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The memory budget `run` or `export` will use, read early to size the allocator; `None` when
+/// the config cannot be read (the command then reports why).
+pub fn memory_budget(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> Option<u64> {
+    load_with_overrides(config_path, ksqldb, lake).ok().map(|config| config.memory_budget_bytes)
+}
+
 fn load_with_overrides(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> anyhow::Result<Config> {
     let mut config = Config::load(config_path)?;
     if let Some(url) = ksqldb {

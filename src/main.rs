@@ -254,17 +254,21 @@ enum ConfigCommand {
 /// threads hand buffers to each other, and more arenas held 100 MiB more at the same budget.
 /// The simulator keeps glibc's arenas: it allocates per row on every thread. An operator's
 /// own settings (`GLIBC_TUNABLES`, `MALLOC_ARENA_MAX`, ...) win over these.
-fn tune_allocator(service: bool) {
+///
+/// What is kept scales with the memory budget (a 32nd of it, 1 to 16 MiB): with a budget of
+/// 64 MiB, 16 MiB kept per heap was a third of the peak.
+fn tune_allocator(service: bool, budget: Option<u64>) {
+    let keep = budget.map_or(16 << 20, |budget| (budget / 32).clamp(1 << 20, 16 << 20)) as libc::c_int;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let unset = |name: &str| std::env::var_os(name).is_none() && std::env::var_os("GLIBC_TUNABLES").is_none();
         // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
         unsafe {
             if unset("MALLOC_TRIM_THRESHOLD_") {
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, keep);
             }
             if unset("MALLOC_MMAP_THRESHOLD_") {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, keep);
             }
             if service && unset("MALLOC_ARENA_MAX") {
                 libc::mallopt(libc::M_ARENA_MAX, 2);
@@ -272,12 +276,18 @@ fn tune_allocator(service: bool) {
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = service;
+    let _ = (service, keep);
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tune_allocator(!matches!(cli.command, Command::Simulator { .. }));
+    let budget = match &cli.command {
+        Command::Run { config } | Command::Export { config, .. } => {
+            cli::memory_budget(config, cli.ksqldb.clone(), cli.lake.clone())
+        }
+        _ => None,
+    };
+    tune_allocator(!matches!(cli.command, Command::Simulator { .. }), budget);
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Export { .. }) && !cli.verbose;
     cli::init_logging(&cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

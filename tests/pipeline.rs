@@ -145,8 +145,10 @@ async fn memory_budget_bounds_buffers_under_a_flood() {
     let summary = running.shutdown().await;
     assert_eq!(summary.rows_written, rows as u64);
     assert!(by_memory > 0, "the budget forced flushes");
-    // The budget plus one decoded batch in flight: buffers never grow with the flood.
-    assert!(peak <= (budget + budget / 2) as f64, "peak {peak} bytes against a budget of {budget}");
+    // What is reserved never grows with the flood: the buffers and queued batches stay within
+    // the budget plus one decoded batch in flight; the two encodes under way each reserve their
+    // file's rows' working memory, at most three times a file of at most a third of the budget.
+    assert!(peak <= (budget * 3 + budget / 2) as f64, "peak {peak} bytes against a budget of {budget}");
     verify_feed(&feed_objects(&local_store(dir.path()), &feed_dir()).await, rows, false);
     server.shutdown().await;
 }

@@ -550,7 +550,8 @@ async fn read_commit_state(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Resu
         tracing::warn!(feed = %feed.name, adopted = ?report.adopted, removed_temp = ?report.removed_temp,
             unreadable = ?report.unreadable, "recovered from an interrupted run");
     }
-    let writer = Arc::new(LakeWriter::new(ctx.lake.clone(), writer_options(&feed.settings)));
+    let writer =
+        Arc::new(LakeWriter::new(ctx.lake.clone(), writer_options(&feed.settings)).with_budget(ctx.budget.clone()));
     writer.open(kind, &feed.name).await.with_context(|| format!("marking feed {} as being written", feed.name))?;
     let committed = writer
         .read_metadata(kind, &feed.name)
@@ -590,6 +591,7 @@ fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
         client: ctx.client.clone(),
         metrics: FeedMetrics::new(&ctx.metrics, &feed.name),
         health: ctx.health.clone(),
+        budget: ctx.budget.clone(),
     }
 }
 

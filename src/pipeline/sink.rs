@@ -157,6 +157,9 @@ const COMMIT_QUEUE: usize = 1;
 /// Files of one feed encoded at the same time while the commit stage writes them in order.
 const ENCODE_AHEAD: usize = 2;
 
+/// No partition buffer holds more than this fraction (1/n) of the memory budget.
+const MAX_BUFFER_SHARE: u64 = 3;
+
 /// A file ready for its commit: a data file with its encoding done (and how long that took),
 /// or the dead letter, which is encoded when it is committed.
 struct Encoded {
@@ -220,8 +223,8 @@ impl FeedSink {
                         self.buffers.token(token);
                         true
                     }
-                    Some(SourceMessage::Batch { batch, positions, passed, rejected }) => {
-                        match self.take_batch(&mut stage, batch, positions, passed, rejected).await {
+                    Some(SourceMessage::Batch { batch, positions, passed, rejected, reservation }) => {
+                        match self.take_batch(&mut stage, batch, positions, passed, rejected, reservation).await {
                             Ok(sent) => sent,
                             Err(failure) => {
                                 stage.failure = Some(failure);
@@ -284,6 +287,7 @@ impl FeedSink {
         positions: Vec<Option<Position>>,
         passed: Vec<Position>,
         rejected: Vec<Rejected>,
+        queued: crate::lake::Reservation,
     ) -> Result<bool, SinkFailed> {
         let processing_ms = wall_ms();
         let routed = match self.router.route(&batch, &positions, processing_ms) {
@@ -300,10 +304,19 @@ impl FeedSink {
             stage.watermark.observe(part.stats.max_event_ms);
         }
         let pushed = self.buffers.push_batch(routed, &passed, rejected, stage.watermark.at(processing_ms));
+        drop(queued); // the buffers hold the rows now, and reserve them
         BatchRouted { late_rows: pushed.late_rows, null_event_time_rows: pushed.null_event_time_rows }
             .emit(&self.metrics);
         if !self.hand_on(stage, in_order(pushed.drained, pushed.dead_letter)).await {
             return Ok(false);
+        }
+        // A file on its way out holds its rows and, while it is encoded, about as much again:
+        // no buffer grows past a third of the budget, so one flushed still fits beside the rest.
+        while self.buffers.largest_buffer_bytes() > self.budget.limit() / MAX_BUFFER_SHARE {
+            let Some(job) = self.buffers.drain_largest() else { break };
+            if !self.hand_on(stage, in_order(vec![job], None)).await {
+                return Ok(false);
+            }
         }
         // Above the budget: flush the largest buffer while buffers alone exceed it; when files on
         // their way out hold the excess, wait for them (reading pauses) rather than grow.

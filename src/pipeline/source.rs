@@ -20,7 +20,7 @@ use crate::config::{Delivery, ErrorPolicy};
 use crate::ksqldb::client::{ClientError, KsqlClient, QueryRequest};
 use crate::ksqldb::Event;
 use crate::ksqldb::Framing;
-use crate::lake::{CommitState, Position, Rejected};
+use crate::lake::{CommitState, MemoryBudget, Position, Rejected, Reservation};
 use crate::metrics::{FeedState, Health};
 use crate::schema::{Column, RowDecoder};
 
@@ -34,7 +34,16 @@ pub enum SourceMessage {
     /// `positions` has one entry per row of `batch` (empty when the query selects none), and
     /// `passed` lists the rows that arrived but are not in `batch` (skipped as committed,
     /// rejected and not kept), and `rejected` the rows for the dead letter.
-    Batch { batch: RecordBatch, positions: Vec<Option<Position>>, passed: Vec<Position>, rejected: Vec<Rejected> },
+    ///
+    /// `reservation` holds the batch's memory against the budget while it waits in the channel,
+    /// so what is queued counts like what is buffered.
+    Batch {
+        batch: RecordBatch,
+        positions: Vec<Option<Position>>,
+        passed: Vec<Position>,
+        rejected: Vec<Rejected>,
+        reservation: Reservation,
+    },
     /// A continuation token: every row sent before it precedes it.
     Token(String),
 }
@@ -114,6 +123,8 @@ pub struct FeedSource {
     pub client: Arc<KsqlClient>,
     pub(crate) metrics: FeedMetrics,
     pub health: Health,
+    /// The process's memory budget: each batch sent is reserved in it.
+    pub(crate) budget: Arc<MemoryBudget>,
 }
 
 /// Rejected rows in the last minute, to stop a feed whose input is mostly garbage.
@@ -574,7 +585,9 @@ impl FeedSource {
             positions.clear();
         }
         let waited = Instant::now();
-        let sent = sender.send(SourceMessage::Batch { batch, positions, passed, rejected }).await.is_ok();
+        let reservation = self.budget.reserve(batch.get_array_memory_size() as u64);
+        let message = SourceMessage::Batch { batch, positions, passed, rejected, reservation };
+        let sent = sender.send(message).await.is_ok();
         BatchSent { rows, blocked: waited.elapsed() }.emit(&self.metrics);
         sent
     }
