@@ -88,8 +88,12 @@ pub async fn export(
 pub struct UsageError(pub String);
 
 /// The memory budget `run` or `export` will use, read early to size the allocator; `None` when
-/// the config cannot be read (the command then reports why).
+/// the config cannot be read (the command then reports why) or is not a plain file: a pipe or
+/// `/dev/stdin` can be read only once, by the command itself.
 pub fn memory_budget(config_path: &Path, ksqldb: Option<String>, lake: Option<String>) -> Option<u64> {
+    if !std::fs::metadata(config_path).is_ok_and(|meta| meta.is_file()) {
+        return None;
+    }
     load_with_overrides(config_path, ksqldb, lake).ok().map(|config| config.memory_budget_bytes)
 }
 

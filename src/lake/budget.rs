@@ -16,13 +16,20 @@ use tokio::sync::Notify;
 pub struct MemoryBudget {
     limit: u64,
     used: AtomicU64,
+    /// The part of `used` that encodes hold while they run ([`MemoryBudget::reserve_working`]).
+    working: AtomicU64,
     /// Wakes `wait_for_room` callers whenever bytes are released.
     released: Notify,
 }
 
 impl MemoryBudget {
     pub fn new(limit_bytes: u64) -> Arc<Self> {
-        Arc::new(MemoryBudget { limit: limit_bytes, used: AtomicU64::new(0), released: Notify::new() })
+        Arc::new(MemoryBudget {
+            limit: limit_bytes,
+            used: AtomicU64::new(0),
+            working: AtomicU64::new(0),
+            released: Notify::new(),
+        })
     }
 
     pub fn limit(&self) -> u64 {
@@ -45,6 +52,19 @@ impl MemoryBudget {
         Reservation { budget: Arc::clone(self), bytes }
     }
 
+    /// Reserves an encode's working memory while it runs. It counts in [`MemoryBudget::used`],
+    /// and also in [`MemoryBudget::working`]: memory that frees itself once the encode is done,
+    /// which a buffer stage waits for rather than flushing more (smaller) files.
+    pub fn reserve_working(self: &Arc<Self>, bytes: u64) -> WorkingReservation {
+        self.working.fetch_add(bytes, Ordering::AcqRel);
+        WorkingReservation { reservation: self.reserve(bytes) }
+    }
+
+    /// Bytes encodes hold at the moment (part of [`MemoryBudget::used`]).
+    pub fn working(&self) -> u64 {
+        self.working.load(Ordering::Acquire)
+    }
+
     /// Resolves once usage is below the limit.
     pub async fn wait_for_room(&self) {
         loop {
@@ -64,6 +84,19 @@ impl MemoryBudget {
         let previous = self.used.fetch_sub(bytes, Ordering::AcqRel);
         debug_assert!(previous >= bytes, "released more than reserved");
         self.released.notify_waiters();
+    }
+}
+
+/// An encode's working memory, held against a [`MemoryBudget`]; released on drop.
+#[derive(Debug)]
+pub struct WorkingReservation {
+    reservation: Reservation,
+}
+
+impl Drop for WorkingReservation {
+    fn drop(&mut self) {
+        // before the bytes leave `used`, so `working` never exceeds `used`
+        self.reservation.budget.working.fetch_sub(self.reservation.bytes, Ordering::AcqRel);
     }
 }
 
@@ -104,6 +137,20 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn working_memory_counts_in_used_and_apart_and_leaves_with_its_encode() {
+        let budget = MemoryBudget::new(100);
+        let rows = budget.reserve(40);
+        let working = budget.reserve_working(80);
+        assert_eq!((budget.used(), budget.working()), (120, 80));
+        assert!(budget.over_budget(), "an encode's working memory counts against the budget");
+        assert!(budget.used() - budget.working() <= budget.limit(), "without it the rows fit");
+        drop(working);
+        assert_eq!((budget.used(), budget.working()), (40, 0));
+        drop(rows);
+        assert_eq!(budget.used(), 0);
+    }
 
     #[test]
     fn reservations_count_until_dropped() {

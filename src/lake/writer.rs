@@ -317,7 +317,7 @@ impl LakeWriter {
         // buffers and context grow with the data only up to their limits
         let fixed = (columns * ENCODE_COLUMN_BYTES + ENCODE_CONTEXT_BYTES).min(2 * job.in_memory_bytes);
         let working = job.in_memory_bytes + fixed;
-        let _working = self.budget.as_ref().map(|budget| budget.reserve(working));
+        let _working = self.budget.as_ref().map(|budget| budget.reserve_working(working));
         tokio::task::spawn_blocking(move || encode(&batches, &info, &options))
             .await
             .map_err(|error| WriteError::EncodeTask { path: path.clone(), reason: error.to_string() })?

@@ -157,6 +157,9 @@ const COMMIT_QUEUE: usize = 1;
 /// Files of one feed encoded at the same time while the commit stage writes them in order.
 const ENCODE_AHEAD: usize = 2;
 
+/// How long the buffer stage waits at a time for encodes to give their working memory back.
+const WORKING_WAIT: Duration = Duration::from_millis(500);
+
 /// No partition buffer holds more than this fraction (1/n) of the memory budget.
 const MAX_BUFFER_SHARE: u64 = 3;
 
@@ -304,7 +307,9 @@ impl FeedSink {
             stage.watermark.observe(part.stats.max_event_ms);
         }
         let pushed = self.buffers.push_batch(routed, &passed, rejected, stage.watermark.at(processing_ms));
-        drop(queued); // the buffers hold the rows now, and reserve them
+        // the buffers hold the rows now, and reserve them
+        drop(queued);
+        drop(batch);
         BatchRouted { late_rows: pushed.late_rows, null_event_time_rows: pushed.null_event_time_rows }
             .emit(&self.metrics);
         if !self.hand_on(stage, in_order(pushed.drained, pushed.dead_letter)).await {
@@ -319,9 +324,19 @@ impl FeedSink {
             }
         }
         // Above the budget: flush the largest buffer while buffers alone exceed it; when files on
-        // their way out hold the excess, wait for them (reading pauses) rather than grow.
+        // their way out hold the excess, wait for them (reading pauses) rather than grow. When
+        // only encodes' working memory is over it, wait for them too: flushing more would just
+        // write smaller files.
         while self.budget.used() > self.budget.limit() {
-            if self.budget.used().saturating_sub(stage.in_flight) > self.budget.limit() {
+            let working = self.budget.working();
+            if self.budget.used().saturating_sub(working) <= self.budget.limit() {
+                let _ = tokio::time::timeout(WORKING_WAIT, self.budget.wait_for_room()).await;
+                if self.budget.working() < working || !self.budget.over_budget() {
+                    continue;
+                }
+                break; // encodes that run long: go on reading rather than stall
+            }
+            if self.budget.used().saturating_sub(working + stage.in_flight) > self.budget.limit() {
                 if let Some(job) = self.buffers.drain_largest() {
                     if !self.hand_on(stage, in_order(vec![job], None)).await {
                         return Ok(false);
