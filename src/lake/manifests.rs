@@ -365,6 +365,22 @@ pub async fn remove_unreferenced(
 mod tests {
     use super::*;
 
+    /// A committed file's entry; `time` is both its event times.
+    fn file(name: &str, records: u64, bytes: u64, time: &str) -> super::super::metadata::FileEntry {
+        super::super::metadata::FileEntry {
+            name: name.to_string(),
+            records,
+            bytes,
+            min_event_time: time.to_string(),
+            max_event_time: time.to_string(),
+            positions: Default::default(),
+            runs: Default::default(),
+            written_at: String::new(),
+            reason: "rows".into(),
+            late: false,
+        }
+    }
+
     fn segment(files: u64) -> ManifestRef {
         ManifestRef { path: String::new(), files, records: files, bytes: 0, min_event_time: None, max_event_time: None }
     }
@@ -389,25 +405,13 @@ mod tests {
 
     #[tokio::test]
     async fn retired_segments_stay_for_the_grace_period_then_leave_the_root() {
-        use super::super::metadata::{FeedMetadata, FileEntry};
+        use super::super::metadata::FeedMetadata;
         let store = object_store::memory::InMemory::new();
         let root_path = Path::from("streams/orders/_metadata.json");
         let mut root = FeedMetadata::new("orders", super::super::layout::FeedKind::Stream);
         let start = Utc::now();
-        let file = |n: usize| FileEntry {
-            name: format!("f{n}"),
-            records: 1,
-            bytes: 1,
-            min_event_time: String::new(),
-            max_event_time: String::new(),
-            positions: Default::default(),
-            runs: Default::default(),
-            written_at: String::new(),
-            reason: "rows".into(),
-            late: false,
-        };
         for n in 0..8 {
-            root.record_file("p", file(n), Vec::new(), start);
+            root.record_file("p", file(&format!("f{n}"), 1, 1, ""), Vec::new(), start);
             let mut writes = SegmentWrites::default();
             write_segments(&store, &root_path, &mut root, start, &mut writes).await.unwrap();
             assert!(writes.expired.is_empty());
@@ -428,7 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_files_at_once_are_cut_into_segments_no_larger_than_the_cap() {
-        use super::super::metadata::{FeedMetadata, FileEntry};
+        use super::super::metadata::FeedMetadata;
         let store = object_store::memory::InMemory::new();
         let root_path = Path::from("streams/orders/_metadata.json");
         let mut root = FeedMetadata::new("orders", super::super::layout::FeedKind::Stream);
@@ -436,19 +440,7 @@ mod tests {
         // 10,000 files: one partition of 5,000, then 5,000 partitions of one
         for n in 0..10_000usize {
             let partition = if n < 5_000 { "a".to_string() } else { format!("b{n:05}") };
-            let file = FileEntry {
-                name: format!("f{n}"),
-                records: 2,
-                bytes: 3,
-                min_event_time: format!("t{n:05}"),
-                max_event_time: format!("t{n:05}"),
-                positions: Default::default(),
-                runs: Default::default(),
-                written_at: String::new(),
-                reason: "rows".into(),
-                late: false,
-            };
-            root.record_file(&partition, file, Vec::new(), now);
+            root.record_file(&partition, file(&format!("f{n}"), 2, 3, &format!("t{n:05}")), Vec::new(), now);
         }
         let mut writes = SegmentWrites::default();
         write_segments(&store, &root_path, &mut root, now, &mut writes).await.unwrap();
@@ -473,21 +465,7 @@ mod tests {
             bytes: 10 * names.len() as u64,
             min_event_time: Some(format!("2024-01-0{}", names.len())),
             max_event_time: Some(format!("2024-01-0{}", names.len())),
-            files: names
-                .iter()
-                .map(|name| super::super::metadata::FileEntry {
-                    name: name.to_string(),
-                    records: 1,
-                    bytes: 10,
-                    min_event_time: String::new(),
-                    max_event_time: String::new(),
-                    positions: Default::default(),
-                    runs: Default::default(),
-                    written_at: String::new(),
-                    reason: "rows".into(),
-                    late: false,
-                })
-                .collect(),
+            files: names.iter().map(|name| file(name, 1, 10, "")).collect(),
             extra: Default::default(),
         };
         let merged = join_partitions([
