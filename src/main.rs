@@ -185,6 +185,10 @@ struct AddArgs {
     /// Table feeds.
     #[arg(long)]
     retention_versions: Option<u64>,
+    /// Table feeds: also keep every change (upserts and deletes) as the stream
+    /// `tables/<name>/changelog/`, exactly once.
+    #[arg(long)]
+    changelog: bool,
     /// Add it disabled.
     #[arg(long)]
     disabled: bool,
@@ -206,6 +210,7 @@ impl AddArgs {
             snapshot_interval: self.snapshot_interval,
             snapshot_method: self.snapshot_method,
             retention_versions: self.retention_versions,
+            changelog: self.changelog.then_some(true),
             ..Default::default()
         };
         ksql_lake::config::raw::RawFeed {

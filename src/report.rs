@@ -120,13 +120,24 @@ pub async fn build(lake: &Lake, only: Option<&str>) -> Result<Report, ReportErro
     let mut feeds = Vec::new();
     for kind in [FeedKind::Stream, FeedKind::Table] {
         for name in feed_names(lake, kind).await? {
-            if only.is_some_and(|only| only != name) {
+            let changelog = crate::lake::changelog_feed_name(&name);
+            if only.is_some_and(|only| only != name && only != changelog) {
                 continue;
             }
-            let path = lake.metadata_path(kind, &name)?;
-            let Some((metadata, _)) = load_full(lake.store().as_ref(), &path).await? else { continue };
             let state = if archived.contains(&name) { "archived" } else { "active" };
-            feeds.push(feed_report(&metadata, state, now));
+            let path = lake.metadata_path(kind, &name)?;
+            if only.is_none_or(|only| only == name) {
+                if let Some((metadata, _)) = load_full(lake.store().as_ref(), &path).await? {
+                    feeds.push(feed_report(&metadata, state, now));
+                }
+            }
+            if kind == FeedKind::Table {
+                // `changelog = true`: the table's changes, a feed of their own
+                let path = lake.metadata_path(FeedKind::Changelog, &changelog)?;
+                if let Some((metadata, _)) = load_full(lake.store().as_ref(), &path).await? {
+                    feeds.push(feed_report(&metadata, state, now));
+                }
+            }
         }
     }
     if let Some(only) = only.filter(|_| feeds.is_empty()) {
@@ -183,7 +194,7 @@ fn age(seconds: Option<i64>) -> String {
 /// The console table's columns: width, and whether the column is right-aligned.
 const COLUMNS: [(usize, bool); 12] = [
     (28, false),
-    (6, false),
+    (9, false),
     (8, false),
     (12, true),
     (10, true),

@@ -100,6 +100,9 @@ snapshot_interval = "1h"
 snapshot_method = "auto"
 # Complete versions kept; older ones are deleted after a new one is committed.
 retention_versions = 7
+# Table feeds: also keep every change of the table, upserts and deletes, exactly once as the
+# stream feed <feed>.changelog under tables/<feed>/changelog/ (columns op and op_order added).
+changelog = false
 
 # One entry per ksqlDB stream or table to ingest.
 # [[feeds]]

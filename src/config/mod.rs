@@ -134,6 +134,34 @@ pub struct FeedConfig {
     pub settings: FeedSettings,
 }
 
+impl FeedConfig {
+    /// The stream feed that keeps this table feed's changelog, when `changelog = true`: named
+    /// `<name>.changelog`, stored under `tables/<name>/changelog/`, read exactly once from the
+    /// table's push query and partitioned by ROWTIME (a delete, which carries none, by its
+    /// arrival time).
+    pub fn changelog_feed(&self) -> Option<FeedConfig> {
+        if self.kind != FeedKind::Table || !self.settings.changelog {
+            return None;
+        }
+        let mut settings = self.settings.clone();
+        settings.delivery = Delivery::ExactlyOnce;
+        settings.event_time = EventTime::Rowtime;
+        Some(FeedConfig {
+            name: crate::lake::changelog_feed_name(&self.name),
+            kind: FeedKind::Changelog,
+            source: self.source.clone(),
+            enabled: self.enabled,
+            query: None,
+            settings,
+        })
+    }
+
+    /// This feed, then its changelog feed if it has one: what runs for it.
+    pub fn with_changelog(&self) -> impl Iterator<Item = FeedConfig> {
+        std::iter::once(self.clone()).chain(self.changelog_feed())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedSettings {
     pub partitioning: Partitioning,
@@ -163,6 +191,9 @@ pub struct FeedSettings {
     pub snapshot_method: SnapshotMethod,
     /// Table feeds: complete versions kept (the newest is never deleted).
     pub retention_versions: usize,
+    /// Table feeds: also keep the table's changes, upserts and deletes, as the stream feed
+    /// `<name>.changelog` (see [`FeedConfig::changelog_feed`]).
+    pub changelog: bool,
 }
 
 /// How a table feed reads its table for a snapshot (see `pipeline::table`).

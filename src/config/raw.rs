@@ -105,6 +105,7 @@ pub struct RawFeedSettings {
     pub snapshot_interval: Option<String>,
     pub snapshot_method: Option<String>,
     pub retention_versions: Option<u64>,
+    pub changelog: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -202,3 +202,29 @@ fn a_numeric_password_from_the_environment_stays_text_and_debug_output_hides_sec
     let debug = format!("{config:?}");
     assert!(!debug.contains("123456"), "{debug}");
 }
+
+#[test]
+fn a_table_with_changelog_runs_with_its_changelog_feed() {
+    let feed =
+        |extra: &str| format!("{MINIMAL}\n[[feeds]]\nname = \"users\"\nkind = \"table\"\nsource = \"USERS\"\n{extra}");
+    let config = load(&feed("changelog = true\ndelivery = \"at-least-once\"\n"), &[]).unwrap();
+    let table = config.feed("users").unwrap();
+    let runs: Vec<FeedConfig> = table.with_changelog().collect();
+    assert_eq!(runs.len(), 2);
+    assert_eq!((runs[1].name.as_str(), runs[1].kind), ("users.changelog", FeedKind::Changelog));
+    assert_eq!(runs[1].settings.delivery, Delivery::ExactlyOnce, "a changelog is always exactly once");
+    assert_eq!(runs[1].changelog_feed(), None);
+    assert_eq!(load(&feed(""), &[]).unwrap().feed("users").unwrap().with_changelog().count(), 1);
+    // streams are their own changelog; a changelog needs the whole table and a name with room
+    let stream = MINIMAL.replace("[[feeds]]\n", "[[feeds]]\nchangelog = true\n");
+    assert!(load(&stream, &[]).unwrap_err().to_string().contains("changelog"));
+    let long = format!(
+        "{MINIMAL}\n[[feeds]]\nname = \"{}\"\nkind = \"table\"\nsource = \"U\"\nchangelog = true\n",
+        "t".repeat(120)
+    );
+    assert!(load(&long, &[]).unwrap_err().to_string().contains("at most 118"));
+    assert!(load(&feed("changelog = true\nquery = \"SELECT * FROM USERS EMIT CHANGES;\"\n"), &[]).is_err());
+    // [defaults] changelog = true applies to tables only
+    let defaults = format!("{MINIMAL}\n[defaults]\nchangelog = true\n");
+    assert!(load(&defaults, &[]).is_ok());
+}

@@ -94,6 +94,27 @@ pub fn validate_feed(prefix: &str, feed: &RawFeed, defaults: &RawFeedSettings) -
         ));
     }
     let settings = validate_settings(prefix, &feed.settings, defaults)?;
+    if kind == FeedKind::Stream && feed.settings.changelog == Some(true) {
+        return Err(ConfigError::invalid(
+            key("changelog"),
+            "is for table feeds: a stream feed is its changelog already",
+        ));
+    }
+    if kind == FeedKind::Table && settings.changelog {
+        let longest = crate::lake::layout::MAX_FEED_NAME_BYTES - crate::lake::layout::CHANGELOG_SUFFIX.len();
+        if feed.name.len() > longest {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("a table feed with changelog = true has a name of at most {longest} characters (its changelog feed is `<name>.changelog`)"),
+            ));
+        }
+        if feed.query.is_some() {
+            return Err(ConfigError::invalid(
+                key("changelog"),
+                "cannot be combined with `query`: the changelog is the whole table's push query",
+            ));
+        }
+    }
     Ok(FeedConfig {
         name: feed.name.clone(),
         kind,
@@ -341,7 +362,9 @@ fn validate_settings(
     };
     let (retention_versions, key) = pick!(retention_versions);
     let retention_versions = positive(&key, retention_versions.unwrap_or(defaults::RETENTION_VERSIONS))?;
+    let (changelog, _) = pick!(changelog);
     Ok(FeedSettings {
+        changelog: changelog.unwrap_or(false),
         snapshot_interval,
         snapshot_method,
         retention_versions: retention_versions as usize,

@@ -29,6 +29,17 @@ pub enum FeedKind {
     #[default]
     Stream,
     Table,
+    /// The change stream of a table feed with `changelog = true`: the feed `<table>.changelog`,
+    /// written like a stream under `tables/<table>/changelog/` (see [`changelog_feed_name`]).
+    Changelog,
+}
+
+/// What a table feed's name gets to name its changelog feed.
+pub const CHANGELOG_SUFFIX: &str = ".changelog";
+
+/// The feed that keeps the changelog of table feed `table`.
+pub fn changelog_feed_name(table: &str) -> String {
+    format!("{table}{CHANGELOG_SUFFIX}")
 }
 
 impl FeedKind {
@@ -36,7 +47,7 @@ impl FeedKind {
     pub fn dir(self) -> &'static str {
         match self {
             FeedKind::Stream => "streams",
-            FeedKind::Table => "tables",
+            FeedKind::Table | FeedKind::Changelog => "tables",
         }
     }
 
@@ -44,6 +55,7 @@ impl FeedKind {
         match self {
             FeedKind::Stream => "stream",
             FeedKind::Table => "table",
+            FeedKind::Changelog => "changelog",
         }
     }
 }
@@ -52,6 +64,8 @@ impl FeedKind {
 pub enum LayoutError {
     #[error("feed name `{name}` is invalid: {reason}")]
     InvalidFeedName { name: String, reason: &'static str },
+    #[error("feed `{name}` is a changelog feed, but its name does not end in `.changelog`")]
+    NotAChangelog { name: String },
     #[error("event time {event_ms} ms is outside the supported date range")]
     TimeOutOfRange { event_ms: i64 },
 }

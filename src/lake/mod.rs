@@ -45,7 +45,7 @@ pub use budget::{MemoryBudget, Reservation};
 pub use buffer::{FlushJob, FlushPolicy, FlushReason, PartitionBuffers, Pushed};
 pub use commit::{Bucket, CommitLedger, CommitState, Destination, Runs};
 pub use dead_letter::{DeadLetterJob, Rejected};
-pub use layout::{FeedKind, LayoutError};
+pub use layout::{changelog_feed_name, FeedKind, LayoutError};
 pub use metadata::FeedMetadata;
 pub use parquet::{encode, Compression, EncodeError, EncodedFile, FileInfo, ParquetOptions};
 pub use partition::{

@@ -19,7 +19,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig};
 use url::Url;
 
-use super::layout::{validate_feed_name, FeedKind, LayoutError, METADATA_FILE};
+use super::layout::{validate_feed_name, FeedKind, LayoutError, CHANGELOG_SUFFIX, METADATA_FILE};
 
 /// Connection options for S3-compatible stores. `None` fields fall back to the `AWS_*`
 /// environment variables (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, …).
@@ -117,15 +117,16 @@ impl Lake {
         &self.root
     }
 
-    /// `<root>/streams/<feed>` or `<root>/tables/<feed>`.
+    /// `<root>/streams/<feed>` or `<root>/tables/<feed>`; the changelog feed `<table>.changelog`
+    /// is `<root>/tables/<table>/changelog`.
     pub fn feed_dir(&self, kind: FeedKind, feed: &str) -> Result<Path, LayoutError> {
-        validate_feed_name(feed)?;
-        Ok(self.join(&[kind.dir(), feed]))
+        Ok(self.join(&feed_parts(kind, feed)?))
     }
 
     pub fn metadata_path(&self, kind: FeedKind, feed: &str) -> Result<Path, LayoutError> {
-        validate_feed_name(feed)?;
-        Ok(self.join(&[kind.dir(), feed, METADATA_FILE]))
+        let mut parts = feed_parts(kind, feed)?;
+        parts.push(METADATA_FILE);
+        Ok(self.join(&parts))
     }
 
     /// The feed's dead-letter directory, `dead_letter/<feed>`.
@@ -144,14 +145,25 @@ impl Lake {
 
     /// A path below the feed directory; `relative` is `/`-separated (`year=…/data_….parquet`).
     pub fn feed_path(&self, kind: FeedKind, feed: &str, relative: &str) -> Result<Path, LayoutError> {
-        validate_feed_name(feed)?;
-        let mut parts = vec![kind.dir(), feed];
+        let mut parts = feed_parts(kind, feed)?;
         parts.extend(relative.split('/').filter(|part| !part.is_empty()));
         Ok(self.join(&parts))
     }
 
     fn join(&self, parts: &[&str]) -> Path {
         self.root.parts().chain(parts.iter().map(|part| (*part).into())).collect()
+    }
+}
+
+/// The folders of a feed below the lake root, its name checked.
+fn feed_parts(kind: FeedKind, feed: &str) -> Result<Vec<&str>, LayoutError> {
+    validate_feed_name(feed)?;
+    if kind != FeedKind::Changelog {
+        return Ok(vec![kind.dir(), feed]);
+    }
+    match feed.strip_suffix(CHANGELOG_SUFFIX) {
+        Some(table) if validate_feed_name(table).is_ok() => Ok(vec![kind.dir(), table, "changelog"]),
+        _ => Err(LayoutError::NotAChangelog { name: feed.to_string() }),
     }
 }
 
@@ -294,5 +306,22 @@ mod tests {
     fn feed_names_are_validated_when_paths_are_built() {
         let lake = open_lake("memory:///", &S3Options::default()).unwrap();
         assert!(lake.feed_dir(FeedKind::Stream, "../etc").is_err());
+    }
+
+    #[test]
+    fn a_changelog_feed_lives_in_its_table_folder() {
+        let lake = open_lake("memory:///", &S3Options::default()).unwrap();
+        let name = crate::lake::layout::changelog_feed_name("users");
+        assert_eq!(
+            lake.metadata_path(FeedKind::Changelog, &name).unwrap().as_ref(),
+            "tables/users/changelog/_metadata.json"
+        );
+        assert_eq!(
+            lake.feed_path(FeedKind::Changelog, &name, "year=2024/x.parquet").unwrap().as_ref(),
+            "tables/users/changelog/year=2024/x.parquet"
+        );
+        for bad in ["users", ".changelog", "-.changelog", "a/b.changelog"] {
+            assert!(lake.feed_dir(FeedKind::Changelog, bad).is_err(), "{bad}");
+        }
     }
 }

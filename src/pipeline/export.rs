@@ -82,8 +82,10 @@ pub async fn export(
         Err(_) => return Err(ExportError::Unreachable(format!("the lake {lake} did not answer within 30 s"))),
     }
     let parallel = parallel.max(1);
-    let (tables, streams): (Vec<FeedConfig>, Vec<FeedConfig>) =
+    let (tables, mut streams): (Vec<FeedConfig>, Vec<FeedConfig>) =
         feeds.into_iter().partition(|feed| feed.kind == FeedKind::Table);
+    // a table's changelog is exported like a stream, from where it stopped
+    streams.extend(tables.iter().filter_map(FeedConfig::changelog_feed));
     let mut lines = Vec::new();
     for group in tables.chunks(parallel) {
         let runs = group.iter().map(|feed| export_table(&client, &lake, feed, config, &stop));
@@ -173,7 +175,7 @@ async fn export_streams(
             let labels = [feed.name.as_str()];
             ExportLine {
                 feed: feed.name.clone(),
-                kind: "stream",
+                kind: feed.kind.as_str(),
                 rows: metrics.rows_written.with_label_values(&labels).get(),
                 files: files_written(&metrics, &feed.name),
                 bytes: metrics.bytes_written.with_label_values(&labels).get(),
@@ -256,14 +258,14 @@ pub fn progress(metrics: &Metrics, feeds: &[&str], elapsed: Duration) -> Vec<Str
 /// The summary table: feed, kind, rows, files, bytes, seconds.
 pub fn summary_table(lines: &[ExportLine]) -> String {
     let mut out =
-        format!("{:<32} {:<6} {:>12} {:>6} {:>14} {:>8}\n", "FEED", "KIND", "ROWS", "FILES", "BYTES", "SECONDS");
+        format!("{:<32} {:<10} {:>12} {:>6} {:>14} {:>8}\n", "FEED", "KIND", "ROWS", "FILES", "BYTES", "SECONDS");
     for line in lines {
         let kind = match line.version {
             Some(version) => format!("{} v{version}", line.kind),
             None => line.kind.to_string(),
         };
         out.push_str(&format!(
-            "{:<32} {:<6} {:>12} {:>6} {:>14} {:>8.1}\n",
+            "{:<32} {:<10} {:>12} {:>6} {:>14} {:>8.1}\n",
             line.feed, kind, line.rows, line.files, line.bytes, line.seconds
         ));
     }

@@ -9,6 +9,7 @@
 //! Shutdown is "end the input": the token stops every source, each source drops its sender,
 //! each sink drains its buffers with reason `shutdown` and returns.
 
+pub mod changelog;
 #[cfg(feature = "simulator")]
 pub mod demo;
 mod events;
@@ -134,7 +135,10 @@ pub async fn run_with(
     let registry = crate::feeds::FeedRegistry::new(lake);
     let feeds_stop = shutdown.child_token();
     let mut feeds = Feeds::default();
-    for feed in config.feeds.iter().filter(|feed| feed.enabled) {
+    // a table feed with `changelog = true` runs with its changelog feed beside it
+    let wanted: Vec<FeedConfig> =
+        config.feeds.iter().filter(|feed| feed.enabled).flat_map(FeedConfig::with_changelog).collect();
+    for feed in &wanted {
         if !config.runs_here(&feed.name) {
             tracing::info!(feed = %feed.name, replicas = config.cluster.0, ordinal = config.cluster.1,
                 "feed runs on another replica");
@@ -578,6 +582,7 @@ fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
             error_policy: feed.settings.error_policy,
             max_rejected_per_minute: feed.settings.max_rejected_per_minute,
             max_line_bytes: feed.settings.max_line_bytes,
+            changelog: (feed.kind == lake::FeedKind::Changelog).then_some(config.memory_budget_bytes / 4),
             event_time_column: match &feed.settings.event_time {
                 config::EventTime::Column(name) => Some(name.clone()),
                 config::EventTime::Rowtime | config::EventTime::ProcessingTime => None,
@@ -622,7 +627,10 @@ async fn reload_lake_feeds(
     for (name, problem) in invalid {
         report(reported, &name, problem);
     }
-    let in_config: Vec<&str> = ctx.config.feeds.iter().map(|feed| feed.name.as_str()).collect();
+    let wanted: std::collections::BTreeMap<String, FeedConfig> =
+        wanted.values().flat_map(FeedConfig::with_changelog).map(|feed| (feed.name.clone(), feed)).collect();
+    let in_config: Vec<String> =
+        ctx.config.feeds.iter().flat_map(FeedConfig::with_changelog).map(|feed| feed.name).collect();
     // stop what is no longer wanted, or wanted differently
     for (name, handle) in &feeds.running {
         if handle.origin != Origin::Lake || handle.stop.is_cancelled() {

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::changelog::{Changelog, Unplaced as ChangeUnplaced};
 use super::events::{BatchSent, FeedMetrics, QueryFailed, QueryReopening, ResumeFilterRejected, RowRejected};
 use super::query::{event_time_problem, push_query, row_position, Resume};
 use crate::backoff::Backoff;
@@ -70,6 +71,10 @@ pub struct SourceSettings {
     /// time): checked against every header, so a feed whose rows cannot be partitioned stops
     /// with a clear error before reading any.
     pub event_time_column: Option<String>,
+    /// The feed is a table's changelog (`changelog = true`): the query asks for tombstones and
+    /// every change is placed by [`super::changelog::Changelog`]; its keys may hold this many
+    /// bytes.
+    pub changelog: Option<u64>,
 }
 
 /// In `continuation-token` mode, rows are held until the token that follows them; without any
@@ -217,6 +222,11 @@ impl FeedSource {
             committed.ranges.clear();
         }
         let mut resume = Resume::new(committed);
+        if self.settings.changelog.is_some() {
+            // every connection reads the whole changelog: its deletes are placed by what came
+            // before them (and a WHERE on a table turns the rows it filters into tombstones)
+            resume.server_filter = false;
+        }
         let mut rejections = Rejections {
             recent: std::collections::VecDeque::new(),
             limit: self.settings.max_rejected_per_minute,
@@ -292,7 +302,24 @@ impl FeedSource {
                 request_properties.insert("request.ksql.query.push.continuation.token".into(), token.clone().into());
             }
         }
-        let request = QueryRequest { sql, properties, request_properties, tombstones: false };
+        let mut properties = properties;
+        if settings.changelog.is_some() {
+            // one output per change: the record cache would fold changes of a key together,
+            // differently on every reading
+            properties.insert("ksql.streams.cache.max.bytes.buffering".into(), 0.into());
+        }
+        let key_names = match settings.changelog {
+            Some(_) => {
+                let described = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                    described = self.client.describe(&settings.source) => described?,
+                };
+                described.into_iter().filter(|(_, key)| *key).map(|(name, _)| name).collect()
+            }
+            None => Vec::new(),
+        };
+        let tombstones = settings.changelog.is_some();
+        let request = QueryRequest { sql, properties, request_properties, tombstones };
         let mut stream = tokio::select! {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             opened = self.client.stream_query(request) => opened?,
@@ -318,7 +345,17 @@ impl FeedSource {
         let query_id = stream.query_id().map(str::to_string);
         stream.set_max_message_bytes(settings.max_line_bytes);
 
-        let mut decoder = RowDecoder::new(&header_columns);
+        let mut changelog = match settings.changelog {
+            Some(limit) => match Changelog::new(&header_columns, &key_names, limit) {
+                Ok(changelog) => Some(changelog),
+                Err(problem) => return Ok(Ended::Failed(format!("the changelog of {}: {problem}", settings.source))),
+            },
+            None => None,
+        };
+        let mut decoder = match changelog {
+            Some(_) => RowDecoder::new(&Changelog::columns(&header_columns)),
+            None => RowDecoder::new(&header_columns),
+        };
         let mut batch = Pending::default();
         // Scalable push queries cannot select ROWPARTITION/ROWOFFSET.
         let positioned = settings.delivery != Delivery::ContinuationToken;
@@ -369,8 +406,38 @@ impl FeedSource {
                 }
             };
             match event {
-                Ok(Some(Event::Row { values, .. })) => {
-                    let position = positioned.then(|| row_position(&values)).flatten();
+                Ok(Some(Event::Row { values, tombstone })) => {
+                    let (values, position) = match changelog.as_mut().map(|log| log.place(&values, tombstone)) {
+                        None => {
+                            let position = positioned.then(|| row_position(&values)).flatten();
+                            (values, position)
+                        }
+                        Some(Ok(Some(position))) => {
+                            let placed = changelog.as_ref().map(Changelog::row).unwrap_or_default();
+                            (Bytes::copy_from_slice(placed), Some(position))
+                        }
+                        // a delete of a key the table does not hold: no change
+                        Some(Ok(None)) => continue,
+                        Some(Err(ChangeUnplaced::Feed(reason))) => break Ended::Failed(reason),
+                        Some(Err(ChangeUnplaced::Row(reason))) => {
+                            if !rejections.unplaced.first_time(&values) {
+                                continue;
+                            }
+                            let record = Rejected {
+                                length: values.len() as u64,
+                                raw: Bytes::copy_from_slice(&values),
+                                error_type: "position",
+                                error: reason,
+                                column: None,
+                                position: None,
+                                received_ms: chrono::Utc::now().timestamp_millis(),
+                            };
+                            if let Some(ended) = self.reject(record, &mut batch, rejections) {
+                                break ended;
+                            }
+                            continue;
+                        }
+                    };
                     if let Some(position) = position {
                         rejections.unplaced.passed(position);
                     }
@@ -489,7 +556,7 @@ impl FeedSource {
                     // is trusted only when it is the plausible next offset of a partition this
                     // run has seen: a broken line's first values may be anything, and a false
                     // position would mark genuine rows as handed on.
-                    let position = positioned
+                    let position = (positioned && changelog.is_none())
                         .then(|| row_position(&error.raw))
                         .flatten()
                         .filter(|&position| resume.is_next(position));

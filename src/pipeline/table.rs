@@ -243,7 +243,7 @@ async fn write_changelog(
             Event::Error(error) => return Err(TableError::Ksql(error.to_string())),
             _ => continue,
         };
-        let key = row_key(&values, &keys).ok_or_else(|| TableError::Row {
+        let key = super::changelog::row_key(&values, &keys).ok_or_else(|| TableError::Row {
             source_name: settings.source.clone(),
             index,
             reason: "not a JSON array with its key columns".into(),
@@ -278,14 +278,6 @@ async fn write_changelog(
         }
     }
     Ok((sql, finish(decoder, writer, pending).await?))
-}
-
-/// The key values of a row as ksqlDB wrote them (each value's JSON text, so a DECIMAL key with
-/// more digits than a double holds stays exact), `None` when the row is not an array that long.
-fn row_key(values: &[u8], keys: &[usize]) -> Option<String> {
-    let row: Vec<&serde_json::value::RawValue> = serde_json::from_slice(values).ok()?;
-    let key: Vec<&str> = keys.iter().map(|&index| row.get(index).map(|value| value.get())).collect::<Option<_>>()?;
-    Some(key.join("\u{1f}"))
 }
 
 /// When the next snapshot of a feed is due: `interval` after the latest version, or now.
@@ -369,21 +361,4 @@ pub async fn run_table_feed(
     }
     health.stop_feed(&feed);
     rows
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_keys_are_the_json_of_the_key_values() {
-        assert_eq!(row_key(br#"["a",1,null]"#, &[0]).as_deref(), Some(r#""a""#));
-        assert_eq!(row_key(br#"["a",1,null]"#, &[1, 0]).as_deref(), Some("1\u{1f}\"a\""));
-        // digits beyond a double's precision still tell keys apart
-        let a = row_key(br#"[12345678901234567890.01,1]"#, &[0]);
-        let b = row_key(br#"[12345678901234567890.02,1]"#, &[0]);
-        assert_ne!(a, b);
-        assert_eq!(row_key(br#"["a"]"#, &[2]), None);
-        assert_eq!(row_key(b"not json", &[0]), None);
-    }
 }

@@ -1,0 +1,327 @@
+//! The changelog of a table feed with `changelog = true`: every change of the table, upserts and
+//! deletes, kept exactly once as the stream feed `<table>.changelog`.
+//!
+//! ksqlDB sends a table's deletes only in the StreamedRow framing, as tombstones that carry the
+//! key columns and nothing else: no ROWTIME, ROWPARTITION or ROWOFFSET. The commit ledger places
+//! every row by its ksqlDB position, so a delete gets one that a replay gives it again:
+//!
+//! - every change is placed in the ksqlDB partition of its key, at an **order** within that
+//!   partition: an upsert at offset `o` has the order `(o + 1) × 2^20`, and the `n`-th delete
+//!   that arrives after it (before the partition's next upsert) has that order plus `n`;
+//! - a delete's partition is the partition of its key's last upsert. ksqlDB keeps all changes of
+//!   a key in one partition and sends each partition's changes in offset order, so the delete
+//!   comes after the last upsert of its partition that arrived before it, and before the next;
+//! - the query reads the whole changelog from the earliest offset on every connection, with
+//!   ksqlDB's record cache off (`cache.max.bytes.buffering = 0`, so no change is folded into
+//!   another): the same changes arrive in the same order per partition, and get the same orders;
+//! - a delete of a key the table does not hold (never upserted, or deleted already) changes
+//!   nothing and is not kept.
+//!
+//! Rows get two more columns: `op` (`upsert` or `delete`) and `op_order`, the order above.
+//! A delete keeps ROWPARTITION (its key's partition); its ROWTIME and ROWOFFSET stay null, so it
+//! is partitioned by its arrival time. Replaying the changes of each partition by `op_order`
+//! rebuilds the table at any point.
+//!
+//! The guarantee is the stream's, exactly once, as long as what ksqlDB replays is what it sent:
+//! log compaction of the table's topic that removes changes the feed has not yet committed
+//! shifts the orders of the deletes after them (and loses the removed upserts, as for any
+//! reader of a compacted topic).
+
+use std::collections::HashMap;
+
+use crate::lake::Position;
+use crate::schema::{Column, KsqlType};
+
+/// The column naming the kind of change.
+pub const OP: &str = "op";
+/// The column ordering the changes of one ksqlDB partition.
+pub const OP_ORDER: &str = "op_order";
+/// Orders per offset: room for this many deletes, less one, between two upserts of a partition.
+const SHIFT: u32 = 20;
+/// The highest offset whose order fits an `i64`.
+const MAX_OFFSET: u64 = (i64::MAX as u64 >> SHIFT) - 1;
+
+/// Why a change could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unplaced {
+    /// This row only: it goes to the dead letter like any undecodable row.
+    Row(String),
+    /// The feed cannot go on.
+    Feed(String),
+}
+
+/// Places the changes of one connection (see the module doc). Made again for every connection:
+/// each starts from the earliest offset.
+#[derive(Debug)]
+pub struct Changelog {
+    /// The key columns' indexes in the query's columns.
+    keys: Vec<usize>,
+    /// The ksqlDB partition of every key the table holds.
+    partition_of: HashMap<Box<str>, u32>,
+    /// Per ksqlDB partition: the order of its last upsert, and the deletes placed since.
+    last: HashMap<u32, (u64, u64)>,
+    /// Bytes held by `partition_of`, and the most it may hold.
+    held: u64,
+    limit: u64,
+    /// The row as the feed writes it, with its two change columns.
+    row: Vec<u8>,
+}
+
+impl Changelog {
+    /// `columns` are the push query's (`ROWTIME, ROWPARTITION, ROWOFFSET, *`), `key_names` the
+    /// table's key columns (from `DESCRIBE`); the keys held may take `limit` bytes.
+    pub fn new(columns: &[Column], key_names: &[String], limit: u64) -> Result<Self, String> {
+        if let Some(clash) = columns.iter().find(|column| [OP, OP_ORDER].contains(&column.name.as_str())) {
+            return Err(format!("the table has a column named `{}`, which its changelog adds itself", clash.name));
+        }
+        if key_names.is_empty() {
+            return Err("the table has no key columns (DESCRIBE shows none): its deletes cannot be placed".into());
+        }
+        let keys = key_names
+            .iter()
+            .map(|name| {
+                columns
+                    .iter()
+                    .position(|column| column.name == *name)
+                    .ok_or_else(|| format!("key column {name} is not among the query's columns"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Changelog { keys, partition_of: HashMap::new(), last: HashMap::new(), held: 0, limit, row: Vec::new() })
+    }
+
+    /// The columns of the rows [`Self::row`] gives: the query's, then `op` and `op_order`.
+    pub fn columns(columns: &[Column]) -> Vec<Column> {
+        let mut all = columns.to_vec();
+        all.push(Column::new(OP, KsqlType::String));
+        all.push(Column::new(OP_ORDER, KsqlType::Bigint));
+        all
+    }
+
+    /// Places one change. `Ok(None)`: a delete of a key the table does not hold, which is not
+    /// kept. Otherwise the row to write is [`Self::row`].
+    pub fn place(&mut self, values: &[u8], tombstone: bool) -> Result<Option<Position>, Unplaced> {
+        let key = row_key(values, &self.keys)
+            .ok_or_else(|| Unplaced::Row("not a JSON array holding the table's key columns".into()))?;
+        if tombstone {
+            return self.place_delete(values, key);
+        }
+        let position = super::query::row_position(values)
+            .ok_or_else(|| Unplaced::Row("the change has no ROWPARTITION/ROWOFFSET (null or not integers)".into()))?;
+        if position.offset > MAX_OFFSET {
+            return Err(Unplaced::Row(format!("offset {} is too large to be ordered", position.offset)));
+        }
+        let order = (position.offset + 1) << SHIFT;
+        self.last.insert(position.partition, (order, 0));
+        let key_bytes = key.len() as u64 + KEY_OVERHEAD;
+        match self.partition_of.insert(key.into(), position.partition) {
+            Some(_) => {}
+            None => self.held += key_bytes,
+        }
+        if self.held > self.limit {
+            return Err(Unplaced::Feed(format!(
+                "the table's keys take more than {} bytes, the quarter of the memory budget its changelog may hold; \
+                 raise [memory] budget",
+                self.limit
+            )));
+        }
+        let end = values.iter().rposition(|&b| b == b']').unwrap_or(values.len());
+        self.row.clear();
+        self.row.extend_from_slice(&values[..end]);
+        self.row.extend_from_slice(format!(",\"upsert\",{order}]").as_bytes());
+        Ok(Some(Position { partition: position.partition, offset: order }))
+    }
+
+    fn place_delete(&mut self, values: &[u8], key: String) -> Result<Option<Position>, Unplaced> {
+        let Some(partition) = self.partition_of.remove(key.as_str()) else {
+            return Ok(None);
+        };
+        self.held -= key.len() as u64 + KEY_OVERHEAD;
+        // the key's upsert was placed, so its partition has a last upsert
+        let (base, deletes) = self.last.get_mut(&partition).expect("a held key's partition has an upsert");
+        *deletes += 1;
+        if *deletes >= 1 << SHIFT {
+            return Err(Unplaced::Feed(format!(
+                "more than {} deletes in a row in partition {partition} without an upsert between them: they cannot be ordered",
+                (1u64 << SHIFT) - 1
+            )));
+        }
+        let order = *base + *deletes;
+        // the tombstone as ksqlDB sent it, with its key's partition filled in
+        let columns: Vec<&serde_json::value::RawValue> =
+            serde_json::from_slice(values).map_err(|_| Unplaced::Row("a tombstone that is not a JSON array".into()))?;
+        self.row.clear();
+        self.row.push(b'[');
+        for (index, value) in columns.iter().enumerate() {
+            if index == 1 {
+                self.row.extend_from_slice(partition.to_string().as_bytes());
+            } else {
+                self.row.extend_from_slice(value.get().as_bytes());
+            }
+            self.row.push(b',');
+        }
+        self.row.extend_from_slice(format!("\"delete\",{order}]").as_bytes());
+        Ok(Some(Position { partition, offset: order }))
+    }
+
+    /// The last change placed, as the feed writes it.
+    pub fn row(&self) -> &[u8] {
+        &self.row
+    }
+}
+
+/// What a held key costs beyond its text (the map's entry and allocation).
+const KEY_OVERHEAD: u64 = 48;
+
+/// The key values of a row as ksqlDB wrote them (each value's JSON text, so a DECIMAL key with
+/// more digits than a double holds stays exact), `None` when the row is not an array that long.
+pub fn row_key(values: &[u8], keys: &[usize]) -> Option<String> {
+    let row: Vec<&serde_json::value::RawValue> = serde_json::from_slice(values).ok()?;
+    let key: Vec<&str> = keys.iter().map(|&index| row.get(index).map(|value| value.get())).collect::<Option<_>>()?;
+    Some(key.join("\u{1f}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("ROWTIME", KsqlType::Bigint),
+            Column::new("ROWPARTITION", KsqlType::Integer),
+            Column::new("ROWOFFSET", KsqlType::Bigint),
+            Column::new("ID", KsqlType::String),
+            Column::new("SCORE", KsqlType::Integer),
+        ]
+    }
+
+    fn changelog() -> Changelog {
+        Changelog::new(&columns(), &["ID".into()], 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn row_keys_are_the_json_of_the_key_values() {
+        assert_eq!(row_key(br#"["a",1,null]"#, &[0]).as_deref(), Some(r#""a""#));
+        assert_eq!(row_key(br#"["a",1,null]"#, &[1, 0]).as_deref(), Some("1\u{1f}\"a\""));
+        // digits beyond a double's precision still tell keys apart
+        let a = row_key(br#"[12345678901234567890.01,1]"#, &[0]);
+        let b = row_key(br#"[12345678901234567890.02,1]"#, &[0]);
+        assert_ne!(a, b);
+        assert_eq!(row_key(br#"["a"]"#, &[2]), None);
+        assert_eq!(row_key(b"not json", &[0]), None);
+    }
+
+    #[test]
+    fn upserts_and_deletes_get_their_columns_and_orders() {
+        let mut log = changelog();
+        let at = |partition, offset| Some(Position { partition, offset });
+        assert_eq!(log.place(br#"[5,1,7,"a",3]"#, false), Ok(at(1, 8 << SHIFT)));
+        assert_eq!(log.row(), format!(r#"[5,1,7,"a",3,"upsert",{}]"#, 8u64 << SHIFT).as_bytes());
+        assert_eq!(log.place(br#"[6,1,9,"b",4]"#, false), Ok(at(1, 10 << SHIFT)));
+        // the tombstone of `a` comes after offset 9 of partition 1, the last one seen there
+        assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(at(1, (10 << SHIFT) + 1)));
+        assert_eq!(log.row(), format!(r#"[null,1,null,"a",null,"delete",{}]"#, (10u64 << SHIFT) + 1).as_bytes());
+        assert_eq!(log.place(br#"[null,null,null,"b",null]"#, true), Ok(at(1, (10 << SHIFT) + 2)));
+        // deleted already, or never there: nothing to keep
+        assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(None));
+        assert_eq!(log.place(br#"[null,null,null,"zz",null]"#, true), Ok(None));
+        assert!(matches!(log.place(br#"[5,null,null,"c",3]"#, false), Err(Unplaced::Row(_))));
+        assert!(matches!(log.place(b"{}", false), Err(Unplaced::Row(_))));
+        assert_eq!(log.held, 0, "deleted keys are let go");
+    }
+
+    #[test]
+    fn a_table_without_keys_or_with_a_clashing_column_is_refused() {
+        assert!(Changelog::new(&columns(), &[], 1 << 20).is_err());
+        assert!(Changelog::new(&columns(), &["NOPE".into()], 1 << 20).is_err());
+        let mut clashing = columns();
+        clashing.push(Column::new(OP, KsqlType::String));
+        assert!(Changelog::new(&clashing, &["ID".into()], 1 << 20).unwrap_err().contains("`op`"));
+    }
+
+    #[test]
+    fn too_many_keys_stop_the_feed() {
+        let mut log = Changelog::new(&columns(), &["ID".into()], 200).unwrap();
+        let mut stopped = false;
+        for i in 0..10 {
+            if let Err(Unplaced::Feed(reason)) = log.place(format!(r#"[1,0,{i},"k{i}",1]"#).as_bytes(), false) {
+                assert!(reason.contains("memory budget"));
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped);
+    }
+
+    /// The changes of a random table: (key, delete?).
+    fn changes() -> impl Strategy<Value = Vec<(u8, bool)>> {
+        prop::collection::vec((0u8..12, prop::bool::weighted(0.35)), 1..300)
+    }
+
+    /// The rows a server sends for `changes`, per partition in offset order, interleaved by
+    /// `mix` (any interleaving keeps each partition's order). A key lives in one partition.
+    fn served(changes: &[(u8, bool)], mix: &[u8]) -> Vec<(Vec<u8>, bool)> {
+        let mut per_partition: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); 3];
+        for (offset, &(key, delete)) in changes.iter().enumerate() {
+            let partition = u32::from(key) % 3;
+            let row = if delete {
+                format!(r#"[null,null,null,"k{key}",null]"#)
+            } else {
+                format!(r#"[1,{partition},{offset},"k{key}",{offset}]"#)
+            };
+            per_partition[partition as usize].push((row.into_bytes(), delete));
+        }
+        let mut out = Vec::new();
+        let mut next = [0usize; 3];
+        let mut turn = mix.iter().cycle();
+        while out.len() < changes.len() {
+            let pick = *turn.next().unwrap() as usize % 3;
+            let pick = (0..3).map(|i| (pick + i) % 3).find(|&p| next[p] < per_partition[p].len()).unwrap();
+            out.push(per_partition[pick][next[pick]].clone());
+            next[pick] += 1;
+        }
+        out
+    }
+
+    proptest! {
+        /// Two connections that interleave the partitions differently place every change at the
+        /// same position, positions are unique and increase within a partition, and the kept
+        /// deletes are exactly the deletes of keys the table held.
+        #[test]
+        fn a_replay_places_every_change_where_the_first_reading_did(
+            changes in changes(),
+            first in prop::collection::vec(any::<u8>(), 1..40),
+            second in prop::collection::vec(any::<u8>(), 1..40),
+        ) {
+            let place = |mix: &[u8]| {
+                let mut log = changelog();
+                let mut placed = std::collections::BTreeMap::new();
+                let mut last: HashMap<u32, u64> = HashMap::new();
+                for (row, tombstone) in served(&changes, mix) {
+                    if let Some(position) = log.place(&row, tombstone).unwrap() {
+                        let previous = last.insert(position.partition, position.offset);
+                        prop_assert!(previous.is_none_or(|previous| previous < position.offset));
+                        let text = String::from_utf8(log.row().to_vec()).unwrap();
+                        prop_assert!(placed.insert((position.partition, position.offset), text).is_none());
+                    }
+                }
+                Ok(placed)
+            };
+            let once = place(&first)?;
+            prop_assert_eq!(&once, &place(&second)?);
+            // the oracle: a delete counts when its key is in the table
+            let mut table = std::collections::BTreeSet::new();
+            let mut deletes = 0;
+            for &(key, delete) in &changes {
+                if delete {
+                    deletes += usize::from(table.remove(&key));
+                } else {
+                    table.insert(key);
+                }
+            }
+            let upserts = changes.iter().filter(|change| !change.1).count();
+            prop_assert_eq!(once.values().filter(|row| row.contains("\"upsert\"")).count(), upserts);
+            prop_assert_eq!(once.values().filter(|row| row.contains("\"delete\"")).count(), deletes);
+        }
+    }
+}
