@@ -407,6 +407,8 @@ impl FeedSource {
             };
             match event {
                 Ok(Some(Event::Row { values, tombstone })) => {
+                    // a change that cannot be placed is rejected below like a row without a position
+                    let mut unplaced = None;
                     let (values, position) = match changelog.as_mut().map(|log| log.place(&values, tombstone)) {
                         None => {
                             let position = positioned.then(|| row_position(&values)).flatten();
@@ -420,22 +422,8 @@ impl FeedSource {
                         Some(Ok(None)) => continue,
                         Some(Err(ChangeUnplaced::Feed(reason))) => break Ended::Failed(reason),
                         Some(Err(ChangeUnplaced::Row(reason))) => {
-                            if !rejections.unplaced.first_time(&values) {
-                                continue;
-                            }
-                            let record = Rejected {
-                                length: values.len() as u64,
-                                raw: Bytes::copy_from_slice(&values),
-                                error_type: "position",
-                                error: reason,
-                                column: None,
-                                position: None,
-                                received_ms: chrono::Utc::now().timestamp_millis(),
-                            };
-                            if let Some(ended) = self.reject(record, &mut batch, rejections) {
-                                break ended;
-                            }
-                            continue;
+                            unplaced = Some(reason);
+                            (values, None)
                         }
                     };
                     if let Some(position) = position {
@@ -451,7 +439,9 @@ impl FeedSource {
                             length: values.len() as u64,
                             raw: Bytes::copy_from_slice(&values),
                             error_type: "position",
-                            error: "the row has no ROWPARTITION/ROWOFFSET (null or not integers)".into(),
+                            error: unplaced.unwrap_or_else(|| {
+                                "the row has no ROWPARTITION/ROWOFFSET (null or not integers)".into()
+                            }),
                             column: None,
                             position: None,
                             received_ms: chrono::Utc::now().timestamp_millis(),
