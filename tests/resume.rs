@@ -4,7 +4,6 @@
 mod pipeline_support;
 mod support;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +19,7 @@ use object_store::ObjectStore;
 use pipeline_support::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{s3_options, Moto};
-use tokio::process::Command;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
+use support::{s3_options, spawn_run, Moto};
 
 fn local_store(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
     Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap())
@@ -312,19 +308,6 @@ async fn two_processes_on_one_feed_write_it_once_through_its_lease() {
     verify_feed(&objects, rows, false);
     assert!(!objects.iter().any(|(path, _)| path == "_writer.lease"), "a clean stop releases the lease");
     server.shutdown().await;
-}
-
-/// `ksql-lake run --config <path>`, quiet, killed with the test.
-fn spawn_run(config_path: &std::path::Path) -> tokio::process::Child {
-    Command::new(BINARY)
-        .args(["run", "--config"])
-        .arg(config_path)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 /// Waits (at most 90 s) until every one of `rows` rows is in a committed file of the feed;

@@ -18,13 +18,13 @@ use ksql_lake::lake::metadata::FeedMetadata;
 use ksql_lake::lake::testing::FaultyStore;
 use ksql_lake::lake::{Lake, SnapshotWriter};
 use ksql_lake::pipeline::table::{self, TableSettings};
-use ksql_lake::schema::{Column, KsqlType};
 use ksql_lake::simulator::{Simulator, SimulatorConfig, SimulatorHandle, Value};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
+use support::users_table;
 use tokio_util::sync::CancellationToken;
 
 const FEED: &str = "users";
@@ -35,19 +35,6 @@ const LEASE: Duration = Duration::from_millis(1500);
 
 /// The table's current rows: ID → SCORE.
 type Oracle = BTreeMap<String, i32>;
-
-async fn users_table(config: SimulatorConfig) -> (Simulator, SimulatorHandle) {
-    let sim = Simulator::new(config);
-    sim.create_table(
-        "USERS",
-        vec![Column::new("ID", KsqlType::String)],
-        vec![Column::new("NAME", KsqlType::String), Column::new("SCORE", KsqlType::Integer)],
-        2,
-    )
-    .unwrap();
-    let handle = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    (sim, handle)
-}
 
 /// Random upserts and deletes over 60 keys, applied to the table and to the oracle.
 fn random_changes(sim: &Simulator, oracle: &mut Oracle, rng: &mut rand::rngs::StdRng, changes: usize, time: &mut i64) {
@@ -151,7 +138,7 @@ async fn latest_rows(lake: &Lake) -> Oracle {
 /// each version holds exactly the table's rows, deleted keys gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_equals_the_table_by_either_method_with_its_deletes() {
-    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 2).await;
     let client = client(&handle);
     let dir = tempfile::tempdir().unwrap();
     let lake = local_lake(dir.path(), None);
@@ -176,7 +163,7 @@ async fn every_version_equals_the_table_by_either_method_with_its_deletes() {
 
 /// Numbering and retention on one lake: run on a local directory and on S3.
 async fn numbering_and_retention(lake: Lake) {
-    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 2).await;
     let client = client(&handle);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let (mut oracle, mut time) = (Oracle::new(), 0);
@@ -220,7 +207,7 @@ async fn versions_are_numbered_from_storage_and_retention_keeps_the_newest_on_s3
 /// next snapshot starts, storage holds exactly the versions the manifest lists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_put_of_a_snapshot_leaves_a_complete_latest_version() {
-    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 2).await;
     let client = client(&handle);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let (mut oracle, mut time) = (Oracle::new(), 0);
@@ -283,7 +270,7 @@ async fn a_crash_at_every_put_of_a_snapshot_leaves_a_complete_latest_version() {
 /// words, leaving no version behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_falls_back_to_the_changelog_when_ksqldb_refuses_table_scans() {
-    let (sim, handle) = users_table(SimulatorConfig { table_scans: false, ..SimulatorConfig::default() }).await;
+    let (sim, handle) = users_table(SimulatorConfig { table_scans: false, ..SimulatorConfig::default() }, 2).await;
     let client = client(&handle);
     let dir = tempfile::tempdir().unwrap();
     let lake = local_lake(dir.path(), None);
@@ -304,7 +291,7 @@ async fn auto_falls_back_to_the_changelog_when_ksqldb_refuses_table_scans() {
 /// `run` snapshots a table feed at start and then on its interval, next to a stream feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_snapshots_a_table_feed_on_its_interval() {
-    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 2).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let (mut oracle, mut time) = (Oracle::new(), 0);
     random_changes(&sim, &mut oracle, &mut rng, 100, &mut time);
@@ -349,7 +336,7 @@ async fn run_snapshots_a_table_feed_on_its_interval() {
 /// lapses, and the next writer takes over and clears what it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_writer_is_refused_while_the_first_holds_the_lease() {
-    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 2).await;
     let client = client(&handle);
     let dir = tempfile::tempdir().unwrap();
     let lake = local_lake(dir.path(), None);
@@ -403,7 +390,7 @@ async fn a_second_writer_is_refused_while_the_first_holds_the_lease() {
 /// next snapshot, and a fresh latest version makes the feed ready without a new snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_removes_an_interrupted_snapshot_at_start() {
-    let (sim, handle) = users_table(SimulatorConfig::default()).await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 2).await;
     let client = client(&handle);
     let dir = tempfile::tempdir().unwrap();
     let lake = local_lake(dir.path(), None);

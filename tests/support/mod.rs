@@ -10,8 +10,41 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ksql_lake::schema::{Column, KsqlType};
+use ksql_lake::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+
+/// The service binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
+
+/// `ksql-lake run --config <path>`, quiet, killed with the test.
+pub fn spawn_run(config_path: &Path) -> Child {
+    Command::new(BINARY)
+        .args(["run", "--config"])
+        .arg(config_path)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A simulator on 127.0.0.1 holding the table `USERS` (key `ID`; `NAME`, `SCORE`) over
+/// `partitions` topic partitions.
+pub async fn users_table(config: SimulatorConfig, partitions: u32) -> (Simulator, SimulatorHandle) {
+    let sim = Simulator::new(config);
+    sim.create_table(
+        "USERS",
+        vec![Column::new("ID", KsqlType::String)],
+        vec![Column::new("NAME", KsqlType::String), Column::new("SCORE", KsqlType::Integer)],
+        partitions,
+    )
+    .unwrap();
+    let handle = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (sim, handle)
+}
 
 /// The venv holding moto, DuckDB, pyarrow and pandas.
 pub fn venv() -> PathBuf {
