@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,18 +13,15 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
 use futures::TryStreamExt;
 use ksql_lake::config::Config;
-use ksql_lake::schema::{Column, KsqlType};
-use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, SimulatorHandle, Value};
+use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, Value};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::{spawn_run, users_table, BINARY};
 use tokio_util::sync::CancellationToken;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
-const SHIFT: u32 = 20;
 
 /// What the table's topic holds, as the simulator placed it.
 #[derive(Default)]
@@ -40,22 +36,33 @@ struct Log {
     table: BTreeMap<String, i32>,
     /// Per partition: the order of its last upsert, and deletes since.
     last: BTreeMap<u32, (u64, u64)>,
+    /// Upserts whose SCORE is not an integer, each of a key of its own: (partition, offset).
+    /// They go to the dead letter; their keys stay in the table the changelog tracks.
+    bad: BTreeSet<(u32, u64)>,
     time: i64,
 }
 
 impl Log {
     /// Random upserts and deletes over 80 keys; a third are deletes, some of keys the table
-    /// does not hold (which change nothing and are not kept).
+    /// does not hold (which change nothing and are not kept); one in 40 is an undecodable upsert.
     fn change(&mut self, sim: &Simulator, rng: &mut StdRng, changes: usize) {
         for _ in 0..changes {
             let id = format!("u{:02}", rng.random_range(0..80));
             self.time += 1;
-            if rng.random_bool(0.33) {
+            if rng.random_bool(0.025) {
+                let key = format!("\"bad{}\"", self.bad.len());
+                let columns: [&str; 3] = [&key, "\"n\"", "\"not a number\""];
+                let placed = sim.produce_rendered("USERS", [(None, self.time, columns.as_slice())]).unwrap();
+                let (partition, offset) = placed[0];
+                self.last.insert(partition, (offset as u64, 0));
+                self.bad.insert((partition, offset as u64));
+            } else if rng.random_bool(0.33) {
                 let (partition, offset) = sim.delete("USERS", vec![Value::string(&id)], self.time).unwrap();
                 if self.table.remove(&id).is_some() {
                     let (base, deletes) = self.last.get_mut(&partition).expect("a held key was upserted here");
-                    assert!((*base >> SHIFT) - 1 < offset as u64);
                     *deletes += 1;
+                    // each tombstone takes an offset of its own: its order is at most that
+                    assert!(*base + *deletes <= offset as u64);
                     self.deletes.insert((partition, *base + *deletes), id);
                 }
             } else {
@@ -63,7 +70,7 @@ impl Log {
                 let values = vec![Value::string(&id), Value::string(format!("name-{id}")), Value::Integer(score)];
                 let (partition, offset) = sim.produce("USERS", None, self.time, values).unwrap();
                 self.upserts.insert((partition, offset as u64), (id.clone(), score));
-                self.last.insert(partition, ((offset as u64 + 1) << SHIFT, 0));
+                self.last.insert(partition, (offset as u64, 0));
                 self.table.insert(id, score);
             }
         }
@@ -72,19 +79,6 @@ impl Log {
     fn changes(&self) -> usize {
         self.upserts.len() + self.deletes.len()
     }
-}
-
-async fn users_table() -> (Simulator, SimulatorHandle) {
-    let sim = Simulator::new(SimulatorConfig::default());
-    sim.create_table(
-        "USERS",
-        vec![Column::new("ID", KsqlType::String)],
-        vec![Column::new("NAME", KsqlType::String), Column::new("SCORE", KsqlType::Integer)],
-        3,
-    )
-    .unwrap();
-    let handle = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    (sim, handle)
 }
 
 fn config_text(url: &str, lake: &std::path::Path) -> String {
@@ -108,7 +102,8 @@ struct Kept {
     offset: Option<u64>,
 }
 
-/// Every change in the changelog's committed files, each file checked against the manifest.
+/// Every change in the changelog's data files (a file the manifest does not name would show as
+/// a change kept twice or one the oracle does not know).
 async fn kept(store: &Arc<dyn ObjectStore>) -> Vec<Kept> {
     let root = Path::from("tables/users/changelog");
     let objects: Vec<_> = store.list(Some(&root)).try_collect().await.unwrap();
@@ -148,7 +143,7 @@ fn verify(log: &Log, kept: &[Kept]) {
         match change.op.as_str() {
             "upsert" => {
                 let offset = change.offset.expect("an upsert keeps its offset");
-                assert_eq!(change.order, (offset + 1) << SHIFT);
+                assert_eq!(change.order, offset);
                 let (key, score) = &log.upserts[&(change.partition, offset)];
                 assert_eq!((&change.key, change.score), (key, Some(*score)));
             }
@@ -174,6 +169,22 @@ fn verify(log: &Log, kept: &[Kept]) {
     assert_eq!(table, log.table, "the changelog replayed is the table");
 }
 
+/// The dead letter's rows: (partition, offset) of each.
+async fn dead_lettered(store: &Arc<dyn ObjectStore>) -> Vec<(u32, u64)> {
+    let root = Path::from("dead_letter/users.changelog");
+    let objects: Vec<_> = store.list(Some(&root)).try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for object in objects.iter().filter(|object| object.location.as_ref().ends_with(".jsonl")) {
+        let bytes = store.get(&object.location).await.unwrap().bytes().await.unwrap();
+        for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+            out.push((line["partition"].as_u64().unwrap() as u32, line["offset"].as_u64().unwrap()));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 async fn wait_for_changes(store: &Arc<dyn ObjectStore>, changes: usize, when: &str) {
     let all = tokio::time::timeout(Duration::from_secs(90), async {
         while kept(store).await.len() < changes {
@@ -184,11 +195,25 @@ async fn wait_for_changes(store: &Arc<dyn ObjectStore>, changes: usize, when: &s
     assert!(all.is_ok(), "only {} of {changes} changes committed {when}", kept(store).await.len());
 }
 
+/// Every undecodable upsert is in the dead letter once, at its offset.
+async fn verify_dead_letter(log: &Log, store: &Arc<dyn ObjectStore>) {
+    let expected: Vec<(u32, u64)> = log.bad.iter().copied().collect();
+    assert!(!expected.is_empty(), "the run made bad rows");
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while dead_lettered(store).await.len() < expected.len() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "the bad rows reach the dead letter");
+    assert_eq!(dead_lettered(store).await, expected, "each bad row once");
+}
+
 /// Connections cut at random rows while changes keep coming: each reconnect reads the
 /// changelog from the start again, and no change is kept twice or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_changelog_is_kept_exactly_once_across_30_cut_connections() {
-    let (sim, handle) = users_table().await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 3).await;
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_toml(&config_text(&handle.url(), dir.path()), "test", Vec::new()).unwrap();
     let stop = CancellationToken::new();
@@ -216,6 +241,7 @@ async fn the_changelog_is_kept_exactly_once_across_30_cut_connections() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap();
     verify(&log, &kept(&store).await);
+    verify_dead_letter(&log, &store).await;
     assert!(log.deletes.len() > 50, "the run deleted keys: {}", log.deletes.len());
     // the README's DuckDB query rebuilds the table from the changelog
     let readme = include_str!("../README.md");
@@ -237,22 +263,12 @@ async fn the_changelog_is_kept_exactly_once_across_30_cut_connections() {
 /// the start and keeps only what was not committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_changelog_is_kept_exactly_once_across_10_sigkills() {
-    let (sim, handle) = users_table().await;
+    let (sim, handle) = users_table(SimulatorConfig::default(), 3).await;
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let config_path = dir.path().join("ksql-lake.toml");
     std::fs::write(&config_path, config_text(&handle.url(), &lake)).unwrap();
-    let spawn = || {
-        tokio::process::Command::new(BINARY)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_run(&config_path);
     let mut rng = StdRng::seed_from_u64(10);
     let mut log = Log::default();
     for _ in 0..10 {
@@ -273,6 +289,7 @@ async fn the_changelog_is_kept_exactly_once_across_10_sigkills() {
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success());
     verify(&log, &kept(&store).await);
+    verify_dead_letter(&log, &store).await;
     // the operator report shows the changelog as a feed of its own, with what its files hold
     let output = std::process::Command::new(BINARY)
         .args(["--lake", &format!("file://{}", lake.display()), "report", "--format", "json"])
@@ -283,5 +300,6 @@ async fn the_changelog_is_kept_exactly_once_across_10_sigkills() {
     let changelog = report["feeds"].as_array().unwrap().iter().find(|feed| feed["kind"] == "changelog").unwrap();
     assert_eq!(changelog["feed"], "users.changelog");
     assert_eq!(changelog["total_records"], log.changes() as u64);
+    assert_eq!(changelog["rejected_rows"], log.bad.len() as u64);
     handle.shutdown().await;
 }

@@ -6,26 +6,33 @@
 //! every row by its ksqlDB position, so a delete gets one that a replay gives it again:
 //!
 //! - every change is placed in the ksqlDB partition of its key, at an **order** within that
-//!   partition: an upsert at offset `o` has the order `(o + 1) × 2^20`, and the `n`-th delete
-//!   that arrives after it (before the partition's next upsert) has that order plus `n`;
+//!   partition: an upsert at offset `o` has the order `o`, and the `n`-th delete that arrives
+//!   after it (before the partition's next upsert) has the order `o + n`. Each tombstone takes
+//!   an offset of its own in the topic, so `o + n` is below the next upsert's offset: the
+//!   orders of a partition increase, and are dense where its changes are;
 //! - a delete's partition is the partition of its key's last upsert. ksqlDB keeps all changes of
 //!   a key in one partition and sends each partition's changes in offset order, so the delete
-//!   comes after the last upsert of its partition that arrived before it, and before the next;
+//!   comes after the last upsert of its partition that arrived before it, and before the next.
+//!   A key upserted in two partitions (a topic repartitioned under the table), or an upsert at
+//!   or below an order already given, breaks this: the feed stops with an error saying so
+//!   rather than guess;
 //! - the query reads the whole changelog from the earliest offset on every connection, with
-//!   ksqlDB's record cache off (`cache.max.bytes.buffering = 0`, so no change is folded into
-//!   another): the same changes arrive in the same order per partition, and get the same orders;
+//!   ksqlDB's record cache off (`cache.max.bytes.buffering = 0` and `statestore.cache.max.bytes
+//!   = 0`, so no change is folded into another): the same changes arrive in the same order per
+//!   partition, and get the same orders;
 //! - a delete of a key the table does not hold (never upserted, or deleted already) changes
 //!   nothing and is not kept.
 //!
 //! Rows get two more columns: `op` (`upsert` or `delete`) and `op_order`, the order above.
 //! A delete keeps ROWPARTITION (its key's partition); its ROWTIME and ROWOFFSET stay null, so it
-//! is partitioned by its arrival time. Replaying the changes of each partition by `op_order`
-//! rebuilds the table at any point.
+//! is partitioned by its arrival time. Replaying each key's changes by `op_order` rebuilds the
+//! table.
 //!
-//! The guarantee is the stream's, exactly once, as long as what ksqlDB replays is what it sent:
-//! log compaction of the table's topic that removes changes the feed has not yet committed
-//! shifts the orders of the deletes after them (and loses the removed upserts, as for any
-//! reader of a compacted topic).
+//! The guarantee is exactly once for every upsert (it carries its offset) and for every delete
+//! as long as what ksqlDB replays is what it sent. Log compaction of the table's topic breaks
+//! that for deletes: removing a key's superseded upsert or an expired tombstone changes how
+//! many deletes follow an upsert, so the deletes after it in that partition get other orders
+//! on the next connection, and may be kept twice or skipped.
 
 use std::collections::HashMap;
 
@@ -36,10 +43,8 @@ use crate::schema::{Column, KsqlType};
 pub const OP: &str = "op";
 /// The column ordering the changes of one ksqlDB partition.
 pub const OP_ORDER: &str = "op_order";
-/// Orders per offset: room for this many deletes, less one, between two upserts of a partition.
-const SHIFT: u32 = 20;
-/// The highest offset whose order fits an `i64`.
-const MAX_OFFSET: u64 = (i64::MAX as u64 >> SHIFT) - 1;
+/// The highest order that fits the `op_order` column.
+const MAX_ORDER: u64 = i64::MAX as u64;
 
 /// Why a change could not be placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +76,9 @@ impl Changelog {
     /// `columns` are the push query's (`ROWTIME, ROWPARTITION, ROWOFFSET, *`), `key_names` the
     /// table's key columns (from `DESCRIBE`); the keys held may take `limit` bytes.
     pub fn new(columns: &[Column], key_names: &[String], limit: u64) -> Result<Self, String> {
-        if let Some(clash) = columns.iter().find(|column| [OP, OP_ORDER].contains(&column.name.as_str())) {
+        if let Some(clash) =
+            columns.iter().find(|column| [OP, OP_ORDER].iter().any(|added| column.name.eq_ignore_ascii_case(added)))
+        {
             return Err(format!("the table has a column named `{}`, which its changelog adds itself", clash.name));
         }
         if key_names.is_empty() {
@@ -107,16 +114,31 @@ impl Changelog {
         }
         let position = super::query::row_position(values)
             .ok_or_else(|| Unplaced::Row("the change has no ROWPARTITION/ROWOFFSET (null or not integers)".into()))?;
-        if position.offset > MAX_OFFSET {
-            return Err(Unplaced::Row(format!("offset {} is too large to be ordered", position.offset)));
+        let order = position.offset;
+        if order > MAX_ORDER {
+            return Err(Unplaced::Row(format!("offset {order} is too large to be ordered")));
         }
-        let order = (position.offset + 1) << SHIFT;
-        self.last.insert(position.partition, (order, 0));
-        let key_bytes = key.len() as u64 + KEY_OVERHEAD;
-        match self.partition_of.insert(key.into(), position.partition) {
+        let partition = position.partition;
+        if let Some(&(last, _)) = self.last.get(&partition).filter(|&&(last, deletes)| order <= last + deletes) {
+            return Err(Unplaced::Feed(format!(
+                "partition {partition} sent offset {order} after the change ordered {last}: its changes do not \
+                 come in offset order, so its deletes cannot be placed"
+            )));
+        }
+        match self.partition_of.get(key.as_str()) {
+            Some(&held) if held != partition => {
+                return Err(Unplaced::Feed(format!(
+                    "key {key} has changes in partitions {held} and {partition} (was the table's topic \
+                     repartitioned?): its deletes cannot be placed; start the changelog anew under another feed name"
+                )));
+            }
             Some(_) => {}
-            None => self.held += key_bytes,
+            None => {
+                self.held += key.len() as u64 + KEY_OVERHEAD;
+                self.partition_of.insert(key.into(), partition);
+            }
         }
+        self.last.insert(partition, (order, 0));
         if self.held > self.limit {
             return Err(Unplaced::Feed(format!(
                 "the table's keys take more than {} bytes, the quarter of the memory budget its changelog may hold; \
@@ -128,10 +150,13 @@ impl Changelog {
         self.row.clear();
         self.row.extend_from_slice(&values[..end]);
         self.row.extend_from_slice(format!(",\"upsert\",{order}]").as_bytes());
-        Ok(Some(Position { partition: position.partition, offset: order }))
+        Ok(Some(Position { partition, offset: order }))
     }
 
     fn place_delete(&mut self, values: &[u8], key: String) -> Result<Option<Position>, Unplaced> {
+        // `place` parsed the row as an array already
+        let columns: Vec<&serde_json::value::RawValue> =
+            serde_json::from_slice(values).map_err(|_| Unplaced::Row("a tombstone that is not a JSON array".into()))?;
         let Some(partition) = self.partition_of.remove(key.as_str()) else {
             return Ok(None);
         };
@@ -139,16 +164,8 @@ impl Changelog {
         // the key's upsert was placed, so its partition has a last upsert
         let (base, deletes) = self.last.get_mut(&partition).expect("a held key's partition has an upsert");
         *deletes += 1;
-        if *deletes >= 1 << SHIFT {
-            return Err(Unplaced::Feed(format!(
-                "more than {} deletes in a row in partition {partition} without an upsert between them: they cannot be ordered",
-                (1u64 << SHIFT) - 1
-            )));
-        }
-        let order = *base + *deletes;
+        let order = base.saturating_add(*deletes).min(MAX_ORDER);
         // the tombstone as ksqlDB sent it, with its key's partition filled in
-        let columns: Vec<&serde_json::value::RawValue> =
-            serde_json::from_slice(values).map_err(|_| Unplaced::Row("a tombstone that is not a JSON array".into()))?;
         self.row.clear();
         self.row.push(b'[');
         for (index, value) in columns.iter().enumerate() {
@@ -215,13 +232,13 @@ mod tests {
     fn upserts_and_deletes_get_their_columns_and_orders() {
         let mut log = changelog();
         let at = |partition, offset| Some(Position { partition, offset });
-        assert_eq!(log.place(br#"[5,1,7,"a",3]"#, false), Ok(at(1, 8 << SHIFT)));
-        assert_eq!(log.row(), format!(r#"[5,1,7,"a",3,"upsert",{}]"#, 8u64 << SHIFT).as_bytes());
-        assert_eq!(log.place(br#"[6,1,9,"b",4]"#, false), Ok(at(1, 10 << SHIFT)));
+        assert_eq!(log.place(br#"[5,1,7,"a",3]"#, false), Ok(at(1, 7)));
+        assert_eq!(log.row(), br#"[5,1,7,"a",3,"upsert",7]"#);
+        assert_eq!(log.place(br#"[6,1,9,"b",4]"#, false), Ok(at(1, 9)));
         // the tombstone of `a` comes after offset 9 of partition 1, the last one seen there
-        assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(at(1, (10 << SHIFT) + 1)));
-        assert_eq!(log.row(), format!(r#"[null,1,null,"a",null,"delete",{}]"#, (10u64 << SHIFT) + 1).as_bytes());
-        assert_eq!(log.place(br#"[null,null,null,"b",null]"#, true), Ok(at(1, (10 << SHIFT) + 2)));
+        assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(at(1, 10)));
+        assert_eq!(log.row(), br#"[null,1,null,"a",null,"delete",10]"#);
+        assert_eq!(log.place(br#"[null,null,null,"b",null]"#, true), Ok(at(1, 11)));
         // deleted already, or never there: nothing to keep
         assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(None));
         assert_eq!(log.place(br#"[null,null,null,"zz",null]"#, true), Ok(None));
@@ -231,12 +248,35 @@ mod tests {
     }
 
     #[test]
+    fn changes_that_cannot_be_ordered_stop_the_feed() {
+        let stops = |rows: &[&str]| {
+            let mut log = changelog();
+            let (last, rest) = rows.split_last().unwrap();
+            for row in rest {
+                log.place(row.as_bytes(), row.starts_with("[null")).unwrap();
+            }
+            match log.place(last.as_bytes(), false) {
+                Err(Unplaced::Feed(reason)) => reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        // a key upserted in two partitions: its delete would land in either
+        assert!(stops(&[r#"[1,0,3,"a",1]"#, r#"[1,1,4,"a",2]"#]).contains("partitions 0 and 1"));
+        // an upsert at an order a delete took: more deletes than the offsets between allow
+        let rows = [r#"[1,0,3,"a",1]"#, r#"[1,0,4,"b",1]"#, r#"[null,null,null,"a",null]"#, r#"[1,0,5,"c",1]"#];
+        assert!(stops(&rows).contains("offset order"));
+        // an offset that goes back
+        assert!(stops(&[r#"[1,0,8,"a",1]"#, r#"[1,0,2,"b",1]"#]).contains("offset order"));
+    }
+
+    #[test]
     fn a_table_without_keys_or_with_a_clashing_column_is_refused() {
         assert!(Changelog::new(&columns(), &[], 1 << 20).is_err());
         assert!(Changelog::new(&columns(), &["NOPE".into()], 1 << 20).is_err());
         let mut clashing = columns();
-        clashing.push(Column::new(OP, KsqlType::String));
-        assert!(Changelog::new(&clashing, &["ID".into()], 1 << 20).unwrap_err().contains("`op`"));
+        clashing.push(Column::new("OP", KsqlType::String));
+        // readers match column names without case
+        assert!(Changelog::new(&clashing, &["ID".into()], 1 << 20).unwrap_err().contains("`OP`"));
     }
 
     #[test]

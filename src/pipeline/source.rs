@@ -305,8 +305,10 @@ impl FeedSource {
         let mut properties = properties;
         if settings.changelog.is_some() {
             // one output per change: the record cache would fold changes of a key together,
-            // differently on every reading
+            // differently on every reading (the second name is Kafka Streams' since 3.4, which
+            // takes precedence when a server sets it)
             properties.insert("ksql.streams.cache.max.bytes.buffering".into(), 0.into());
+            properties.insert("ksql.streams.statestore.cache.max.bytes".into(), 0.into());
         }
         let key_names = match settings.changelog {
             Some(_) => {
