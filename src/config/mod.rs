@@ -146,6 +146,13 @@ impl FeedConfig {
         let mut settings = self.settings.clone();
         settings.delivery = Delivery::ExactlyOnce;
         settings.event_time = EventTime::Rowtime;
+        // deletes have no ROWTIME: they go by the time they arrive
+        settings.invalid_event_time = crate::lake::InvalidEventTime::ArrivalTime;
+        // the table's snapshot settings are not the changelog's: changing them must not
+        // restart it (a restart replays the whole changelog)
+        settings.snapshot_interval = Duration::ZERO;
+        settings.snapshot_method = SnapshotMethod::Auto;
+        settings.retention_versions = 0;
         Some(FeedConfig {
             name: crate::lake::changelog_feed_name(&self.name),
             kind: FeedKind::Changelog,

@@ -223,8 +223,23 @@ fn a_table_with_changelog_runs_with_its_changelog_feed() {
         "t".repeat(120)
     );
     assert!(load(&long, &[]).unwrap_err().to_string().contains("at most 118"));
-    assert!(load(&feed("changelog = true\nquery = \"SELECT * FROM USERS EMIT CHANGES;\"\n"), &[]).is_err());
+    let with_query = load(&feed("changelog = true\nquery = \"SELECT * FROM USERS EMIT CHANGES;\"\n"), &[]);
+    assert!(with_query.unwrap_err().to_string().contains("cannot be combined with `query`"));
+    // a feed of its own cannot take a changelog's name, in any case
+    let taken = MINIMAL.replace("name = \"transaction_stream\"", "name = \"users.Changelog\"");
+    assert!(load(&taken, &[]).unwrap_err().to_string().contains("changelog feeds of tables"));
+    // the changelog goes by arrival time for its deletes, and ignores the table's snapshot settings
+    let fixed =
+        load(&feed("changelog = true\ninvalid_event_time = \"fixed-partition\"\nretention_versions = 3\n"), &[]);
+    let fixed = fixed.unwrap().feed("users").unwrap().changelog_feed().unwrap();
+    assert_eq!(fixed.settings.invalid_event_time, crate::lake::InvalidEventTime::ArrivalTime);
+    let other = load(&feed("changelog = true\nretention_versions = 9\nsnapshot_interval = \"5m\"\n"), &[]);
+    assert_eq!(other.unwrap().feed("users").unwrap().changelog_feed().unwrap(), fixed);
     // [defaults] changelog = true applies to tables only
-    let defaults = format!("{MINIMAL}\n[defaults]\nchangelog = true\n");
-    assert!(load(&defaults, &[]).is_ok());
+    let defaults = format!(
+        "{MINIMAL}\n[defaults]\nchangelog = true\n[[feeds]]\nname = \"users\"\nkind = \"table\"\nsource = \"U\"\n"
+    );
+    let defaults = load(&defaults, &[]).unwrap();
+    assert_eq!(defaults.feed("transaction_stream").unwrap().with_changelog().count(), 1);
+    assert_eq!(defaults.feed("users").unwrap().with_changelog().count(), 2);
 }

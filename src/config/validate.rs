@@ -81,6 +81,17 @@ pub fn validate_feed(prefix: &str, feed: &RawFeed, defaults: &RawFeedSettings) -
     if let Err(error) = crate::lake::layout::validate_feed_name(&feed.name) {
         return Err(ConfigError::invalid(key("name"), error.to_string()));
     }
+    let suffix = crate::lake::layout::CHANGELOG_SUFFIX;
+    if feed.name.to_ascii_lowercase().ends_with(suffix) {
+        return Err(ConfigError::invalid(
+            key("name"),
+            format!(
+                "`{}`: names ending in `{suffix}` are the changelog feeds of tables; \
+                 set `changelog = true` on the table's feed instead",
+                feed.name
+            ),
+        ));
+    }
     let kind = match feed.kind.as_str() {
         "stream" => FeedKind::Stream,
         "table" => FeedKind::Table,
