@@ -161,18 +161,21 @@ impl SnapshotWriter {
     }
 
     /// The version folders in storage that hold at least one object (a local lake keeps
-    /// empty directories after their files are deleted; they do not count).
+    /// empty directories after their files are deleted; they do not count). Lists the feed's
+    /// folder one level deep, then each version folder for its first object: the changelog
+    /// beside the versions is never walked.
     pub async fn stored_versions(&self) -> Result<Vec<u32>, SnapshotError> {
         let dir = self.dir()?;
-        let objects: Vec<_> =
-            self.lake.store().list(Some(&dir)).try_collect().await.map_err(Self::store_error(&dir))?;
-        let depth = dir.parts().count();
-        let mut versions: Vec<u32> = objects
-            .iter()
-            .filter_map(|object| object.location.parts().nth(depth).and_then(|part| parse_version_dir(part.as_ref())))
-            .collect();
+        let listed = self.lake.store().list_with_delimiter(Some(&dir)).await.map_err(Self::store_error(&dir))?;
+        let mut versions = Vec::new();
+        for prefix in listed.common_prefixes {
+            let Some(version) = prefix.filename().and_then(parse_version_dir) else { continue };
+            let first = self.lake.store().list(Some(&prefix)).try_next().await.map_err(Self::store_error(&prefix))?;
+            if first.is_some() {
+                versions.push(version);
+            }
+        }
         versions.sort_unstable();
-        versions.dedup();
         Ok(versions)
     }
 
