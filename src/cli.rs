@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use ksql_lake::config::{units::parse_duration, Config};
+use ksql_lake::config::{units::parse_duration, Config, FeedConfig};
 use ksql_lake::demo;
 use ksql_lake::simulator::{Simulator, SimulatorConfig};
 
@@ -209,11 +209,14 @@ pub async fn demo(duration: &str, lake: &str, rate: u32) -> anyhow::Result<()> {
 
 pub async fn rebuild_metadata(config_path: &Path, feed: &str) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let Some(feed_config) = config.feed(feed) else {
+    // a table's changelog feed is named after it, not in the file
+    let kind =
+        config.feeds.iter().flat_map(FeedConfig::with_changelog).find(|run| run.name == feed).map(|run| run.kind);
+    let Some(kind) = kind else {
         bail!("no feed named `{feed}` in {}", config_path.display());
     };
     let lake = ksql_lake::lake::open_lake(&config.lake.url, &config.lake.store)?;
-    let metadata = ksql_lake::lake::rebuild(&lake, feed_config.kind, feed).await?;
+    let metadata = ksql_lake::lake::rebuild(&lake, kind, feed).await?;
     let files: usize = metadata.partitions.iter().map(|partition| partition.files.len()).sum();
     println!(
         "rebuilt _metadata.json of {feed}: {} rows in {files} files over {} partitions (previous kept as _metadata.json.bak)",
