@@ -314,3 +314,27 @@ async fn the_changelog_is_kept_exactly_once_across_10_sigkills() {
     verify(&log, &kept(&store).await);
     handle.shutdown().await;
 }
+
+/// A quiet table's changelog is reopened after four idle timeouts, not one: each reopen
+/// replays the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_changelog_waits_four_idle_timeouts_before_reopening() {
+    let (sim, handle) = users_table(SimulatorConfig::default(), 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&handle.url(), dir.path()).replace("[lake]", "idle_timeout = \"250ms\"\n[lake]");
+    let config = Config::from_toml(&text, "test", Vec::new()).unwrap();
+    let stop = CancellationToken::new();
+    let metrics = ksql_lake::metrics::Metrics::new(prometheus::Registry::new());
+    let options = ksql_lake::pipeline::RunOptions { serve_http: false, ..Default::default() };
+    let task = tokio::spawn(ksql_lake::pipeline::run_with(config, stop.clone(), metrics, Default::default(), options));
+    let mut queries = BTreeSet::new();
+    for _ in 0..80 {
+        queries.extend(sim.query_ids());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap();
+    // 4 s of silence: one idle timeout would reopen it about 15 times, four about 4 times
+    assert!((2..=6).contains(&queries.len()), "{} queries in 4 s", queries.len());
+    handle.shutdown().await;
+}

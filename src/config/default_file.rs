@@ -21,7 +21,8 @@ url = "http://127.0.0.1:8088"
 # falling back to HTTP/1.1; on https://, ALPN. always: HTTP/2 only. never: HTTP/1.1 only.
 http2 = "auto"
 connect_timeout = "10s"
-# A push query that sends no byte for this long is considered stalled and reopened.
+# A push query that sends no byte for this long is considered stalled and reopened (a table's
+# changelog, which replays the whole table on every reopen, waits four times as long).
 idle_timeout = "15m"
 # Reopening a broken push query waits this long at first, doubling (with jitter) up to the max.
 reconnect_backoff_initial = "100ms"

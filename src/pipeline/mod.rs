@@ -569,6 +569,9 @@ async fn read_commit_state(ctx: &FeedContext, feed: &FeedConfig) -> anyhow::Resu
     Ok((writer, committed))
 }
 
+/// A changelog feed treats its query as stalled after this many `idle_timeout`s of silence.
+pub const CHANGELOG_IDLE_FACTOR: u32 = 4;
+
 fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
     let config = &ctx.config;
     FeedSource {
@@ -578,7 +581,11 @@ fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
             delivery: feed.settings.delivery,
             batch_rows: feed.settings.batch_rows,
             linger: ctx.options.linger,
-            idle_timeout: config.ksqldb.idle_timeout,
+            // every reopen of a changelog replays the whole table: a quiet table waits longer
+            idle_timeout: match feed.kind {
+                lake::FeedKind::Changelog => config.ksqldb.idle_timeout * CHANGELOG_IDLE_FACTOR,
+                _ => config.ksqldb.idle_timeout,
+            },
             error_policy: feed.settings.error_policy,
             max_rejected_per_minute: feed.settings.max_rejected_per_minute,
             max_line_bytes: feed.settings.max_line_bytes,
