@@ -36,8 +36,9 @@ struct Log {
     table: BTreeMap<String, i32>,
     /// Per partition: the order of its last upsert, and deletes since.
     last: BTreeMap<u32, (u64, u64)>,
-    /// Upserts whose SCORE is not an integer, each of a key of its own: (partition, offset).
-    /// They go to the dead letter; their keys stay in the table the changelog tracks.
+    /// Upserts that cannot be decoded, each of a key of its own: (partition, offset). Some
+    /// have a SCORE that is not an integer, some are longer than `max_line_bytes`. They go to
+    /// the dead letter at their offsets.
     bad: BTreeSet<(u32, u64)>,
     time: i64,
 }
@@ -49,7 +50,13 @@ impl Log {
         for _ in 0..changes {
             let id = format!("u{:02}", rng.random_range(0..80));
             self.time += 1;
-            if rng.random_bool(0.025) {
+            if rng.random_bool(0.01) {
+                let key = format!("long{}", self.bad.len());
+                let values = vec![Value::string(&key), Value::string("n".repeat(3000)), Value::Integer(1)];
+                let (partition, offset) = sim.produce("USERS", None, self.time, values).unwrap();
+                self.last.insert(partition, (offset as u64, 0));
+                self.bad.insert((partition, offset as u64));
+            } else if rng.random_bool(0.025) {
                 let key = format!("\"bad{}\"", self.bad.len());
                 let columns: [&str; 3] = [&key, "\"n\"", "\"not a number\""];
                 let placed = sim.produce_rendered("USERS", [(None, self.time, columns.as_slice())]).unwrap();
@@ -86,7 +93,8 @@ fn config_text(url: &str, lake: &std::path::Path) -> String {
         "[ksqldb]\nurl = \"{url}\"\nreconnect_backoff_initial = \"10ms\"\nreconnect_backoff_max = \"100ms\"\n\
          [lake]\nurl = \"file://{}\"\nlease = \"1s\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
          [[feeds]]\nname = \"users\"\nkind = \"table\"\nsource = \"USERS\"\nchangelog = true\n\
-         snapshot_interval = \"1h\"\npartitioning = \"hourly\"\nflush_max_age = \"300ms\"\nbatch_rows = 50\n",
+         snapshot_interval = \"1h\"\npartitioning = \"hourly\"\nflush_max_age = \"300ms\"\nbatch_rows = 50\n\
+         max_line_bytes = \"2KiB\"\n",
         lake.display()
     )
 }
@@ -312,6 +320,14 @@ async fn the_changelog_is_kept_exactly_once_across_10_sigkills() {
     let manifest: serde_json::Value = serde_json::from_slice(&manifest.bytes().await.unwrap()).unwrap();
     assert_eq!(manifest["total_records"], log.changes() as u64);
     verify(&log, &kept(&store).await);
+    // a table's own manifest cannot be rebuilt from files: which versions are complete is not in them
+    let output = std::process::Command::new(BINARY)
+        .args(["metadata", "rebuild", "--feed", "users", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is a table feed"));
     handle.shutdown().await;
 }
 

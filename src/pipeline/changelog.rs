@@ -13,13 +13,15 @@
 //! - a delete's partition is the partition of its key's last upsert. ksqlDB keeps all changes of
 //!   a key in one partition and sends each partition's changes in offset order, so the delete
 //!   comes after the last upsert of its partition that arrived before it, and before the next.
-//!   A key upserted in two partitions (a topic repartitioned under the table), or an upsert at
-//!   or below an order already given, breaks this: the feed stops with an error saying so
-//!   rather than guess;
+//!   A key upserted in two partitions (a topic repartitioned under the table), or an upsert
+//!   whose offset leaves no room for the deletes before it, breaks this: the feed stops with an
+//!   error saying so rather than guess. An offset that goes back (a re-delivery) ends the
+//!   connection, and the next reads from the start;
+//! - a line that cannot be decoded but starts with its position takes its offset like an
+//!   upsert ([`Changelog::pass`]), so whether a reading decodes it does not move the deletes;
 //! - the query reads the whole changelog from the earliest offset on every connection, with
-//!   ksqlDB's record cache off (`cache.max.bytes.buffering = 0` and `statestore.cache.max.bytes
-//!   = 0`, so no change is folded into another): the same changes arrive in the same order per
-//!   partition, and get the same orders;
+//!   ksqlDB's record cache off (`cache.max.bytes.buffering = 0`, so no change is folded into
+//!   another): the same changes arrive in the same order per partition, and get the same orders;
 //! - a delete of a key the table does not hold (never upserted, or deleted already) changes
 //!   nothing and is not kept.
 //!
@@ -51,6 +53,9 @@ const MAX_ORDER: u64 = i64::MAX as u64;
 pub enum Unplaced {
     /// This row only: it goes to the dead letter like any undecodable row.
     Row(String),
+    /// This reading went wrong (a partition went back to an offset it had passed, as a
+    /// re-delivery does): read the changelog again from the start.
+    Replay(String),
     /// The feed cannot go on.
     Feed(String),
 }
@@ -107,24 +112,20 @@ impl Changelog {
     /// Places one change. `Ok(None)`: a delete of a key the table does not hold, which is not
     /// kept. Otherwise the row to write is [`Self::row`].
     pub fn place(&mut self, values: &[u8], tombstone: bool) -> Result<Option<Position>, Unplaced> {
-        let key = row_key(values, &self.keys)
-            .ok_or_else(|| Unplaced::Row("not a JSON array holding the table's key columns".into()))?;
+        let key = |keys: &[usize]| {
+            row_key(values, keys)
+                .ok_or_else(|| Unplaced::Row("not a JSON array holding the table's key columns".into()))
+        };
         if tombstone {
+            let key = key(&self.keys)?;
             return self.place_delete(values, key);
         }
         let position = super::query::row_position(values)
             .ok_or_else(|| Unplaced::Row("the change has no ROWPARTITION/ROWOFFSET (null or not integers)".into()))?;
-        let order = position.offset;
-        if order > MAX_ORDER {
-            return Err(Unplaced::Row(format!("offset {order} is too large to be ordered")));
-        }
-        let partition = position.partition;
-        if let Some(&(last, _)) = self.last.get(&partition).filter(|&&(last, deletes)| order <= last + deletes) {
-            return Err(Unplaced::Feed(format!(
-                "partition {partition} sent offset {order} after the change ordered {last}: its changes do not \
-                 come in offset order, so its deletes cannot be placed"
-            )));
-        }
+        let (partition, order) = (position.partition, position.offset);
+        // the offset is taken even when the key cannot be read, as for any undecodable line
+        self.take_offset(partition, order)?;
+        let key = key(&self.keys)?;
         match self.partition_of.get(key.as_str()) {
             Some(&held) if held != partition => {
                 return Err(Unplaced::Feed(format!(
@@ -138,7 +139,6 @@ impl Changelog {
                 self.partition_of.insert(key.into(), partition);
             }
         }
-        self.last.insert(partition, (order, 0));
         if self.held > self.limit {
             return Err(Unplaced::Feed(format!(
                 "the table's keys take more than {} bytes, the quarter of the memory budget its changelog may hold; \
@@ -151,6 +151,37 @@ impl Changelog {
         self.row.extend_from_slice(&values[..end]);
         self.row.extend_from_slice(format!(",\"upsert\",{order}]").as_bytes());
         Ok(Some(Position { partition, offset: order }))
+    }
+
+    /// A line at `position` that cannot be decoded (too long, not JSON) takes its offset like
+    /// an upsert, so the deletes after it get the same orders whether or not a reading can
+    /// decode it. Its key stays unknown: a delete of it is not kept. `None` when the position
+    /// cannot be an upsert's (at or below the partition's last order).
+    pub fn pass(&mut self, position: Position) -> Option<Position> {
+        self.take_offset(position.partition, position.offset).ok().map(|()| position)
+    }
+
+    /// Makes `offset` the partition's last upsert, after checking that it comes after every
+    /// order given there.
+    fn take_offset(&mut self, partition: u32, offset: u64) -> Result<(), Unplaced> {
+        if offset > MAX_ORDER {
+            return Err(Unplaced::Row(format!("offset {offset} is too large to be ordered")));
+        }
+        if let Some(&(last, deletes)) = self.last.get(&partition) {
+            if offset <= last {
+                return Err(Unplaced::Replay(format!(
+                    "partition {partition} sent offset {offset} after offset {last}: changes were sent again"
+                )));
+            }
+            if offset <= last + deletes {
+                return Err(Unplaced::Feed(format!(
+                    "partition {partition} sent {deletes} deletes after offset {last} but its next change is at \
+                     offset {offset}: more deletes than the offsets between leave room for, so they cannot be placed"
+                )));
+            }
+        }
+        self.last.insert(partition, (offset, 0));
+        Ok(())
     }
 
     fn place_delete(&mut self, values: &[u8], key: String) -> Result<Option<Position>, Unplaced> {
@@ -255,18 +286,31 @@ mod tests {
             for row in rest {
                 log.place(row.as_bytes(), row.starts_with("[null")).unwrap();
             }
-            match log.place(last.as_bytes(), false) {
-                Err(Unplaced::Feed(reason)) => reason,
-                other => panic!("{other:?}"),
-            }
+            log.place(last.as_bytes(), false).unwrap_err()
         };
         // a key upserted in two partitions: its delete would land in either
-        assert!(stops(&[r#"[1,0,3,"a",1]"#, r#"[1,1,4,"a",2]"#]).contains("partitions 0 and 1"));
+        assert!(
+            matches!(stops(&[r#"[1,0,3,"a",1]"#, r#"[1,1,4,"a",2]"#]), Unplaced::Feed(r) if r.contains("partitions 0 and 1"))
+        );
         // an upsert at an order a delete took: more deletes than the offsets between allow
         let rows = [r#"[1,0,3,"a",1]"#, r#"[1,0,4,"b",1]"#, r#"[null,null,null,"a",null]"#, r#"[1,0,5,"c",1]"#];
-        assert!(stops(&rows).contains("offset order"));
-        // an offset that goes back
-        assert!(stops(&[r#"[1,0,8,"a",1]"#, r#"[1,0,2,"b",1]"#]).contains("offset order"));
+        assert!(matches!(stops(&rows), Unplaced::Feed(r) if r.contains("more deletes")));
+        // an offset that goes back, as a re-delivery sends it: read again from the start
+        assert!(matches!(stops(&[r#"[1,0,8,"a",1]"#, r#"[1,0,2,"b",1]"#]), Unplaced::Replay(_)));
+    }
+
+    #[test]
+    fn an_undecodable_line_takes_its_offset_so_later_deletes_keep_their_orders() {
+        let mut log = changelog();
+        let at = |partition, offset| Position { partition, offset };
+        log.place(br#"[1,0,3,"a",1]"#, false).unwrap();
+        assert_eq!(log.pass(at(0, 4)), Some(at(0, 4)));
+        assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(Some(at(0, 5))));
+        // a position the partition has passed is no upsert's
+        assert_eq!(log.pass(at(0, 4)), None);
+        // an upsert without its key still takes its offset
+        assert!(matches!(log.place(br#"[1,0,7]"#, false), Err(Unplaced::Row(_))));
+        assert_eq!(log.pass(at(0, 7)), None);
     }
 
     #[test]
@@ -293,40 +337,58 @@ mod tests {
         assert!(stopped);
     }
 
-    /// The changes of a random table: (key, delete?).
-    fn changes() -> impl Strategy<Value = Vec<(u8, bool)>> {
-        prop::collection::vec((0u8..12, prop::bool::weighted(0.35)), 1..300)
+    /// The changes of a random table: (key, delete?, undecodable?). An undecodable upsert is a
+    /// line the source cannot read (too long, broken JSON) that still starts with its position.
+    fn changes() -> impl Strategy<Value = Vec<(u8, bool, bool)>> {
+        prop::collection::vec((0u8..12, prop::bool::weighted(0.35), prop::bool::weighted(0.1)), 1..300)
     }
 
-    /// The rows a server sends for `changes`, per partition in offset order, interleaved by
-    /// `mix` (any interleaving keeps each partition's order). A key lives in one partition.
-    fn served(changes: &[(u8, bool)], mix: &[u8]) -> Vec<(Vec<u8>, bool)> {
-        let mut per_partition: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); 3];
-        for (offset, &(key, delete)) in changes.iter().enumerate() {
+    /// One line as a server sends it: the row, whether it is a tombstone or undecodable, and the
+    /// offset the topic gave it.
+    struct Served {
+        row: Vec<u8>,
+        tombstone: bool,
+        undecodable: bool,
+        offset: u64,
+    }
+
+    /// The rows a server sends for `changes`, per partition in offset order (each partition
+    /// numbers its own records, tombstones included), interleaved by `mix` (any interleaving
+    /// keeps each partition's order). A key lives in one partition.
+    fn served(changes: &[(u8, bool, bool)], mix: &[u8]) -> Vec<Served> {
+        let mut per_partition: Vec<Vec<Served>> = (0..3).map(|_| Vec::new()).collect();
+        for &(key, delete, undecodable) in changes {
             let partition = u32::from(key) % 3;
+            let offset = per_partition[partition as usize].len() as u64;
             let row = if delete {
                 format!(r#"[null,null,null,"k{key}",null]"#)
             } else {
                 format!(r#"[1,{partition},{offset},"k{key}",{offset}]"#)
             };
-            per_partition[partition as usize].push((row.into_bytes(), delete));
+            let undecodable = undecodable && !delete;
+            per_partition[partition as usize].push(Served {
+                row: row.into_bytes(),
+                tombstone: delete,
+                undecodable,
+                offset,
+            });
         }
         let mut out = Vec::new();
-        let mut next = [0usize; 3];
         let mut turn = mix.iter().cycle();
-        while out.len() < changes.len() {
+        let mut queues: Vec<std::collections::VecDeque<Served>> = per_partition.into_iter().map(Into::into).collect();
+        while queues.iter().any(|queue| !queue.is_empty()) {
             let pick = *turn.next().unwrap() as usize % 3;
-            let pick = (0..3).map(|i| (pick + i) % 3).find(|&p| next[p] < per_partition[p].len()).unwrap();
-            out.push(per_partition[pick][next[pick]].clone());
-            next[pick] += 1;
+            let pick = (0..3).map(|i| (pick + i) % 3).find(|&p| !queues[p].is_empty()).unwrap();
+            out.push(queues[pick].pop_front().unwrap());
         }
         out
     }
 
     proptest! {
         /// Two connections that interleave the partitions differently place every change at the
-        /// same position, positions are unique and increase within a partition, and the kept
-        /// deletes are exactly the deletes of keys the table held.
+        /// same position; positions are unique and increase within a partition, a delete's is
+        /// at most its tombstone's offset (below the next change's), and the kept deletes are
+        /// exactly the deletes of keys the table held.
         #[test]
         fn a_replay_places_every_change_where_the_first_reading_did(
             changes in changes(),
@@ -337,8 +399,16 @@ mod tests {
                 let mut log = changelog();
                 let mut placed = std::collections::BTreeMap::new();
                 let mut last: HashMap<u32, u64> = HashMap::new();
-                for (row, tombstone) in served(&changes, mix) {
-                    if let Some(position) = log.place(&row, tombstone).unwrap() {
+                for line in served(&changes, mix) {
+                    let position = if line.undecodable {
+                        let position = crate::pipeline::query::row_position(&line.row).unwrap();
+                        prop_assert_eq!(log.pass(position), Some(position));
+                        continue;
+                    } else {
+                        log.place(&line.row, line.tombstone).unwrap()
+                    };
+                    if let Some(position) = position {
+                        prop_assert!(position.offset <= line.offset, "placed at its offset or below");
                         let previous = last.insert(position.partition, position.offset);
                         prop_assert!(previous.is_none_or(|previous| previous < position.offset));
                         let text = String::from_utf8(log.row().to_vec()).unwrap();
@@ -349,17 +419,18 @@ mod tests {
             };
             let once = place(&first)?;
             prop_assert_eq!(&once, &place(&second)?);
-            // the oracle: a delete counts when its key is in the table
+            // the oracle: a delete counts when its key is in the table (an undecodable upsert
+            // does not put its key there)
             let mut table = std::collections::BTreeSet::new();
             let mut deletes = 0;
-            for &(key, delete) in &changes {
+            for &(key, delete, undecodable) in &changes {
                 if delete {
                     deletes += usize::from(table.remove(&key));
-                } else {
+                } else if !undecodable {
                     table.insert(key);
                 }
             }
-            let upserts = changes.iter().filter(|change| !change.1).count();
+            let upserts = changes.iter().filter(|change| !change.1 && !change.2).count();
             prop_assert_eq!(once.values().filter(|row| row.contains("\"upsert\"")).count(), upserts);
             prop_assert_eq!(once.values().filter(|row| row.contains("\"delete\"")).count(), deletes);
         }

@@ -583,7 +583,7 @@ fn build_source(ctx: &FeedContext, feed: &FeedConfig) -> FeedSource {
             linger: ctx.options.linger,
             // every reopen of a changelog replays the whole table: a quiet table waits longer
             idle_timeout: match feed.kind {
-                lake::FeedKind::Changelog => config.ksqldb.idle_timeout * CHANGELOG_IDLE_FACTOR,
+                lake::FeedKind::Changelog => config.ksqldb.idle_timeout.saturating_mul(CHANGELOG_IDLE_FACTOR),
                 _ => config.ksqldb.idle_timeout,
             },
             error_policy: feed.settings.error_policy,

@@ -92,6 +92,9 @@ pub enum EndReason {
     Terminated,
     Stall,
     InBandError,
+    /// A changelog's partition went back to an offset it had passed: read it again from the
+    /// start.
+    OutOfOrder,
     /// Opening the query failed (`ClientError::reason`: connect, dns, tls, content_type, …).
     Open(&'static str),
 }
@@ -103,6 +106,7 @@ impl EndReason {
             EndReason::Terminated => "terminated",
             EndReason::Stall => "stall",
             EndReason::InBandError => "in_band_error",
+            EndReason::OutOfOrder => "out_of_order",
             EndReason::Open(reason) => reason,
         }
     }
@@ -195,6 +199,16 @@ impl Unplaced {
         }
         self.seen.insert(hasher.finish())
     }
+}
+
+/// The position at the start of a StreamedRow row line, `{"row":{"columns":[ROWTIME,
+/// ROWPARTITION, ROWOFFSET, …`, as ksqlDB writes it; `None` for any other text.
+fn streamed_row_position(line: &[u8]) -> Option<Position> {
+    const START: &[u8] = br#"{"row":{"columns":["#;
+    let start = line.iter().position(|b| !b.is_ascii_whitespace())?;
+    line[start..].starts_with(START).then_some(())?;
+    // from the array's `[`
+    row_position(&line[start + START.len() - 1..])
 }
 
 /// How one connection ended.
@@ -305,10 +319,9 @@ impl FeedSource {
         let mut properties = properties;
         if settings.changelog.is_some() {
             // one output per change: the record cache would fold changes of a key together,
-            // differently on every reading (the second name is Kafka Streams' since 3.4, which
-            // takes precedence when a server sets it)
+            // differently on every reading. Only the name every ksqlDB knows: a server refuses a
+            // request naming a Kafka Streams setting its own Kafka does not have.
             properties.insert("ksql.streams.cache.max.bytes.buffering".into(), 0.into());
-            properties.insert("ksql.streams.statestore.cache.max.bytes".into(), 0.into());
         }
         let key_names = match settings.changelog {
             Some(_) => {
@@ -423,6 +436,9 @@ impl FeedSource {
                         // a delete of a key the table does not hold: no change
                         Some(Ok(None)) => continue,
                         Some(Err(ChangeUnplaced::Feed(reason))) => break Ended::Failed(reason),
+                        Some(Err(ChangeUnplaced::Replay(reason))) => {
+                            break Ended::Reopen(EndReason::OutOfOrder, reason)
+                        }
                         Some(Err(ChangeUnplaced::Row(reason))) => {
                             unplaced = Some(reason);
                             (values, None)
@@ -548,10 +564,17 @@ impl FeedSource {
                     // is trusted only when it is the plausible next offset of a partition this
                     // run has seen: a broken line's first values may be anything, and a false
                     // position would mark genuine rows as handed on.
-                    let position = (positioned && changelog.is_none())
-                        .then(|| row_position(&error.raw))
-                        .flatten()
-                        .filter(|&position| resume.is_next(position));
+                    //
+                    // A changelog line keeps its position when it is a StreamedRow row that
+                    // starts with it: the line then takes its offset like an upsert, so the
+                    // orders of the deletes after it do not depend on whether it decodes.
+                    let position = match changelog.as_mut() {
+                        Some(log) => streamed_row_position(&error.raw).and_then(|position| log.pass(position)),
+                        None => positioned
+                            .then(|| row_position(&error.raw))
+                            .flatten()
+                            .filter(|&position| resume.is_next(position)),
+                    };
                     if let Some(position) = position {
                         rejections.unplaced.passed(position);
                         if settings.delivery != Delivery::Latest && resume.covers(position) {
