@@ -8,9 +8,8 @@ mod support;
 use std::time::Duration;
 
 use pipeline_support::*;
+use support::BINARY;
 use tokio::process::Command;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
 
 struct Output {
     code: i32,

@@ -10,10 +10,8 @@ use std::time::Duration;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use pipeline_support::*;
-use support::spawn_service;
+use support::{spawn_service, BINARY};
 use tokio::process::Command;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_ksql-lake");
 
 fn write_config(dir: &std::path::Path, ksqldb_url: &str, port: u16, feed_extra: &str) -> std::path::PathBuf {
     let path = dir.join("ksql-lake.toml");
