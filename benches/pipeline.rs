@@ -26,7 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ksql-lake");
+/// The binary under test: this build's, or `KSQL_LAKE_BENCH_BIN` to time another build
+/// against it side by side.
+fn bin() -> std::ffi::OsString {
+    std::env::var_os("KSQL_LAKE_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ksql-lake").into())
+}
 /// The service's memory budget in these runs (`--budget MiB` sets another), and what peak RSS
 /// is held to above it.
 const BUDGET_MIB: u64 = 256;
@@ -195,7 +199,7 @@ struct Simulator {
 
 impl Simulator {
     fn start(rows_per_stream: u64, streams: u32, ndjson: Option<&Path>) -> Simulator {
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command.args(["simulator", "--listen", "127.0.0.1:0", "--bench-rows", &rows_per_stream.to_string()]);
         command.args(["--bench-streams", &streams.to_string()]);
         if let Some(path) = ndjson {
@@ -262,7 +266,7 @@ fn run_service(work: &Path, rows: u64, feeds: u32, http: &str, budget_mib: u64, 
     let log = std::fs::File::create(run.path().join("service.log")).expect("a log file");
     let simulator_cpu = simulator.cpu_seconds();
     let started = Instant::now();
-    let mut service = Command::new(BIN)
+    let mut service = Command::new(bin())
         .arg("run")
         .arg("--config")
         .arg(&config_path)
