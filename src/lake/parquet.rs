@@ -143,6 +143,11 @@ struct ColumnType<'a> {
     ksql_type: Option<&'a str>,
 }
 
+/// The largest dictionary a column chunk builds before it falls back to plain encoding. A
+/// column that repeats (user ids, enums) needs far less; one that does not (ids, amounts,
+/// event times) only costs interning until it reaches this, in every row group.
+const DICTIONARY_PAGE_BYTES: usize = 256 * 1024;
+
 /// Encodes `batches` (all with the first batch's schema) into one Parquet file in memory.
 pub fn encode(batches: &[RecordBatch], info: &FileInfo, options: &ParquetOptions) -> Result<EncodedFile, EncodeError> {
     let first = batches.first().ok_or(EncodeError::Empty)?;
@@ -154,6 +159,7 @@ pub fn encode(batches: &[RecordBatch], info: &FileInfo, options: &ParquetOptions
     let properties = WriterProperties::builder()
         .set_compression(options.compression.to_parquet()?)
         .set_dictionary_enabled(options.dictionary)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
         .set_created_by(format!("ksql-lake {}", env!("CARGO_PKG_VERSION")))

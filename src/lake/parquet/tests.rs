@@ -156,3 +156,27 @@ async fn positions_are_omitted_when_unknown_and_bad_input_is_rejected() {
     let bad_level = ParquetOptions { compression: Compression::Zstd(99), ..ParquetOptions::default() };
     assert!(matches!(encode(&[sample(0, 1)], &FileInfo::default(), &bad_level), Err(EncodeError::InvalidLevel { .. })));
 }
+
+#[test]
+fn a_column_of_ten_thousand_user_ids_keeps_its_dictionary_and_unique_ids_fall_back_to_plain() {
+    use parquet::basic::Encoding;
+    let columns = [Column::new("USER_ID", KsqlType::String), Column::new("ID", KsqlType::Bigint)];
+    let rows = 200_000i64;
+    let users: Vec<String> = (0..rows).map(|row| format!("user-{:05}", (row * 7919) % 10_000)).collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(arrow_schema(&columns)),
+        vec![
+            Arc::new(StringArray::from(users.iter().map(String::as_str).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from((0..rows).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    let file = encode(&[batch], &info(), &ParquetOptions::default()).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file.bytes).unwrap();
+    let group = reader.metadata().row_group(0);
+    // the encodings of a column's data pages, as the footer sums them up
+    let mask = |column: usize| *group.column(column).page_encoding_stats_mask().expect("the writer records them");
+    // every page of the user ids is dictionary-encoded; the unique ids gave up on it
+    assert!(mask(0).is_only(Encoding::RLE_DICTIONARY), "{:?}", mask(0));
+    assert!(mask(1).is_set(Encoding::PLAIN), "{:?}", mask(1));
+}
