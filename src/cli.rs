@@ -215,12 +215,6 @@ pub async fn rebuild_metadata(config_path: &Path, feed: &str) -> anyhow::Result<
     let Some(kind) = kind else {
         bail!("no feed named `{feed}` in {}", config_path.display());
     };
-    if kind == ksql_lake::lake::FeedKind::Table {
-        bail!(
-            "`{feed}` is a table feed: its _metadata.json names the complete versions, which its files \
-             alone cannot tell; rebuild works on stream and changelog feeds"
-        );
-    }
     let lake = ksql_lake::lake::open_lake(&config.lake.url, &config.lake.store)?;
     let metadata = ksql_lake::lake::rebuild(&lake, kind, feed).await?;
     let files: usize = metadata.partitions.iter().map(|partition| partition.files.len()).sum();

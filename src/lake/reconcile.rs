@@ -67,6 +67,11 @@ impl ReconcileReport {
 pub enum ReconcileError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    #[error(
+        "`{feed}` is a table feed: its _metadata.json names the complete versions, which its files alone \
+         cannot tell; rebuild works on stream and changelog feeds"
+    )]
+    TableManifest { feed: String },
     #[error("listing {path} failed")]
     List {
         path: String,
@@ -282,6 +287,9 @@ async fn remove_unreferenced_segments(
 /// (if any) as `_metadata.json.bak`. Files whose footer is unreadable are logged and left out.
 #[tracing::instrument(skip_all, fields(feed = %feed, kind = kind.as_str()))]
 pub async fn rebuild(lake: &Lake, kind: FeedKind, feed: &str) -> Result<FeedMetadata, ReconcileError> {
+    if kind == FeedKind::Table {
+        return Err(ReconcileError::TableManifest { feed: feed.to_string() });
+    }
     let dir = lake.feed_dir(kind, feed)?;
     let metadata_path = lake.metadata_path(kind, feed)?;
     let objects = list_data_files(lake, &dir).await?;

@@ -199,7 +199,8 @@ pub struct LakeWriter {
 /// What an encode holds besides the rows, which are reserved already (measured with a heap
 /// profiler on the benchmark's 10-column rows): the Parquet writer keeps a column chunk's pages
 /// until the chunk closes, and the file being written, about as much as the rows' Arrow size;
-/// each column's dictionary and page buffers, up to about this much (their 1 MiB limits); and
+/// each column's dictionary and page buffers, up to about this much (a 256 KiB dictionary
+/// limit and 1 MiB pages, with room for the encoder's tables); and
 /// the zstd context. The last two grow with the data: a small file needs little.
 const ENCODE_COLUMN_BYTES: u64 = 2 << 20;
 const ENCODE_CONTEXT_BYTES: u64 = 4 << 20;

@@ -155,10 +155,10 @@ impl Changelog {
 
     /// A line at `position` that cannot be decoded (too long, not JSON) takes its offset like
     /// an upsert, so the deletes after it get the same orders whether or not a reading can
-    /// decode it. Its key stays unknown: a delete of it is not kept. `None` when the position
-    /// cannot be an upsert's (at or below the partition's last order).
-    pub fn pass(&mut self, position: Position) -> Option<Position> {
-        self.take_offset(position.partition, position.offset).ok().map(|()| position)
+    /// decode it. Its key stays unknown: a delete of it is not kept. Errors as for an upsert
+    /// at that offset.
+    pub fn pass(&mut self, position: Position) -> Result<Position, Unplaced> {
+        self.take_offset(position.partition, position.offset).map(|()| position)
     }
 
     /// Makes `offset` the partition's last upsert, after checking that it comes after every
@@ -304,13 +304,13 @@ mod tests {
         let mut log = changelog();
         let at = |partition, offset| Position { partition, offset };
         log.place(br#"[1,0,3,"a",1]"#, false).unwrap();
-        assert_eq!(log.pass(at(0, 4)), Some(at(0, 4)));
+        assert_eq!(log.pass(at(0, 4)), Ok(at(0, 4)));
         assert_eq!(log.place(br#"[null,null,null,"a",null]"#, true), Ok(Some(at(0, 5))));
-        // a position the partition has passed is no upsert's
-        assert_eq!(log.pass(at(0, 4)), None);
+        // a position the partition has passed is sent again: read again from the start
+        assert!(matches!(log.pass(at(0, 4)), Err(Unplaced::Replay(_))));
         // an upsert without its key still takes its offset
         assert!(matches!(log.place(br#"[1,0,7]"#, false), Err(Unplaced::Row(_))));
-        assert_eq!(log.pass(at(0, 7)), None);
+        assert!(matches!(log.pass(at(0, 7)), Err(Unplaced::Replay(_))));
     }
 
     #[test]
@@ -402,7 +402,7 @@ mod tests {
                 for line in served(&changes, mix) {
                     let position = if line.undecodable {
                         let position = crate::pipeline::query::row_position(&line.row).unwrap();
-                        prop_assert_eq!(log.pass(position), Some(position));
+                        prop_assert_eq!(log.pass(position), Ok(position));
                         continue;
                     } else {
                         log.place(&line.row, line.tombstone).unwrap()

@@ -201,6 +201,10 @@ impl Unplaced {
     }
 }
 
+/// Connections in a row a changelog may end because a partition sent an offset again (a
+/// re-delivery); beyond, the cause is lasting and the feed stops.
+const MAX_OUT_OF_ORDER: u32 = 5;
+
 /// The position at the start of a StreamedRow row line, `{"row":{"columns":[ROWTIME,
 /// ROWPARTITION, ROWOFFSET, …`, as ksqlDB writes it; `None` for any other text.
 fn streamed_row_position(line: &[u8]) -> Option<Position> {
@@ -249,6 +253,8 @@ impl FeedSource {
         let feed = self.settings.feed.clone();
         let mut columns: Option<Vec<Column>> = None;
         let mut attempt: u32 = 0;
+        // connections in a row that a changelog ended for an offset sent again
+        let mut out_of_order = 0;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -273,6 +279,16 @@ impl FeedSource {
                 Err(error) => Ended::Reopen(EndReason::Open(error.reason()), error.with_causes()),
             };
             self.metrics.push_query_up.set(0);
+            out_of_order = match ended {
+                Ended::Reopen(EndReason::OutOfOrder, _) => out_of_order + 1,
+                _ => 0,
+            };
+            let ended = match ended {
+                Ended::Reopen(_, reason) if out_of_order > MAX_OUT_OF_ORDER => Ended::Failed(format!(
+                    "{reason}, on {out_of_order} readings in a row: the changelog cannot be read the same way twice"
+                )),
+                ended => ended,
+            };
             match ended {
                 Ended::Failed(reason) => {
                     QueryFailed { error: &reason }.emit(&self.metrics, &self.health);
@@ -569,7 +585,14 @@ impl FeedSource {
                     // starts with it: the line then takes its offset like an upsert, so the
                     // orders of the deletes after it do not depend on whether it decodes.
                     let position = match changelog.as_mut() {
-                        Some(log) => streamed_row_position(&error.raw).and_then(|position| log.pass(position)),
+                        Some(log) => match streamed_row_position(&error.raw).map(|position| log.pass(position)) {
+                            Some(Ok(position)) => Some(position),
+                            Some(Err(ChangeUnplaced::Replay(reason))) => {
+                                break Ended::Reopen(EndReason::OutOfOrder, reason)
+                            }
+                            Some(Err(ChangeUnplaced::Feed(reason))) => break Ended::Failed(reason),
+                            Some(Err(ChangeUnplaced::Row(_))) | None => None,
+                        },
                         None => positioned
                             .then(|| row_position(&error.raw))
                             .flatten()
