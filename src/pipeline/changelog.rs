@@ -112,20 +112,15 @@ impl Changelog {
     /// Places one change. `Ok(None)`: a delete of a key the table does not hold, which is not
     /// kept. Otherwise the row to write is [`Self::row`].
     pub fn place(&mut self, values: &[u8], tombstone: bool) -> Result<Option<Position>, Unplaced> {
-        let key = |keys: &[usize]| {
-            row_key(values, keys)
-                .ok_or_else(|| Unplaced::Row("not a JSON array holding the table's key columns".into()))
-        };
         if tombstone {
-            let key = key(&self.keys)?;
-            return self.place_delete(values, key);
+            return self.place_delete(values);
         }
         let position = super::query::row_position(values)
             .ok_or_else(|| Unplaced::Row("the change has no ROWPARTITION/ROWOFFSET (null or not integers)".into()))?;
         let (partition, order) = (position.partition, position.offset);
         // the offset is taken even when the key cannot be read, as for any undecodable line
         self.take_offset(partition, order)?;
-        let key = key(&self.keys)?;
+        let key = row_key(values, &self.keys).ok_or_else(no_key)?;
         match self.partition_of.get(key.as_str()) {
             Some(&held) if held != partition => {
                 return Err(Unplaced::Feed(format!(
@@ -184,10 +179,9 @@ impl Changelog {
         Ok(())
     }
 
-    fn place_delete(&mut self, values: &[u8], key: String) -> Result<Option<Position>, Unplaced> {
-        // `place` parsed the row as an array already
-        let columns: Vec<&serde_json::value::RawValue> =
-            serde_json::from_slice(values).map_err(|_| Unplaced::Row("a tombstone that is not a JSON array".into()))?;
+    fn place_delete(&mut self, values: &[u8]) -> Result<Option<Position>, Unplaced> {
+        let columns: Vec<&serde_json::value::RawValue> = serde_json::from_slice(values).map_err(|_| no_key())?;
+        let key = key_of(&columns, &self.keys).ok_or_else(no_key)?;
         let Some(partition) = self.partition_of.remove(key.as_str()) else {
             return Ok(None);
         };
@@ -224,8 +218,17 @@ const KEY_OVERHEAD: u64 = 48;
 /// more digits than a double holds stays exact), `None` when the row is not an array that long.
 pub fn row_key(values: &[u8], keys: &[usize]) -> Option<String> {
     let row: Vec<&serde_json::value::RawValue> = serde_json::from_slice(values).ok()?;
+    key_of(&row, keys)
+}
+
+/// [`row_key`] of a row already split into its values.
+fn key_of(row: &[&serde_json::value::RawValue], keys: &[usize]) -> Option<String> {
     let key: Vec<&str> = keys.iter().map(|&index| row.get(index).map(|value| value.get())).collect::<Option<_>>()?;
     Some(key.join("\u{1f}"))
+}
+
+fn no_key() -> Unplaced {
+    Unplaced::Row("not a JSON array holding the table's key columns".into())
 }
 
 #[cfg(test)]
