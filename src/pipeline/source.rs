@@ -205,6 +205,16 @@ impl Unplaced {
 /// re-delivery); beyond, the cause is lasting and the feed stops.
 const MAX_OUT_OF_ORDER: u32 = 5;
 
+/// How the connection ends for a change the changelog cannot place, or (`Err`) why this row
+/// alone is rejected.
+fn connection_end(problem: ChangeUnplaced) -> Result<Ended, String> {
+    match problem {
+        ChangeUnplaced::Feed(reason) => Ok(Ended::Failed(reason)),
+        ChangeUnplaced::Replay(reason) => Ok(Ended::Reopen(EndReason::OutOfOrder, reason)),
+        ChangeUnplaced::Row(reason) => Err(reason),
+    }
+}
+
 /// The position at the start of a StreamedRow row line, `{"row":{"columns":[ROWTIME,
 /// ROWPARTITION, ROWOFFSET, …`, as ksqlDB writes it; `None` for any other text.
 fn streamed_row_position(line: &[u8]) -> Option<Position> {
@@ -451,14 +461,13 @@ impl FeedSource {
                         }
                         // a delete of a key the table does not hold: no change
                         Some(Ok(None)) => continue,
-                        Some(Err(ChangeUnplaced::Feed(reason))) => break Ended::Failed(reason),
-                        Some(Err(ChangeUnplaced::Replay(reason))) => {
-                            break Ended::Reopen(EndReason::OutOfOrder, reason)
-                        }
-                        Some(Err(ChangeUnplaced::Row(reason))) => {
-                            unplaced = Some(reason);
-                            (values, None)
-                        }
+                        Some(Err(problem)) => match connection_end(problem) {
+                            Ok(ended) => break ended,
+                            Err(reason) => {
+                                unplaced = Some(reason);
+                                (values, None)
+                            }
+                        },
                     };
                     if let Some(position) = position {
                         rejections.unplaced.passed(position);
@@ -587,11 +596,11 @@ impl FeedSource {
                     let position = match changelog.as_mut() {
                         Some(log) => match streamed_row_position(&error.raw).map(|position| log.pass(position)) {
                             Some(Ok(position)) => Some(position),
-                            Some(Err(ChangeUnplaced::Replay(reason))) => {
-                                break Ended::Reopen(EndReason::OutOfOrder, reason)
-                            }
-                            Some(Err(ChangeUnplaced::Feed(reason))) => break Ended::Failed(reason),
-                            Some(Err(ChangeUnplaced::Row(_))) | None => None,
+                            Some(Err(problem)) => match connection_end(problem) {
+                                Ok(ended) => break ended,
+                                Err(_) => None,
+                            },
+                            None => None,
                         },
                         None => positioned
                             .then(|| row_position(&error.raw))
