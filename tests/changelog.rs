@@ -3,6 +3,7 @@
 //! by an oracle that knows where ksqlDB put every change, including the tombstones, whose
 //! positions ksqlDB never sends.
 
+mod pipeline_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,15 +14,16 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
 use futures::TryStreamExt;
 use ksql_lake::config::Config;
+use ksql_lake::pipeline::RunOptions;
 use ksql_lake::simulator::{Fault, Simulator, SimulatorConfig, Value};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipeline_support::start;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{spawn_run, users_table, BINARY};
-use tokio_util::sync::CancellationToken;
 
 /// What the table's topic holds, as the simulator placed it.
 #[derive(Default)]
@@ -224,10 +226,7 @@ async fn the_changelog_is_kept_exactly_once_across_30_cut_connections() {
     let (sim, handle) = users_table(SimulatorConfig::default(), 3).await;
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_toml(&config_text(&handle.url(), dir.path()), "test", Vec::new()).unwrap();
-    let stop = CancellationToken::new();
-    let metrics = ksql_lake::metrics::Metrics::new(prometheus::Registry::new());
-    let options = ksql_lake::pipeline::RunOptions { serve_http: false, ..Default::default() };
-    let task = tokio::spawn(ksql_lake::pipeline::run_with(config, stop.clone(), metrics, Default::default(), options));
+    let running = start(config, RunOptions { serve_http: false, ..Default::default() });
     let mut rng = StdRng::seed_from_u64(30);
     let mut log = Log::default();
     for _ in 0..30 {
@@ -246,8 +245,8 @@ async fn the_changelog_is_kept_exactly_once_across_30_cut_connections() {
     }
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
     wait_for_changes(&store, log.changes(), "after the cuts").await;
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap();
+    running.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap().unwrap().unwrap();
     verify(&log, &kept(&store).await);
     verify_dead_letter(&log, &store).await;
     assert!(log.deletes.len() > 50, "the run deleted keys: {}", log.deletes.len());
@@ -339,17 +338,14 @@ async fn a_quiet_changelog_waits_four_idle_timeouts_before_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(&handle.url(), dir.path()).replace("[lake]", "idle_timeout = \"250ms\"\n[lake]");
     let config = Config::from_toml(&text, "test", Vec::new()).unwrap();
-    let stop = CancellationToken::new();
-    let metrics = ksql_lake::metrics::Metrics::new(prometheus::Registry::new());
-    let options = ksql_lake::pipeline::RunOptions { serve_http: false, ..Default::default() };
-    let task = tokio::spawn(ksql_lake::pipeline::run_with(config, stop.clone(), metrics, Default::default(), options));
+    let running = start(config, RunOptions { serve_http: false, ..Default::default() });
     let mut queries = BTreeSet::new();
     for _ in 0..80 {
         queries.extend(sim.query_ids());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap();
+    running.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running.task).await.unwrap().unwrap().unwrap();
     // 4 s of silence: one idle timeout would reopen it about 15 times, four about 4 times
     assert!((2..=6).contains(&queries.len()), "{} queries in 4 s", queries.len());
     handle.shutdown().await;
